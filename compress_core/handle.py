@@ -1,0 +1,118 @@
+"""The loaded model: its backend, its input spec, its evaluation data, and one way to run it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Backend = Literal["torch", "onnx"]
+RUN_BATCH = 256
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The shape of one sample (without the batch axis) and its dtype (``float32`` or ``int64``)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def example(self, batch: int = 1, seed: int = 0) -> np.ndarray:
+        """A deterministic example batch of this spec (normal floats, or small non-negative ints)."""
+        rng = np.random.default_rng(seed)
+        if self.dtype == "int64":
+            return rng.integers(1, 100, size=(batch, *self.shape), dtype=np.int64)
+        return rng.standard_normal((batch, *self.shape)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Evaluation inputs, optional labels, and where they came from.
+
+    ``origin`` is shown to the user: ``"test split of digits"``, ``"file data.npz"`` or
+    ``"generated"``. With generated data only fidelity to the original model is meaningful.
+    """
+
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    origin: str
+
+    @property
+    def generated(self) -> bool:
+        return self.origin == "generated"
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass
+class CompressionRecord:
+    """What ``apply_plan`` did, kept so that fine-tuning and export can respect it.
+
+    ``masks`` maps a layer name to its keep-mask (bool tensor, weight shape after low-rank/structured
+    changes); ``quantized`` maps a layer name to its ``QuantizedWeight``; ``notes`` are sentences for
+    the user (for example which layer was left alone and why).
+    """
+
+    plan: Any
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    quantized: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelHandle:
+    """A model loaded by ``load_model``: never mutated by the project's functions.
+
+    ``model`` is a ``torch.nn.Module`` (also TorchScript or ``torch.export`` modules) when ``backend``
+    is ``"torch"``, an ``onnx.ModelProto`` when it is ``"onnx"``. ``task`` is ``"classification"``
+    (outputs are logits, accuracy where labels exist) or ``"embedding"`` (fidelity only).
+    ``kind`` says what the model was loaded from (``sample``, ``onnx``, ``torchscript``,
+    ``exported``, ``state_dict``, ``pickle``) and decides which transforms are possible.
+    """
+
+    name: str
+    backend: Backend
+    model: Any
+    input_spec: InputSpec
+    data: EvalData
+    kind: str
+    task: str = "classification"
+    source: str | None = None
+    compression: CompressionRecord | None = None
+    _ort_session: Any = field(default=None, repr=False, compare=False)
+
+    def replace(self, **changes: Any) -> "ModelHandle":
+        """A new handle with some fields changed (the ONNX Runtime session is not carried over)."""
+        return dataclasses.replace(self, _ort_session=None, **changes)
+
+    def run(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
+        """Run the model on ``inputs`` (N, *shape) in batches and return its first output as numpy."""
+        outputs = [self._run_batch(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
+        return np.concatenate(outputs, axis=0)
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self.backend == "onnx":
+            session = self.ort_session()
+            input_name = session.get_inputs()[0].name
+            return np.asarray(session.run(None, {input_name: batch})[0])
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.array(batch)))
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        return out.detach().float().numpy()
+
+    def ort_session(self) -> Any:
+        """An ONNX Runtime session for an ONNX-backed handle, built once."""
+        if self._ort_session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._ort_session = ort.InferenceSession(
+                self.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        return self._ort_session
