@@ -52,14 +52,19 @@ class EvalData:
 class CompressionRecord:
     """What ``apply_plan`` did, kept so that fine-tuning and export can respect it.
 
-    ``masks`` maps a layer name to its keep-mask (bool tensor, weight shape after low-rank/structured
-    changes); ``quantized`` maps a layer name to its ``QuantizedWeight``; ``notes`` are sentences for
-    the user (for example which layer was left alone and why).
+    ``masks`` and ``quantized`` are keyed by *weight name* (``LayerInfo.weight_name`` in the
+    compressed model's inventory: a torch parameter name such as ``fc1.0.weight``, or an ONNX
+    initializer name): the keep-mask (bool tensor of the weight's shape) and the
+    ``QuantizedWeight`` (grid, scales, zero points). ``layer_sqnr`` maps each planned layer of the
+    original model to the SQNR (dB) of its final effective weight against the original, or None
+    where channels were removed. ``nm_patterns`` gives (N, M) for weights pruned N:M. ``notes`` are sentences for the user (what was skipped and why).
     """
 
     plan: Any
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     quantized: dict[str, Any] = field(default_factory=dict)
+    layer_sqnr: dict[str, float | None] = field(default_factory=dict)
+    nm_patterns: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 

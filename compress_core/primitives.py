@@ -91,7 +91,9 @@ def _check_axis(axis: object, ndim: int, name: str = "axis") -> int:
         raise ValueError(f"{name} must be an int, got {axis!r}")
     axis = int(axis)  # type: ignore[arg-type]
     if not -ndim <= axis < ndim:
-        raise ValueError(f"{name}={axis} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})")
+        raise ValueError(
+            f"{name}={axis} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})"
+        )
     return axis % ndim
 
 
@@ -164,7 +166,9 @@ class QuantizedWeight:
             row = 0
         else:
             if not _is_int(channel) or not 0 <= int(channel) < n_channels:
-                raise ValueError(f"channel={channel!r} is out of range; allowed 0..{n_channels - 1}")
+                raise ValueError(
+                    f"channel={channel!r} is out of range; allowed 0..{n_channels - 1}"
+                )
             row = int(channel) if self.granularity == "channel" else 0
 
         def pick(t: torch.Tensor) -> torch.Tensor:
@@ -195,6 +199,8 @@ def _nearest(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
     Exact ties go to the neighbour of smaller magnitude.
     """
     k = book.shape[-1]
+    if book.dim() == 2 and book.shape[0] == 1:
+        book = book[0]
     if book.dim() == 1:
         pos = torch.bucketize(x, book)
         hi = pos.clamp(max=k - 1)
@@ -277,7 +283,7 @@ def quantize_weight(
 
     Args:
         weight: floating tensor (not modified). Computation is done in float32.
-        bits: 2..8 or 16.
+        bits: 2..8 or 16 (``kmeans``: 2..8 only).
         scheme: ``"symmetric"``, ``"asymmetric"``, ``"pow2"`` or ``"kmeans"`` (see module doc).
         granularity: ``"channel"`` (one range / codebook per slice along ``axis``) or ``"tensor"``.
             ``kmeans`` supports both (per channel: one codebook of ``2**bits`` centroids per
@@ -291,15 +297,22 @@ def quantize_weight(
     if not _is_int(bits) or int(bits) not in ALLOWED_BITS:
         raise ValueError(f"bits={bits!r} is not allowed; bits must be an int in 2..8 or 16")
     bits = int(bits)
-    if scheme not in SCHEMES:
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not allowed; choose one of {', '.join(SCHEMES)}")
-    if granularity not in GRANULARITIES:
+    if scheme == "kmeans" and bits > 8:
+        raise ValueError(
+            f"bits={bits} is not allowed with scheme='kmeans'; kmeans supports bits 2..8 "
+            "(a 65536-entry codebook is no longer weight sharing)"
+        )
+    if not isinstance(granularity, str) or granularity not in GRANULARITIES:
         raise ValueError(
             f"granularity={granularity!r} is not allowed; choose one of {', '.join(GRANULARITIES)}"
         )
     if granularity == "channel":
         if weight.dim() == 0:
-            raise ValueError("granularity='channel' needs a weight with at least 1 dimension, got a 0-d tensor")
+            raise ValueError(
+                "granularity='channel' needs a weight with at least 1 dimension, got a 0-d tensor"
+            )
         axis = _check_axis(axis, weight.dim())
     else:
         axis = _check_axis(axis, weight.dim()) if weight.dim() > 0 else 0
@@ -473,7 +486,9 @@ def resolve_rank(rank: int | float, full_rank: int) -> int:
     if _is_int(rank):
         r = int(rank)  # type: ignore[arg-type]
         if not 1 <= r <= full_rank:
-            raise ValueError(f"rank={r} is not allowed; an int rank must be in 1..{full_rank} (full rank)")
+            raise ValueError(
+                f"rank={r} is not allowed; an int rank must be in 1..{full_rank} (full rank)"
+            )
         return r
     if _is_real(rank):
         frac = float(rank)  # type: ignore[arg-type]

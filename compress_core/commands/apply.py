@@ -1,0 +1,45 @@
+"""``apply MODEL --recipe R --out DIR``: write the compressed model and its metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import onnx
+
+from ..apply import apply_plan
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..loading import save_torchscript
+from ..metrics import evaluate
+from ..onnx_export import to_onnx
+from ..plan import Plan
+from ..report import metrics_markdown
+from .common import add_model_arguments, load_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("apply", help="apply a recipe and write the compressed model and metrics")
+    add_model_arguments(parser)
+    parser.add_argument("--recipe", required=True, help="recipe file (YAML or JSON)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    plan = Plan.load(args.recipe)
+    compressed = apply_plan(handle, plan)
+    metrics = evaluate(handle, compressed)
+    out = Path(args.out)
+    written = [atomic_write_bytes(out / "model.onnx", to_onnx(compressed).SerializeToString())]
+    if compressed.backend == "torch":
+        save_torchscript(compressed, out / "model.ts")
+        written.append(out / "model.ts")
+    written.append(plan.save(out / "recipe.yaml"))
+    written.append(atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2)))
+    written.append(atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed")))
+    onnx.checker.check_model(str(out / "model.onnx"))
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,65 @@
+"""Make an ONNX graph fit for ONNX Runtime's quantizer: a recent opset and weights as initializers.
+
+Real models are messier than fresh exports: opsets below 13 (where a per-channel
+``DequantizeLinear`` is invalid), weights held in ``Constant`` nodes or forwarded by ``Identity``
+nodes (the quantizer only quantizes initializers), and initializers also listed as graph inputs
+(older exporters; such weights can be overridden at run time, so the quantizer leaves them alone).
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import numpy_helper, version_converter
+
+from .errors import CompressError
+from .onnx_export import fold_constant_identities
+
+MIN_OPSET = 13
+
+
+def prepare_for_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
+    """A cleaned copy of ``model`` and one sentence per change made (for the export report)."""
+    prepared = onnx.ModelProto()
+    prepared.CopyFrom(model)
+    notes = []
+    opset = default_opset(prepared)
+    if opset < MIN_OPSET:
+        try:
+            prepared = version_converter.convert_version(prepared, MIN_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeErrors from C++
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise CompressError(f"the model's opset {opset} could not be converted to {MIN_OPSET} for int8 ({first})") from None
+        notes.append(f"converted from opset {opset} to {MIN_OPSET} (per-channel DequantizeLinear needs 13)")
+    moved = constants_to_initializers(prepared)
+    if moved:
+        notes.append(f"moved {moved} Constant-node tensor(s) into initializers so that they can be quantized")
+    fold_constant_identities(prepared)
+    initializers = {init.name for init in prepared.graph.initializer}
+    inputs = [value for value in prepared.graph.input if value.name not in initializers]
+    if len(inputs) != len(prepared.graph.input):
+        notes.append(f"removed {len(prepared.graph.input) - len(inputs)} initializer(s) from the graph inputs")
+        del prepared.graph.input[:]
+        prepared.graph.input.extend(inputs)
+    return onnx.shape_inference.infer_shapes(prepared), notes
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (``ai.onnx``) operator set the model imports."""
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> int:
+    """Replace ``Constant`` nodes holding a tensor (``value``) by initializers; return how many moved."""
+    kept = []
+    moved = 0
+    for node in model.graph.node:
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if tensor is None:
+            kept.append(node)
+            continue
+        initializer = numpy_helper.from_array(numpy_helper.to_array(tensor), node.output[0])
+        model.graph.initializer.append(initializer)
+        moved += 1
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return moved

@@ -1,0 +1,84 @@
+"""The engine calls the app repeats, cached: models with ``st.cache_resource``, numbers with ``st.cache_data``.
+
+Cached models are shared by every session and never mutated (``apply_plan`` copies). Functions that
+take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument is not hashed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from compress_core import LayerInfo, ModelHandle, layer_inventory, load_model
+from compress_core.metrics import evaluate
+from compress_core.onnx_export import to_onnx
+from compress_core.onnx_layers import layer_targets
+
+from . import layer_data
+from .sources import ModelSource
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _load(
+    source: str, input_shape: tuple[int, ...] | None, data: str | None, architecture: str | None, trust_pickle: bool
+) -> ModelHandle:
+    return load_model(source, input_shape=input_shape, data=data, architecture=architecture, trust_pickle=trust_pickle)
+
+
+def load_handle(source: ModelSource) -> ModelHandle:
+    """The loaded model of ``source``; raises ``CompressError`` (never cached) for a bad one."""
+    return _load(source.source, source.input_shape, source.data, source.architecture, source.trust_pickle)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def inventory(key: str, _handle: ModelHandle) -> list[LayerInfo]:
+    """The layer inventory of the model named by ``key``."""
+    return layer_inventory(_handle)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def baseline_metrics(key: str, _handle: ModelHandle) -> dict[str, Any]:
+    """Accuracy, fidelity, size and compute of the uncompressed model."""
+    return evaluate(_handle)["original"]
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def onnx_bytes(key: str, _handle: ModelHandle) -> bytes:
+    """The model as a serialized ONNX file (BatchNorm kept, so the graph mirrors the model)."""
+    return to_onnx(_handle, fold_batchnorm=False).SerializeToString()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def onnx_node_names(key: str, _handle: ModelHandle) -> dict[str, str]:
+    """Layer name -> the ONNX node that computes it in the served graph (layers found there only)."""
+    import onnx
+
+    model = onnx.load_from_string(onnx_bytes(key, _handle))
+    targets = layer_targets(_handle, model, inventory(key, _handle))
+    return {name: target.node for name, target in targets.items()}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def quantization_view(key: str, _handle: ModelHandle, layer: str, bits: int, scheme: str, granularity: str, channel: int) -> dict[str, Any]:
+    """``layer_data.quantization_view`` of one layer's weight."""
+    info = _layer(key, _handle, layer)
+    return layer_data.quantization_view(layer_data.layer_weight(_handle, info), info.out_axis, bits, scheme, granularity, channel)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def spectrum_view(key: str, _handle: ModelHandle, layer: str) -> dict[str, Any]:
+    """``layer_data.spectrum_view`` of one layer's weight."""
+    info = _layer(key, _handle, layer)
+    return layer_data.spectrum_view(layer_data.layer_weight(_handle, info), info.out_axis)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def mask_view(key: str, _handle: ModelHandle, layer: str, ratio: float, kind: str) -> dict[str, Any]:
+    """``layer_data.mask_view`` of one layer's weight."""
+    info = _layer(key, _handle, layer)
+    return layer_data.mask_view(layer_data.layer_weight(_handle, info), info.out_axis, ratio, kind)
+
+
+def _layer(key: str, handle: ModelHandle, name: str) -> LayerInfo:
+    return next(info for info in inventory(key, handle) if info.name == name)
