@@ -88,6 +88,7 @@ class ModelHandle:
     task: str = "classification"
     source: str | None = None
     compression: CompressionRecord | None = None
+    fixed_batch: int | None = None
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> "ModelHandle":
@@ -96,6 +97,7 @@ class ModelHandle:
 
     def run(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
         """Run the model on ``inputs`` (N, *shape) in batches and return its first output as numpy."""
+        batch_size = self.fixed_batch or batch_size
         outputs = [self._run_batch(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
         return np.concatenate(outputs, axis=0)
 

@@ -62,8 +62,9 @@ def load_model(
         model, spec = load_onnx(path, given)
         handle = _file_handle(path, "onnx", model, spec, "onnx", data)
     elif suffix in EXPORTED_SUFFIXES:
-        module, spec = _load_exported(path)
+        module, spec, fixed_batch = _load_exported(path)
         handle = _file_handle(path, "torch", module, given or spec, "exported", data)
+        handle.fixed_batch = fixed_batch
     elif suffix in TORCHSCRIPT_SUFFIXES or (suffix in WEIGHTS_SUFFIXES and _is_torchscript(path)):
         module, spec = _load_torchscript(path)
         handle = _file_handle(path, "torch", module, given or spec, "torchscript", data)
@@ -141,7 +142,8 @@ def _spec_from_traced_graph(module: torch.jit.ScriptModule) -> InputSpec | None:
     return InputSpec(tuple(sizes[1:]), dtype)
 
 
-def _load_exported(path: Path) -> tuple[torch.nn.Module, InputSpec | None]:
+def _load_exported(path: Path) -> tuple[torch.nn.Module, InputSpec | None, int | None]:
+    """The program's module, its input spec when static, and its batch size when that is static."""
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
@@ -154,9 +156,10 @@ def _load_exported(path: Path) -> tuple[torch.nn.Module, InputSpec | None]:
     node = next(n for n in program.graph.nodes if n.name == placeholders[0])
     value = node.meta.get("val")
     spec = None
-    if value is not None and all(isinstance(d, int) for d in value.shape):
+    if value is not None and all(isinstance(d, int) for d in value.shape[1:]):
         spec = InputSpec(tuple(value.shape[1:]), "int64" if value.dtype == torch.int64 else "float32")
-    return program.module(), spec
+    fixed_batch = value.shape[0] if value is not None and isinstance(value.shape[0], int) else None
+    return program.module(), spec, fixed_batch
 
 
 def _load_weights(

@@ -1,0 +1,80 @@
+"""Plans and recipe files: precedence, validation, round trips."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress_core import CompressError
+from compress_core.plan import LayerConfig, Plan, PruneConfig
+
+LAYERS = ["conv1", "conv2", "fc1", "fc2", "head"]
+RECIPE = """
+version: 1
+default: {bits: 8}
+layers:
+  conv1: {bits: 4, scheme: asymmetric}
+  "re:.*fc.*": {prune: {ratio: 0.5, kind: structured}}
+  fc2: {rank: 0.5}
+  head: null
+"""
+
+
+def test_precedence_exact_then_first_regex_then_default():
+    plan = Plan.from_text(RECIPE)
+    resolved = plan.resolve(LAYERS)
+    assert resolved["conv1"] == LayerConfig(bits=4, scheme="asymmetric")
+    assert resolved["conv2"] == LayerConfig(bits=8)
+    assert resolved["fc1"] == LayerConfig(prune=PruneConfig(0.5, "structured"))
+    assert resolved["fc2"] == LayerConfig(rank=0.5)
+    assert "head" not in resolved
+
+
+def test_first_matching_regex_wins():
+    plan = Plan(layers={"re:fc.*": LayerConfig(bits=6), "re:fc1": LayerConfig(bits=2)})
+    assert plan.resolve(LAYERS)["fc1"].bits == 6
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_and_load_round_trip(tmp_path, suffix):
+    plan = Plan.from_text(RECIPE)
+    plan.layers["conv2"] = LayerConfig(bits=3, scheme="kmeans", granularity="tensor", prune=PruneConfig(0, "2:4"))
+    path = plan.save(tmp_path / f"recipe{suffix}")
+    assert Plan.load(path) == plan
+    assert Plan.load(path).layers["conv2"].prune.ratio == 0.5
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("version: 2\nlayers: {}", r"version 2 is not supported"),
+        ("version: 1\nextra: 3", r"unknown key\(s\) extra"),
+        ("version: 1\nlayers: {conv1: {bits: 9}}", r"layer 'conv1': bits 9 is not allowed; use null \(float\), 2..8 or 16"),
+        ("version: 1\nlayers: {conv1: {bits: 1}}", r"bits 1 is not allowed"),
+        ("version: 1\nlayers: {conv1: {bitz: 4}}", r"layer 'conv1': unknown key\(s\) bitz"),
+        ("version: 1\nlayers: {conv1: {prune: {ratio: 1.0}}}", r"prune ratio 1.0 is not allowed; use a number in \[0, 1\)"),
+        ("version: 1\nlayers: {conv1: {prune: {ratio: 0.5, kind: random}}}", r"prune kind 'random' is not allowed"),
+        ("version: 1\nlayers: {conv1: {prune: {kind: '4:2'}}}", r"N:M needs 0 < N < M"),
+        ("version: 1\nlayers: {conv1: {rank: 0}}", r"rank 0 is not allowed; an integer rank must be >= 1"),
+        ("version: 1\nlayers: {conv1: {rank: 1.5}}", r"rank 1.5 is not allowed; a fraction of full rank must be in \(0, 1\]"),
+        ("version: 1\nlayers: {conv1: {bits: 4, scheme: fancy}}", r"scheme 'fancy' is not allowed"),
+        ("version: 1\nlayers: {'re:(': {bits: 4}}", r"invalid regular expression"),
+        ("[1, 2", r"not valid YAML or JSON"),
+    ],
+)
+def test_bad_recipes(text, message):
+    with pytest.raises(CompressError, match=message):
+        Plan.from_text(text)
+
+
+def test_names_the_model_lacks():
+    with pytest.raises(CompressError, match=r"layer 'conv9' is not a compressible layer of the model; layers: conv1, conv2"):
+        Plan(layers={"conv9": LayerConfig(bits=8)}).resolve(LAYERS)
+    with pytest.raises(CompressError, match=r"layer entry 're:attn.*' matches no layer"):
+        Plan(layers={"re:attn.*": LayerConfig(bits=8)}).resolve(LAYERS)
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(CompressError, match="bits 12 is not allowed"):
+        LayerConfig(bits=12)
+    with pytest.raises(CompressError, match="prune ratio -0.1"):
+        PruneConfig(ratio=-0.1)
