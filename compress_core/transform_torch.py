@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ def apply_torch(
             targets[name] = _factorize(model, layers[name], config.rank, record)
     structured = {n: c for n, c in configs.items() if c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0}
     if structured:
-        _prune_structured(model, handle, structured, targets, output_layer, record)
+        _prune_structured(model, handle, structured, layers, targets, output_layer, record)
     for name, config in configs.items():
         if config.prune is not None and config.prune.kind != "structured" and config.prune.ratio > 0:
             for weight_name in targets[name]:
@@ -132,6 +133,7 @@ def _prune_structured(
     model: nn.Module,
     handle: ModelHandle,
     configs: dict[str, LayerConfig],
+    layers: dict[str, LayerInfo],
     targets: dict[str, list[str]],
     output_layer: str,
     record: CompressionRecord,
@@ -142,12 +144,18 @@ def _prune_structured(
     example = torch.from_numpy(handle.data.inputs[:1].copy())
     with torch.no_grad():
         expected_shape = model(example).shape
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch-pruning warns about parameters outside modules (positions)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     output_module = model.get_submodule(torch_layer_names(targets[output_layer][-1])[1]) if output_layer in targets else None
     for name, config in configs.items():
         module = model.get_submodule(torch_layer_names(targets[name][-1])[1])
         if name == output_layer:
             record.notes.append(f"{name}: output channels left alone (they are the model's outputs); structured pruning skipped")
+            continue
+        planned_channels = layers[name].weight_shape[0] if len(targets[name]) == 1 else module.weight.shape[0]
+        if module.weight.shape[0] < planned_channels:
+            record.notes.append(f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again")
             continue
         handler = tp.prune_conv_out_channels if isinstance(module, CONV_TYPES) else tp.prune_linear_out_channels
         indices = channels_to_prune(module.weight.detach(), config.prune.ratio).tolist()
@@ -160,10 +168,21 @@ def _prune_structured(
             continue
         group.prune()
         record.notes.append(f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[0]} output channels")
-    with torch.no_grad():
-        shape = model(example).shape
+    try:
+        with torch.no_grad():
+            shape = model(example).shape
+    except RuntimeError as exc:
+        raise CompressError(
+            f"structured pruning of {_some(list(configs))} broke the model's forward pass ({str(exc).splitlines()[0]}): "
+            "the channel dependencies go through reshapes torch-pruning cannot follow (attention heads, for example); "
+            "prune these layers unstructured or N:M instead"
+        ) from None
     if shape != expected_shape:
         raise CompressError(f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}")
+
+
+def _some(names: list[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more layers" if len(names) > limit else "")
 
 
 def _group_touches_outputs(group, output_module: nn.Module, tp) -> bool:

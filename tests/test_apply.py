@@ -151,3 +151,11 @@ def test_onnx_refuses_structured_pruning(cnn_onnx):
     name = layer_inventory(cnn_onnx)[0].name
     with pytest.raises(CompressError, match=r"structured pruning is not supported for ONNX inputs: removing channels"):
         apply_plan(cnn_onnx, Plan(layers={name: LayerConfig(prune=PruneConfig(0.5, "structured"))}))
+
+
+def test_structured_pruning_through_attention_reshapes_is_refused_clearly():
+    transformer = load_model("digits_transformer")
+    with pytest.raises(CompressError, match=r"structured pruning of blocks.0.attn.q_proj broke the model's forward pass .*unstructured or N:M"):
+        apply_plan(transformer, Plan(layers={"blocks.0.attn.q_proj": LayerConfig(prune=PruneConfig(0.5, "structured"))}))
+    compressed = apply_plan(transformer, Plan(layers={"blocks.0.mlp.fc1": LayerConfig(prune=PruneConfig(0.5, "structured"))}))
+    assert compressed.model.blocks[0].mlp.fc1.out_features == 32 and compressed.model.blocks[0].mlp.fc2.in_features == 32
