@@ -12,7 +12,7 @@ import sys
 from .errors import CompressError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` on it.
-COMMAND_MODULES = ("inspect", "evaluate", "apply")
+COMMAND_MODULES = ("inspect", "evaluate", "apply", "finetune", "export", "bench", "sensitivity", "suggest")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,22 +14,27 @@ from onnx import numpy_helper, version_converter
 from .errors import CompressError
 from .onnx_export import fold_constant_identities
 
-MIN_OPSET = 13
+MIN_OPSET = 13  # per-channel DequantizeLinear
+INT4_OPSET = 21  # 4-bit and 16-bit QuantizeLinear / DequantizeLinear
 
 
-def prepare_for_quantization(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    """A cleaned copy of ``model`` and one sentence per change made (for the export report)."""
+def prepare_for_quantization(model: onnx.ModelProto, min_opset: int = MIN_OPSET) -> tuple[onnx.ModelProto, list[str]]:
+    """A cleaned copy of ``model`` at opset ``min_opset`` or above, and one sentence per change made.
+
+    ``min_opset`` is 13 for int8 (per-channel DequantizeLinear) and 21 when weights are stored in
+    int4 or int16.
+    """
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
     notes = []
     opset = default_opset(prepared)
-    if opset < MIN_OPSET:
+    if opset < min_opset:
         try:
-            prepared = version_converter.convert_version(prepared, MIN_OPSET)
+            prepared = version_converter.convert_version(prepared, min_opset)
         except Exception as exc:  # the converter raises bare RuntimeErrors from C++
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise CompressError(f"the model's opset {opset} could not be converted to {MIN_OPSET} for int8 ({first})") from None
-        notes.append(f"converted from opset {opset} to {MIN_OPSET} (per-channel DequantizeLinear needs 13)")
+            raise CompressError(f"the model's opset {opset} could not be converted to {min_opset} for integer storage ({first})") from None
+        notes.append(f"converted from opset {opset} to {min_opset} (per-channel int8 needs 13, int4/int16 storage 21)")
     moved = constants_to_initializers(prepared)
     if moved:
         notes.append(f"moved {moved} Constant-node tensor(s) into initializers so that they can be quantized")

@@ -6,6 +6,7 @@ take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument i
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 import streamlit as st
@@ -16,6 +17,7 @@ from compress_core.onnx_export import to_onnx
 from compress_core.onnx_layers import layer_targets
 
 from . import layer_data
+from .netron_server import NetronServer
 from .sources import ModelSource
 
 
@@ -82,3 +84,11 @@ def mask_view(key: str, _handle: ModelHandle, layer: str, ratio: float, kind: st
 
 def _layer(key: str, handle: ModelHandle, name: str) -> LayerInfo:
     return next(info for info in inventory(key, handle) if info.name == name)
+
+
+@st.cache_resource(show_spinner=False)
+def netron_server() -> NetronServer:
+    """The one netron server of this app process, stopped when the process exits."""
+    server = NetronServer()
+    atexit.register(server.stop)
+    return server

@@ -1,0 +1,71 @@
+"""``finetune MODEL --recipe R --epochs N --out DIR``: compress, recover by distillation, save.
+
+DIR receives ``model.pt`` (the fine-tuned state_dict), the recipe (``recipe.yaml``) and
+``metrics.json``: ``before`` and ``after`` in the shape of ``compress_core.metrics.evaluate``
+(original vs compressed, original vs fine-tuned) plus the settings and the loss per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..apply import apply_plan
+from ..atomic import atomic_write_bytes, atomic_write_text
+from ..metrics import evaluate
+from ..plan import Plan
+from ..recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
+from ..report import ROWS, format_value
+from .common import add_model_arguments, format_table, load_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``finetune`` subcommand."""
+    parser = subparsers.add_parser("finetune", help="apply a recipe, then recover accuracy by distillation from the original")
+    add_model_arguments(parser)
+    parser.add_argument("--recipe", required=True, help="recipe file (YAML or JSON)")
+    parser.add_argument("--epochs", type=int, required=True, help="passes over the training data")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
+    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help=f"distillation temperature (default {DEFAULT_TEMPERATURE})")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"weight of the distillation term against cross-entropy (default {DEFAULT_ALPHA})")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"batch size (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for model.pt, recipe.yaml and metrics.json")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Compress, fine-tune, write the three files and print before/after."""
+    plan = Plan.load(args.recipe)
+    original = load_from_args(args)
+    compressed = apply_plan(original, plan)
+    tuned, history = finetune(
+        original,
+        compressed,
+        epochs=args.epochs,
+        lr=args.lr,
+        temperature=args.temperature,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        progress=lambda epoch, epochs, loss: print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr),
+    )
+    before = evaluate(original, compressed, with_zip=False)
+    after = evaluate(original, tuned, with_zip=False)
+    settings = {"epochs": args.epochs, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha, "batch_size": args.batch_size}
+    buffer = io.BytesIO()
+    torch.save(tuned.model.state_dict(), buffer)
+    atomic_write_bytes(args.out / "model.pt", buffer.getvalue())
+    plan.save(args.out / "recipe.yaml")
+    metrics = {"model": original.name, "data": original.data.origin, "before": before, "after": after, "finetune": {**settings, "loss_history": history}}
+    atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2))
+    models = (before["original"], before["compressed"], after["compressed"])
+    rows = [[label, *(format_value(model[key], kind) for model in models)] for key, label, kind in ROWS if key != "zip_bytes"]
+    print(format_table(("metric", "original", "compressed", "fine-tuned"), rows))
+    for note in after["compressed"]["notes"]:
+        print(f"note: {note}")
+    print(f"\nwrote {args.out / 'model.pt'}, {args.out / 'recipe.yaml'} and {args.out / 'metrics.json'}")
+    return 0

@@ -1,0 +1,82 @@
+"""Benchmark an export folder: its ONNX files plus ORT's default int8 of the original, side by side.
+
+Each candidate gets its latency (interleaved runs, ``latency.measure_latency``), its speed-up over
+the original fp32 model, its quality on the folder's evaluation data (measured in ONNX Runtime), its
+size raw and zipped, and the census of compute nodes that still run in float after ORT's
+optimization, with the layers they belong to and the slowest layers from ORT's profiler.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifacts import EVAL_DATA, FP32_ONNX, INT8_ONNX, METRICS, ORIGINAL_ONNX, file_sizes, headline, run_onnx
+from .errors import CompressError
+from .int8 import quantize_ort_default
+from .latency import measure_latency
+from .metrics import output_fidelity
+from .profiling import op_census, profile_nodes
+
+ORT_DEFAULT = "ort_default_int8"
+CANDIDATES = (("original_fp32", ORIGINAL_ONNX), ("compressed_fp32", FP32_ONNX), ("compressed_int8", INT8_ONNX))
+TOP_LAYERS = 5
+
+
+def bench_folder(
+    folder: str | Path,
+    threads: int = 2,
+    batch: int = 32,
+    runs: int = 50,
+    warmup: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per candidate: ``name``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (over
+    the original fp32), ``accuracy`` (the quality figure named by ``quality``), ``bytes``,
+    ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers`` and ``top_layers``."""
+    folder = Path(folder)
+    missing = [name for name in (METRICS, EVAL_DATA, ORIGINAL_ONNX) if not (folder / name).is_file()]
+    if missing:
+        raise CompressError(f"{folder}: not an export folder (missing {', '.join(missing)}); write one with: export MODEL --recipe R --out {folder}")
+    metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
+    with np.load(folder / EVAL_DATA, allow_pickle=False) as archive:
+        inputs = archive["inputs"]
+        labels = archive["labels"] if "labels" in archive.files else None
+    layer_nodes = metrics.get("layer_nodes", {})
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
+        paths[ORT_DEFAULT] = quantize_ort_default(folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs)
+        timings = measure_latency(paths, inputs, threads, batch, warmup, runs, baseline="original_fp32", progress=progress)
+        reference = run_onnx(paths["original_fp32"], inputs)
+        rows = []
+        for timing in timings:
+            path = paths[timing.name]
+            key, value = headline(output_fidelity(reference, run_onnx(path, inputs), labels, metrics["task"]), metrics["task"])
+            census = op_census(path, layer_nodes)
+            profile = profile_nodes(path, inputs, layer_nodes, threads, batch)
+            rows.append(
+                {
+                    "name": timing.name,
+                    "median_ms": timing.median_ms,
+                    "p10_ms": timing.p10_ms,
+                    "p90_ms": timing.p90_ms,
+                    "speedup": timing.speedup,
+                    "throughput": timing.throughput,
+                    "accuracy": value,
+                    "quality": key,
+                    **file_sizes(path),
+                    "integer_nodes": sum(census.integer.values()),
+                    "float_nodes": census.float_nodes,
+                    "float_layers": census.float_layers,
+                    "top_layers": [
+                        {"node": row.node, "op_type": row.op_type, "layer": row.layer, "ms": row.ms, "share": row.share}
+                        for row in profile[:TOP_LAYERS]
+                    ],
+                }
+            )
+    return rows

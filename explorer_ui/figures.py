@@ -1,0 +1,124 @@
+"""Plotly figures, each a pure function of plain data (arrays, dicts): no Streamlit, no engine calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+MAX_DRAWN_LEVELS = 1024
+"""Above this many quantization levels (16-bit grids) the levels are not drawn one by one."""
+BINS = 80
+KEPT_COLOR = "#1f77b4"
+ALERT_COLOR = "#d62728"
+MUTED_COLOR = "#9aa5b1"
+
+
+def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    figure.update_layout(
+        title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25)
+    )
+    return figure
+
+
+def weight_histogram(values: np.ndarray, levels: np.ndarray, scope: str) -> go.Figure:
+    """Histogram of weights with every quantization level drawn as a vertical line over it."""
+    counts, edges = np.histogram(values, bins=BINS)
+    figure = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name="weights", marker_color=KEPT_COLOR))
+    if len(levels) <= MAX_DRAWN_LEVELS:
+        top = float(counts.max()) if len(counts) else 1.0
+        xs = np.repeat(levels, 3).astype(float)
+        xs[2::3] = np.nan
+        ys = np.tile([0.0, top, np.nan], len(levels))
+        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
+        title = f"Weights of the {scope} and the {len(levels)} quantization levels"
+    else:
+        title = f"Weights of the {scope} ({len(levels):,} levels: too dense to draw)"
+    return _layout(figure, title, "weight value", "count")
+
+
+def error_histogram(errors: np.ndarray, sqnr_db: float) -> go.Figure:
+    """Histogram of rounding errors (quantized - original) over the whole weight."""
+    figure = go.Figure(go.Histogram(x=errors, nbinsx=BINS, marker_color=MUTED_COLOR, name="error"))
+    return _layout(figure, f"Rounding error, whole weight (SQNR {sqnr_db:.1f} dB)", "quantized - original", "count")
+
+
+def channel_ranges(view: dict) -> go.Figure:
+    """Per-output-channel min..max bars; outlier channels (range > 3x median) in red."""
+    channels = np.arange(len(view["range"]))
+    colors = np.where(view["outliers"], ALERT_COLOR, KEPT_COLOR)
+    figure = go.Figure(
+        go.Bar(
+            x=channels,
+            y=view["range"],
+            base=view["min"],
+            marker_color=colors,
+            name="min..max",
+            hovertemplate="channel %{x}<br>min %{base:.4f}<br>range %{y:.4f}<extra></extra>",
+        )
+    )
+    outliers = int(np.sum(view["outliers"]))
+    title = f"Weight range per output channel ({outliers} outlier{'s' if outliers != 1 else ''}, median range {view['median']:.3g})"
+    return _layout(figure, title, "output channel", "weight value")
+
+
+def spectrum(view: dict, rank: int) -> go.Figure:
+    """Singular values (bars) and the cumulative energy kept (line, right axis), the rank marked."""
+    values = view["singular_values"]
+    ranks = np.arange(1, len(values) + 1)
+    figure = go.Figure()
+    figure.add_trace(go.Bar(x=ranks, y=values, name="singular value", marker_color=KEPT_COLOR))
+    figure.add_trace(go.Scatter(x=ranks, y=view["energy"], name="energy kept", yaxis="y2", mode="lines", line=dict(color=ALERT_COLOR)))
+    figure.add_vline(x=rank, line_dash="dash", annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy")
+    if view["break_even"] >= 1:
+        figure.add_vline(x=view["break_even"], line_dash="dot", line_color=MUTED_COLOR, annotation_text="break-even", annotation_position="bottom right")
+    figure.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], tickformat=".0%", title="energy kept"))
+    return _layout(figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value")
+
+
+def mask_heatmap(view: dict, label: str) -> go.Figure:
+    """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs."""
+    figure = go.Figure(
+        go.Heatmap(z=view["mask"], colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]], zmin=0, zmax=1, showscale=False,
+                   hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>")
+    )
+    figure.update_yaxes(autorange="reversed")
+    return _layout(figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360)
+
+
+def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
+    """SQNR (dB) of each planned layer's effective weight; layers with removed channels are left out."""
+    names = [name for name, value in sqnr.items() if value is not None]
+    values = [min(float(sqnr[name]), 120.0) for name in names]
+    figure = go.Figure(go.Bar(x=names, y=values, marker_color=KEPT_COLOR))
+    return _layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
+
+
+def heatmap(z: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str], title: str, colorbar: str) -> go.Figure:
+    """A labelled heatmap (rows x columns) with the values written in the cells."""
+    figure = go.Figure(
+        go.Heatmap(z=z, x=list(columns), y=list(rows), colorscale="RdYlGn", colorbar=dict(title=colorbar), texttemplate="%{z:.1f}")
+    )
+    figure.update_yaxes(autorange="reversed")
+    return _layout(figure, title, "", "", height=max(320, 28 * len(rows) + 120))
+
+
+def curves(x: Sequence, series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str) -> go.Figure:
+    """One line per named series over shared x values."""
+    figure = go.Figure([go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name) for name, y in series.items()])
+    return _layout(figure, title, x_title, y_title, height=380)
+
+
+def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[float], p90: Sequence[float]) -> go.Figure:
+    """Median latency per artifact, with whiskers from p10 to p90."""
+    median_array = np.asarray(median, dtype=float)
+    figure = go.Figure(
+        go.Bar(
+            x=list(names),
+            y=median_array,
+            marker_color=KEPT_COLOR,
+            error_y=dict(type="data", symmetric=False, array=np.asarray(p90) - median_array, arrayminus=median_array - np.asarray(p10)),
+        )
+    )
+    return _layout(figure, "Latency per artifact: median, whiskers p10..p90", "artifact", "ms per batch")

@@ -1,0 +1,165 @@
+"""The app's session state: plain data under a few keys, and the callbacks that change the model.
+
+``st.session_state`` holds only plain data: the current model's label, the sources of uploaded
+models, one plan (recipe dict) and one short apply history per model, and the selected layer. The
+loaded models themselves live in ``cache`` (shared, never mutated). Functions take the state
+mapping as an argument so tests can pass a dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import streamlit as st
+
+from compress_core import CompressError, ModelHandle
+from compress_core.plan import Plan
+
+from . import cache, tuning
+from .sources import DEFAULT_SAMPLE, ModelSource, sample_sources, upload_source
+
+CURRENT = "current_model"  # label of the loaded model
+CHOICE = "model_choice"  # the sidebar's select box
+PENDING_CHOICE = "pending_model_choice"  # what the select box shows from the next run on
+UPLOADED = "uploaded_sources"  # label -> ModelSource.to_dict() of models uploaded in this session
+PLANS = "plans"  # label -> Plan.to_dict()
+HISTORY = "history"  # label -> list of {"label", "plan", "metrics"}, newest last
+LAYER = "selected_layer"
+ERROR = "load_error"  # a CompressError message to show once
+EDITOR_VERSION = "plan_editor_version"  # bumped to give the plan editor fresh rows
+UPLOAD_MODEL = "upload_model"  # the Model page's model file uploader
+HISTORY_LENGTH = 5
+
+State = MutableMapping[str, Any]
+
+
+def init(state: State) -> None:
+    """Fill in the defaults (the app opens on ``digits_cnn``) and sync the model select box.
+
+    Call before the select box is drawn: only then may its value be set.
+    """
+    state.setdefault(CURRENT, DEFAULT_SAMPLE)
+    state.setdefault(CHOICE, state[CURRENT])
+    if PENDING_CHOICE in state:
+        state[CHOICE] = state.pop(PENDING_CHOICE)
+    state.setdefault(UPLOADED, {})
+    state.setdefault(PLANS, {})
+    state.setdefault(HISTORY, {})
+
+
+def sources(state: State) -> dict[str, ModelSource]:
+    """Every model the user can pick: the samples, then this session's uploads."""
+    uploaded = {label: ModelSource.from_dict(data) for label, data in state[UPLOADED].items()}
+    return {**sample_sources(), **uploaded}
+
+
+def current_source(state: State) -> ModelSource:
+    """The source of the current model."""
+    return sources(state)[state[CURRENT]]
+
+
+def current_handle(state: State) -> ModelHandle:
+    """The current model (cached; loading it succeeded when it became current)."""
+    return cache.load_handle(current_source(state))
+
+
+def switch_model(state: State, source: ModelSource) -> bool:
+    """Load ``source`` and make it current; on a ``CompressError`` keep the previous model and
+    remember the message for ``ERROR``. Returns whether the switch happened."""
+    try:
+        cache.load_handle(source)
+    except CompressError as exc:
+        state[ERROR] = str(exc)
+        state[PENDING_CHOICE] = state[CURRENT]
+        return False
+    if source.label not in sample_sources():
+        state[UPLOADED][source.label] = source.to_dict()
+    state[CURRENT] = state[PENDING_CHOICE] = source.label
+    state.pop(LAYER, None)
+    return True
+
+
+def on_model_choice() -> None:
+    """Callback of the sidebar's model select box."""
+    state = st.session_state
+    switch_model(state, sources(state)[state[CHOICE]])
+
+
+def load_upload(state: State, model_file: Any, data_file: Any, shape_text: str, architecture: str | None, trust: bool) -> bool:
+    """Save an uploaded model (and optional ``.npz`` data) and switch to it; errors go to ``ERROR``.
+
+    ``model_file`` and ``data_file`` are Streamlit ``UploadedFile`` objects (or None).
+    """
+    if model_file is None:
+        state[ERROR] = "choose a model file to upload first"
+        return False
+    try:
+        source = upload_source(
+            model_file.name,
+            model_file.getvalue(),
+            shape_text=shape_text,
+            data_name=None if data_file is None else data_file.name,
+            data_bytes=None if data_file is None else data_file.getvalue(),
+            architecture=architecture,
+            trust_pickle=trust,
+        )
+    except CompressError as exc:
+        state[ERROR] = str(exc)
+        return False
+    return switch_model(state, source)
+
+
+def remember(widget_key: str, plain_key: str) -> None:
+    """Callback: copy a page widget's value to a plain key, which outlives the page's widgets."""
+    st.session_state[plain_key] = st.session_state[widget_key]
+
+
+def show_error(state: State) -> None:
+    """Show (once) the message of the last failed load."""
+    message = state.pop(ERROR, None)
+    if message:
+        st.error(message)
+
+
+def plan(state: State) -> Plan:
+    """The current model's plan (empty at first)."""
+    return Plan.from_dict(state[PLANS].get(state[CURRENT], Plan().to_dict()), "plan")
+
+
+def set_plan(state: State, new_plan: Plan) -> None:
+    """Store the current model's plan as plain data."""
+    state[PLANS][state[CURRENT]] = new_plan.to_dict()
+
+
+def replace_plan(state: State, new_plan: Plan) -> None:
+    """Store a plan made outside the table editor (bulk edit, recipe, reset) and refresh the editor."""
+    set_plan(state, new_plan)
+    state[EDITOR_VERSION] = state.get(EDITOR_VERSION, 0) + 1
+
+
+def editor_key(state: State) -> str:
+    """The plan editor's widget key: a new one after every ``replace_plan``."""
+    return f"plan_editor_{state.get(EDITOR_VERSION, 0)}"
+
+
+def on_plan_edit(key: str, rows: list[dict[str, Any]]) -> None:
+    """Callback of the plan editor: its edits become the plan; a bad value is an error, the plan kept."""
+    session = st.session_state
+    try:
+        set_plan(session, tuning.rows_plan(tuning.edit_rows(rows, session[key]["edited_rows"])))
+    except CompressError as exc:
+        session[ERROR] = str(exc)
+        replace_plan(session, plan(session))
+
+
+def history(state: State) -> list[dict[str, Any]]:
+    """The current model's last applied plans with their metrics, oldest first."""
+    return state[HISTORY].get(state[CURRENT], [])
+
+
+def add_history(state: State, entry: dict[str, Any]) -> None:
+    """Append one applied plan's result, keeping the last ``HISTORY_LENGTH``."""
+    entries = state[HISTORY].setdefault(state[CURRENT], [])
+    entries.append(entry)
+    del entries[:-HISTORY_LENGTH]

@@ -1,0 +1,156 @@
+"""The Tune page's data: the plan as an editable table, bulk edits, recipes, and apply-and-measure.
+
+The table has one row per compressible layer; ``plan_rows`` shows what the plan does to each (by the
+plan's precedence) and ``rows_plan`` turns the rows back into a plan with one exact entry per
+changed layer. Plain functions of ``Plan`` / ``LayerInfo``: no Streamlit.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from compress_core import CompressError, LayerInfo, ModelHandle
+from compress_core.apply import apply_plan
+from compress_core.metrics import evaluate
+from compress_core.plan import ALLOWED_BITS, NM_PATTERN, LayerConfig, Plan, PruneConfig
+
+FLOAT = "float"
+BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
+PRUNE_KIND_OPTIONS = ("unstructured", "structured", "2:4", "4:8", "1:4")
+EDITABLE = ("bits", "scheme", "granularity", "prune_ratio", "prune_kind", "rank")
+SUMMARY_ROWS = (
+    ("accuracy", "accuracy", "{:.2%}"),
+    ("agreement", "top-1 agreement with original", "{:.2%}"),
+    ("cosine", "output cosine", "{:.4f}"),
+    ("sqnr_db", "output SQNR (dB)", "{:.1f}"),
+    ("params", "parameters", "{:,}"),
+    ("nonzero_params", "non-zero parameters", "{:,}"),
+    ("macs", "MACs per sample", "{:,}"),
+    ("plan_bytes", "size at the plan's bit widths (bytes)", "{:,}"),
+    ("zip_bytes", "zipped ONNX (bytes)", "{:,}"),
+)
+
+
+def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
+    """One row per layer: its name, type, parameters and the settings the plan gives it."""
+    rows = []
+    for layer in layers:
+        config = plan.config_for(layer.name) or LayerConfig()
+        rows.append(
+            {
+                "layer": layer.name,
+                "type": layer.type,
+                "params": layer.params,
+                "bits": FLOAT if config.bits is None else str(config.bits),
+                "scheme": config.scheme,
+                "granularity": config.granularity,
+                "prune_ratio": 0.0 if config.prune is None else round(config.prune.ratio, 4),
+                "prune_kind": "unstructured" if config.prune is None else config.prune.kind,
+                "rank": config.rank,
+            }
+        )
+    return rows
+
+
+def row_config(row: dict[str, Any]) -> LayerConfig:
+    """The layer config of one table row (a ``CompressError`` names the layer for a bad value)."""
+    try:
+        kind = row["prune_kind"] or "unstructured"
+        ratio = float(row["prune_ratio"] or 0.0)
+        prune = PruneConfig(ratio=ratio, kind=kind) if ratio > 0 or NM_PATTERN.match(kind) else None
+        return LayerConfig(
+            bits=None if row["bits"] in (None, FLOAT) else int(row["bits"]),
+            scheme=row["scheme"] or "symmetric",
+            granularity=row["granularity"] or "channel",
+            prune=prune,
+            rank=_rank(row["rank"]),
+        )
+    except CompressError as exc:
+        raise CompressError(f"layer '{row['layer']}': {exc}") from None
+
+
+def _rank(value: Any) -> int | float | None:
+    """Empty: full rank; below 1: a fraction of full rank; 1 or more: a rank."""
+    if value is None or value != value:  # None or NaN from an emptied cell
+        return None
+    return float(value) if value < 1 else int(value)
+
+
+def rows_plan(rows: list[dict[str, Any]]) -> Plan:
+    """A plan with one exact entry per row that changes its layer."""
+    configs = {row["layer"]: row_config(row) for row in rows}
+    return Plan(layers={name: config for name, config in configs.items() if not config.is_identity})
+
+
+def edit_rows(rows: list[dict[str, Any]], edited: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with a data editor's ``edited_rows`` (row index -> changed cells) applied."""
+    return [{**row, **{key: value for key, value in edited.get(index, {}).items() if key in EDITABLE}} for index, row in enumerate(rows)]
+
+
+def matching_layers(layers: list[LayerInfo], pattern: str) -> list[str]:
+    """Names of the layers the regex matches in full; a bad regex or no match is a ``CompressError``."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise CompressError(f"'{pattern}' is not a valid regular expression ({exc})") from None
+    names = [layer.name for layer in layers if regex.fullmatch(layer.name)]
+    if not names:
+        raise CompressError(f"'{pattern}' matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}")
+    return names
+
+
+def conv_layers(layers: list[LayerInfo]) -> list[str]:
+    """Names of the convolution layers (torch ``Conv*`` modules, ONNX ``Conv`` nodes)."""
+    return [layer.name for layer in layers if layer.type.startswith("Conv")]
+
+
+def with_bits(plan: Plan, layers: list[LayerInfo], names: list[str], bits: str) -> Plan:
+    """The plan with ``bits`` (an entry of ``BITS_OPTIONS``) set on the named layers, all else kept."""
+    rows = plan_rows(plan, layers)
+    return rows_plan([{**row, "bits": bits} if row["layer"] in names else row for row in rows])
+
+
+def load_recipe(text: str, source: str, layers: list[LayerInfo]) -> Plan:
+    """Parse a recipe, check it against the model, and return it as the table's exact-entry plan."""
+    plan = Plan.from_text(text, source)
+    plan.resolve([layer.name for layer in layers])
+    return rows_plan(plan_rows(plan, layers))
+
+
+def apply_and_measure(handle: ModelHandle, plan: Plan, layers: list[LayerInfo]) -> dict[str, Any]:
+    """Apply the plan to a copy of the model and measure it against the original: plain data."""
+    compressed = apply_plan(handle, plan, layers)
+    return {"plan": plan.to_dict(), "metrics": evaluate(handle, compressed)["compressed"]}
+
+
+def summary_table(columns: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """Rows of metrics, one column per named metrics dict (original, previous, current ...)."""
+    table = []
+    for key, label, fmt in SUMMARY_ROWS:
+        values = {name: metrics.get(key) for name, metrics in columns.items()}
+        if all(value is None for value in values.values()):
+            continue
+        table.append({"metric": label, **{name: "n/a" if value is None else fmt.format(value) for name, value in values.items()}})
+    return table
+
+
+def history_entry(entries: list[dict[str, Any]], result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` labelled with the next number after the history's last entry (``#1``, ``#2`` ...)."""
+    number = int(entries[-1]["label"][1:]) + 1 if entries else 1
+    return {**result, "label": f"#{number}"}
+
+
+def history_table(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per applied plan, newest first: its label, size, quality and what it changed."""
+    return [
+        {
+            "applied": entry["label"],
+            "size (bytes)": entry["metrics"]["plan_bytes"],
+            "accuracy": entry["metrics"]["accuracy"],
+            "agreement": entry["metrics"]["agreement"],
+            "cosine": entry["metrics"]["cosine"],
+            "layers changed": len(entry["plan"]["layers"]),
+        }
+        for entry in reversed(entries)
+    ]

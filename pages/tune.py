@@ -1,0 +1,98 @@
+"""Tune page: edit the per-layer plan as a table, apply it, and compare with the original and the last try."""
+
+import streamlit as st
+
+from compress_core import CompressError
+from compress_core.plan import GRANULARITIES, SCHEMES, Plan
+from explorer_ui import cache, figures, state, tuning
+
+session = st.session_state
+source = state.current_source(session)
+handle = state.current_handle(session)
+layers = cache.inventory(source.key, handle)
+plan = state.plan(session)
+
+st.title(f"Tune {handle.name}")
+st.caption(
+    "One row per layer. bits: float keeps the layer float; prune ratio with kind unstructured or structured "
+    "(whole output channels), or an N:M kind (its ratio is implied); rank: empty for full rank, below 1 a fraction "
+    "of full rank, 1 or more a rank. Order of application: low rank, pruning, quantization."
+)
+
+with st.expander("Bulk edits and recipes", expanded=True):
+    bits_column, conv_column, regex_column, match_column, reset_column = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
+    bulk_bits = bits_column.selectbox("Bits", tuning.BITS_OPTIONS, index=tuning.BITS_OPTIONS.index("8"))
+    pattern = regex_column.text_input("Layers matching (regex)", placeholder=r"e.g. fc\d|head")
+    try:
+        if conv_column.button("All Conv layers", width="stretch"):
+            state.replace_plan(session, tuning.with_bits(plan, layers, tuning.conv_layers(layers), bulk_bits))
+        if match_column.button("Matching layers", width="stretch"):
+            state.replace_plan(session, tuning.with_bits(plan, layers, tuning.matching_layers(layers, pattern), bulk_bits))
+        if reset_column.button("Reset plan", width="stretch"):
+            state.replace_plan(session, Plan())
+    except CompressError as exc:
+        st.error(str(exc))
+
+    upload_column, download_column = st.columns([3, 1], vertical_alignment="bottom")
+    recipe_file = upload_column.file_uploader("Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload")
+    if upload_column.button("Load recipe", disabled=recipe_file is None):
+        try:
+            state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue().decode("utf-8"), recipe_file.name, layers))
+        except (CompressError, UnicodeDecodeError) as exc:
+            st.error(str(exc))
+    plan = state.plan(session)
+    download_column.download_button(
+        "Download recipe", plan.to_yaml(), file_name=f"{handle.name}-recipe.yaml", mime="application/yaml", width="stretch"
+    )
+
+rows = tuning.plan_rows(plan, layers)
+key = state.editor_key(session)
+st.data_editor(
+    rows,
+    key=key,
+    on_change=state.on_plan_edit,
+    args=(key, rows),
+    hide_index=True,
+    disabled=("layer", "type", "params"),
+    column_config={
+        "bits": st.column_config.SelectboxColumn("bits", options=tuning.BITS_OPTIONS, required=True),
+        "scheme": st.column_config.SelectboxColumn("scheme", options=SCHEMES, required=True),
+        "granularity": st.column_config.SelectboxColumn("granularity", options=GRANULARITIES, required=True),
+        "prune_ratio": st.column_config.NumberColumn("prune ratio", min_value=0.0, max_value=0.95, step=0.05),
+        "prune_kind": st.column_config.SelectboxColumn("prune kind", options=tuning.PRUNE_KIND_OPTIONS, required=True),
+        "rank": st.column_config.NumberColumn("rank", min_value=0.01, help="empty: full rank; <1: fraction; >=1: rank"),
+    },
+)
+
+if st.button("Apply", type="primary", disabled=not plan.layers):
+    try:
+        with st.spinner(f"Applying the plan and measuring on {len(handle.data)} samples ..."):
+            result = tuning.apply_and_measure(handle, plan, layers)
+        state.add_history(session, tuning.history_entry(state.history(session), result))
+    except CompressError as exc:
+        st.error(str(exc))
+
+entries = state.history(session)
+if entries:
+    original = cache.baseline_metrics(source.key, handle)
+    current = entries[-1]
+    columns = {"original": original, **({f"previous ({entries[-2]['label']})": entries[-2]["metrics"]} if len(entries) > 1 else {})}
+    columns[f"current ({current['label']})"] = current["metrics"]
+    metrics = current["metrics"]
+    size_column, quality_column = st.columns(2)
+    size_column.metric(
+        "Size at the plan's bit widths", f"{metrics['plan_bytes'] / 1024:,.1f} KiB",
+        delta=f"{metrics['plan_bytes'] / original['plan_bytes'] - 1:+.1%} vs original", delta_color="inverse",
+    )
+    quality = "accuracy" if metrics["accuracy"] is not None else "cosine"
+    quality_column.metric(
+        quality.capitalize(), f"{metrics[quality]:.2%}" if quality == "accuracy" else f"{metrics[quality]:.4f}",
+        delta=f"{metrics[quality] - original[quality]:+.2%} vs original" if quality == "accuracy" else None,
+    )
+    st.dataframe(tuning.summary_table(columns), hide_index=True)
+    for note in metrics["notes"]:
+        st.info(note)
+    if metrics["layer_sqnr"]:
+        st.plotly_chart(figures.layer_sqnr(metrics["layer_sqnr"]))
+    st.subheader("History")
+    st.dataframe(tuning.history_table(entries), hide_index=True)

@@ -1,0 +1,145 @@
+"""The Streamlit app driven by ``AppTest``: every page on every digits sample, uploads, plans, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from compress_core.samples import digits_names
+from explorer_ui import state
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py")
+
+
+@pytest.fixture
+def app() -> AppTest:
+    """The app after its first run (on digits_cnn)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _button(at: AppTest, label: str):
+    return next(button for button in at.button if button.label == label)
+
+
+def _plan_layers(at: AppTest) -> dict:
+    return at.session_state[state.PLANS].get(at.session_state[state.CURRENT], {}).get("layers", {})
+
+
+def test_opens_on_digits_cnn(app):
+    assert app.session_state[state.CURRENT] == "digits_cnn"
+    assert app.title[0].value == "Model: digits_cnn"
+    assert [m.value for m in app.metric][:2] == ["40,506", "616,064"]
+    assert "200 MB" in " ".join(caption.value for caption in app.caption)
+
+
+@pytest.mark.parametrize("sample", digits_names())
+def test_every_page_renders_on_every_sample(app, sample):
+    app.sidebar.selectbox[0].set_value(sample).run()
+    assert app.session_state[state.CURRENT] == sample
+    for page in PAGES:
+        app.switch_page(page).run()
+        assert not app.exception, (sample, page, app.exception)
+        assert not app.error, (sample, page, [error.value for error in app.error])
+        assert app.title[0].value.endswith(sample)
+    app.switch_page("pages/layers.py").run()
+    assert len(app.get("plotly_chart")) >= 4
+    assert len(app.get("iframe")) == 1
+
+
+def test_invalid_upload_shows_the_error_and_keeps_the_model(app):
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("broken.onnx", b"not an onnx file", "application/octet-stream"))
+    app.button[0].click().run()
+    assert not app.exception
+    assert len(app.error) == 1
+    assert "broken.onnx: not a valid ONNX model" in app.error[0].value
+    assert app.session_state[state.CURRENT] == "digits_cnn"
+    assert app.title[0].value == "Model: digits_cnn"
+
+
+def test_state_dict_upload_needs_an_architecture_and_then_loads(app, tmp_path):
+    import io
+
+    import torch
+
+    from compress_core.samples import build_architecture
+
+    buffer = io.BytesIO()
+    torch.save(build_architecture("digits_mlp").state_dict(), buffer)
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("mlp.pt", buffer.getvalue(), "application/octet-stream"))
+    app.button[0].click().run()
+    assert "say which built-in architecture" in app.error[0].value
+    assert app.session_state[state.CURRENT] == "digits_cnn"
+    next(box for box in app.selectbox if box.label.startswith("Architecture")).set_value("digits_mlp")
+    app.button[0].click().run()
+    assert not app.error
+    assert app.session_state[state.CURRENT] == "mlp.pt (uploaded, digits_mlp)"
+    assert app.title[0].value == "Model: mlp"
+    assert "mlp.pt (uploaded, digits_mlp)" in state.sources(app.session_state)
+
+
+def test_plan_and_model_survive_page_switches(app):
+    app.sidebar.selectbox[0].set_value("digits_mlp").run()
+    app.switch_page("pages/tune.py").run()
+    _button(app, "All Conv layers")  # present, though the MLP has none
+    app.text_input[0].set_value(r"fc\d").run()
+    _button(app, "Matching layers").click().run()
+    assert set(_plan_layers(app)) == {"fc1", "fc2", "fc3"}
+    app.switch_page("pages/layers.py").run()
+    app.switch_page("pages/tune.py").run()
+    assert app.session_state[state.CURRENT] == "digits_mlp"
+    assert set(_plan_layers(app)) == {"fc1", "fc2", "fc3"}
+
+
+def test_changing_bits_and_applying_changes_the_size(app):
+    app.switch_page("pages/tune.py").run()
+    app.selectbox[0].set_value("4").run()
+    _button(app, "All Conv layers").click().run()
+    assert _plan_layers(app) == {name: {"bits": 4} for name in ("conv1", "conv2", "conv3")}
+    _button(app, "Apply").click().run()
+    assert not app.exception and not app.error
+    first = app.session_state[state.HISTORY]["digits_cnn"][-1]["metrics"]["plan_bytes"]
+    app.selectbox[0].set_value("2").run()
+    _button(app, "All Conv layers").click().run()
+    _button(app, "Apply").click().run()
+    second = app.session_state[state.HISTORY]["digits_cnn"][-1]["metrics"]["plan_bytes"]
+    original = 40_506 * 4
+    assert second < first < original
+    size = next(metric for metric in app.metric if metric.label == "Size at the plan's bit widths")
+    assert size.value == f"{second / 1024:,.1f} KiB"
+    assert [column for column in app.dataframe[1].value.columns][1:] == ["original", "previous (#1)", "current (#2)"]
+
+
+def test_a_downloaded_recipe_restores_the_same_table(app):
+    app.switch_page("pages/tune.py").run()
+    app.text_input[0].set_value("conv[12]|head").run()
+    app.selectbox[0].set_value("6").run()
+    _button(app, "Matching layers").click().run()
+    recipe = app.get("download_button")[0]
+    table = app.session_state[state.PLANS]["digits_cnn"]
+    text = yaml.safe_dump(table, sort_keys=False)
+    assert yaml.safe_load(text)["layers"] == {"conv1": {"bits": 6}, "conv2": {"bits": 6}, "head": {"bits": 6}}
+    assert recipe.proto.label == "Download recipe"
+    _button(app, "Reset plan").click().run()
+    assert _plan_layers(app) == {}
+    app.file_uploader(key="recipe_upload").set_value(("recipe.yaml", text.encode(), "application/yaml"))
+    app.run()
+    _button(app, "Load recipe").click().run()
+    assert not app.error
+    assert app.session_state[state.PLANS]["digits_cnn"] == table
+
+
+def test_a_recipe_naming_a_missing_layer_is_an_error_and_keeps_the_plan(app):
+    app.switch_page("pages/tune.py").run()
+    bad = b"version: 1\nlayers:\n  conv9: {bits: 4}\n"
+    app.file_uploader(key="recipe_upload").set_value(("bad.yaml", bad, "application/yaml"))
+    app.run()
+    _button(app, "Load recipe").click().run()
+    assert "layer 'conv9' is not a compressible layer" in app.error[0].value
+    assert _plan_layers(app) == {}

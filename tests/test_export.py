@@ -1,0 +1,90 @@
+"""The export folder and the export / bench commands: files, metrics, atomicity, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import compress_core as cc
+from compress_core import artifacts
+from compress_core.apply import apply_plan
+from compress_core.artifacts import export_artifacts
+from compress_core.cli import main
+from compress_core.errors import CompressError
+from compress_core.int8 import Int8Options
+from compress_core.plan import Plan
+
+RECIPE = "version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"
+BENCH_KEYS = {"name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes"}
+
+
+@pytest.fixture(scope="module")
+def cnn() -> cc.ModelHandle:
+    return cc.load_model("digits_cnn")
+
+
+@pytest.fixture(scope="module")
+def exported(cnn, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("export") / "cnn out"
+    export_artifacts(cnn, apply_plan(cnn, Plan.from_text(RECIPE)), folder, Int8Options(calibration_samples=32))
+    return folder
+
+
+def test_folder_holds_every_file_and_the_metrics(exported):
+    assert sorted(p.name for p in exported.iterdir()) == sorted(artifacts.FILES)
+    metrics = json.loads((exported / "metrics.json").read_text())
+    onnx_files = {name: entry for name, entry in metrics["artifacts"].items() if name.endswith(".onnx")}
+    assert set(onnx_files) == {"original_fp32.onnx", "model_fp32.onnx", "model_int8.onnx"}
+    for entry in metrics["artifacts"].values():
+        assert entry["bytes"] > 0 and entry["zip_bytes"] > 0
+    assert onnx_files["model_int8.onnx"]["bytes"] < onnx_files["model_fp32.onnx"]["bytes"] / 2.5
+    assert abs(onnx_files["model_int8.onnx"]["accuracy"] - metrics["pytorch"]["compressed"]["accuracy"]) <= 0.01
+    assert metrics["layer_nodes"]["conv1"] == "/conv1/Conv"
+    assert [row["storage"] for row in metrics["int8"]["layers"]][-1] == "float"
+    report = (exported / "report.md").read_text()
+    assert "model_int8.onnx" in report and "PyTorch simulation" in report
+    assert Plan.load(exported / "recipe.yaml").to_dict() == Plan.from_text(RECIPE).to_dict()
+
+
+def test_failure_leaves_nothing_behind(cnn, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise CompressError("simulated failure")
+
+    monkeypatch.setattr(artifacts, "quantize_int8", broken)
+    folder = tmp_path / "out"
+    with pytest.raises(CompressError, match="simulated failure"):
+        export_artifacts(cnn, apply_plan(cnn, Plan.from_text(RECIPE)), folder, Int8Options())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncompressed_handle_is_refused(cnn, tmp_path):
+    with pytest.raises(CompressError, match="carries no plan"):
+        export_artifacts(cnn, cnn, tmp_path / "out")
+
+
+def test_cli_export_and_bench(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp_path / "dir"
+    code = main(["export", "digits_mlp", "--recipe", str(recipe), "--out", str(out), "--int8", "--calibration", "16", "--calibrate-method", "entropy"])
+    assert code == 0
+    assert {"model_fp32.onnx", "model_int8.onnx", "model.pt", "recipe.yaml", "metrics.json", "report.md"} <= {p.name for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["bench", str(out), "--runs", "3", "--warmup", "1", "--batch", "8", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["name"] for row in rows] == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
+    assert all(BENCH_KEYS <= set(row) for row in rows)
+    assert rows[0]["speedup"] == 1.0 and rows[2]["integer_nodes"] == 3
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nlayers:\n  nosuchlayer: {bits: 8}\n")
+    assert main(["export", "digits_mlp", "--recipe", str(bad), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: layer 'nosuchlayer'") and error.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    assert main(["bench", str(tmp_path)]) == 2
+    assert "not an export folder" in capsys.readouterr().err

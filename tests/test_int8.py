@@ -1,0 +1,199 @@
+"""Integer ONNX export: the plan's bits on ORT's controls, exact grids, the layer map, messy inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import compress_core as cc
+from compress_core.apply import apply_plan
+from compress_core.errors import CompressError
+from compress_core.int8 import Int8Options, quantize_int8
+from compress_core.onnx_export import to_onnx
+from compress_core.onnx_layers import layer_targets, module_scope
+from compress_core.onnx_prep import prepare_for_quantization
+from compress_core.plan import Plan
+
+MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"
+OPTIONS = Int8Options(calibration_samples=32)
+
+
+@pytest.fixture(scope="module")
+def cnn() -> cc.ModelHandle:
+    return cc.load_model("digits_cnn")
+
+
+@pytest.fixture(scope="module")
+def mixed(cnn, tmp_path_factory):
+    compressed = apply_plan(cnn, Plan.from_text(MIXED))
+    result = quantize_int8(compressed, tmp_path_factory.mktemp("int8") / "mixed.onnx", OPTIONS)
+    return compressed, result, onnx.load(str(result.path))
+
+
+def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Float weight name -> the values its DequantizeLinear produces."""
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized") and inits[node.input[0]].ndim > 1:
+            q = inits[node.input[0]].astype(np.float64)
+            scale = inits[node.input[1]].astype(np.float64)
+            zero = inits[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros_like(scale)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            if scale.ndim:
+                shape[axis] = -1
+            found[node.input[0][: -len("_quantized")]] = (q - zero.reshape(shape)) * scale.reshape(shape)
+    return found
+
+
+def test_dequantize_pairs_only_on_planned_layers(mixed):
+    compressed, result, model = mixed
+    targets = layer_targets(compressed, to_onnx(compressed))
+    weights = set(_dequantized_weights(model))
+    planned = {targets[name].weight_tensor for name in ("conv1", "conv2", "conv3", "fc1")}
+    assert planned <= weights
+    assert targets["head"].weight_tensor not in weights
+    head = next(node for node in model.graph.node if node.name == targets["head"].node)
+    assert head.input[1] == targets["head"].weight_tensor  # still the float initializer
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    assert all(producers[node.input[1]] == "DequantizeLinear" for node in model.graph.node if node.name in {targets[n].node for n in ("conv1", "conv2", "conv3", "fc1")})
+    # activations: one QuantizeLinear -> DequantizeLinear pair per quantized activation tensor
+    quantize = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    consumers = {name: [n.op_type for n in model.graph.node if name in n.input] for q in quantize for name in q.output}
+    assert quantize and all(ops and set(ops) == {"DequantizeLinear"} for ops in consumers.values())
+    assert [(row.layer, row.bits, row.storage) for row in result.layers] == [
+        ("conv1", 8, "QInt8"), ("conv2", 4, "QInt4"), ("conv3", 5, "QInt8"), ("fc1", 8, "QInt8"), ("head", None, "float"),
+    ]
+
+
+def test_four_bit_weight_is_stored_as_int4(mixed):
+    compressed, _, model = mixed
+    targets = layer_targets(compressed, to_onnx(compressed))
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    assert types[f"{targets['conv2'].weight_tensor}_quantized"] == TensorProto.INT4
+    assert types[f"{targets['conv1'].weight_tensor}_quantized"] == TensorProto.INT8
+    dequantize = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{targets['conv2'].weight_tensor}_quantized")
+    assert dequantize.domain in ("", "ai.onnx") and model.opset_import[0].version >= 21
+
+
+def test_integers_hold_the_plans_grid_exactly(mixed):
+    compressed, result, model = mixed
+    exported = {init.name: numpy_helper.to_array(init) for init in to_onnx(compressed).graph.initializer}
+    targets = layer_targets(compressed, to_onnx(compressed))
+    dequantized = _dequantized_weights(model)
+    for name in ("conv1", "conv2", "conv3", "fc1"):
+        tensor = targets[name].weight_tensor
+        np.testing.assert_allclose(dequantized[tensor], exported[tensor], rtol=0, atol=1e-6 * np.abs(exported[tensor]).max())
+    assert any("5-bit" in note and "exactly" in note for note in result.notes)
+
+
+def test_int8_accuracy_within_one_point_of_fp32(cnn, tmp_path):
+    compressed = apply_plan(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
+    result = quantize_int8(compressed, tmp_path / "int8.onnx", OPTIONS)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    int8 = (session.run(None, {"input": cnn.data.inputs})[0].argmax(1) == cnn.data.labels).mean()
+    fp32 = (cnn.run(cnn.data.inputs).argmax(1) == cnn.data.labels).mean()
+    assert abs(int8 - fp32) <= 0.01
+
+
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "digits_transformer", "digits_lstm", "digits_resnet"])
+def test_layer_map_covers_every_digits_layer(name):
+    handle = cc.load_model(name)
+    model = to_onnx(handle)
+    layers = cc.layer_inventory(handle)
+    targets = layer_targets(handle, model, layers)
+    assert list(targets) == [layer.name for layer in layers]
+    nodes = {node.name: node for node in model.graph.node}
+    shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    for layer in layers:
+        target = targets[layer.name]
+        assert target.weight_tensor in nodes[target.node].input
+        if target.op_type != "LSTM":
+            assert shapes[target.weight_tensor] in (layer.weight_shape, layer.weight_shape[::-1])
+    assert len({t.node for t in targets.values() if t.op_type != "LSTM"}) == sum(t.op_type != "LSTM" for t in targets.values())
+
+
+def test_module_scope_reads_legacy_node_names():
+    assert module_scope("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
+    assert module_scope("/layer2/layer2.0/downsample/downsample.0/Conv") == "layer2.0.downsample.0"
+    assert module_scope("/blocks.0/attn/q_proj/MatMul") == "blocks.0.attn.q_proj"
+    assert module_scope("/bert/encoder/layer.0/attention/self/query/MatMul") == "bert.encoder.layer.0.attention.self.query"
+    assert module_scope("node_linear_3") == ""
+
+
+def _opset11_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    dense = rng.standard_normal((10, 4 * 6 * 6)).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(weight, "W")),
+        helper.make_node("Conv", ["input", "W"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "G"], ["output"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "old", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])], [numpy_helper.from_array(dense, "G")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 6
+    return model
+
+
+def test_opset11_with_constant_weights_is_converted_and_quantized(tmp_path):
+    raw = _opset11_model()
+    prepared, notes = prepare_for_quantization(raw)
+    assert prepared.opset_import[0].version == 13
+    assert "W" in {init.name for init in prepared.graph.initializer}
+    assert not any(node.op_type == "Constant" for node in prepared.graph.node)
+    assert any("opset 11" in note for note in notes) and any("Constant" in note for note in notes)
+    path = tmp_path / "old.onnx"
+    onnx.save(raw, path)
+    handle = cc.load_model(path)
+    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
+    result = quantize_int8(compressed, tmp_path / "old_int8.onnx", Int8Options(calibration_samples=8), fp32_model=raw)
+    model = onnx.load(str(result.path))
+    assert model.opset_import[0].version >= 13
+    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "W_quantized"]
+    assert len(per_channel) == 1 and any(a.name == "axis" for a in per_channel[0].attribute)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": handle.data.inputs[:4]})[0].shape == (4, 10)
+
+
+def test_op_ort_cannot_quantize_names_op_layer_and_fallback(tmp_path):
+    lstm = cc.load_model("digits_lstm")
+    compressed = apply_plan(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
+    with pytest.raises(CompressError, match=r"layer 'lstm.weight_ih_l0'.*LSTM.*/lstm/LSTM.*lstm.weight_ih_l0: null"):
+        quantize_int8(compressed, tmp_path / "lstm.onnx", OPTIONS)
+    assert not list(tmp_path.iterdir())
+    kept = apply_plan(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  're:lstm.*': null\n"))
+    assert quantize_int8(kept, tmp_path / "lstm.onnx", OPTIONS).path.exists()
+
+
+def test_dynamic_quantization_of_a_transformer(tmp_path):
+    handle = cc.load_model("digits_transformer")
+    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"))
+    result = quantize_int8(compressed, tmp_path / "dyn.onnx", Int8Options(dynamic=True))
+    ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert result.mode == "dynamic" and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    agreement = (session.run(None, {"input": handle.data.inputs})[0].argmax(1) == handle.run(handle.data.inputs).argmax(1)).mean()
+    assert agreement >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "kl"}, "calibration method 'kl' is not allowed"),
+        ({"calibration_samples": 0}, "calibration samples 0 is not allowed"),
+        ({"activations": "fp16"}, "activation type 'fp16' is not allowed"),
+    ],
+)
+def test_options_are_checked(options, message):
+    with pytest.raises(CompressError, match=message):
+        Int8Options(**options)

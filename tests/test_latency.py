@@ -1,0 +1,93 @@
+"""Latency measurement (interleaved, progress) and the per-layer profile and float-node census."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import compress_core as cc
+from compress_core import latency
+from compress_core.apply import apply_plan
+from compress_core.errors import CompressError
+from compress_core.int8 import Int8Options, quantize_int8
+from compress_core.latency import batch_of, measure_latency
+from compress_core.onnx_export import to_onnx
+from compress_core.onnx_layers import layer_targets
+from compress_core.plan import Plan
+from compress_core.profiling import layer_of, op_census, profile_nodes
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    handle = cc.load_model("digits_cnn")
+    folder = tmp_path_factory.mktemp("latency")
+    onnx.save(to_onnx(handle), folder / "fp32.onnx")
+    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"))
+    quantize_int8(compressed, folder / "int8.onnx", Int8Options(calibration_samples=16))
+    nodes = {name: target.node for name, target in layer_targets(handle, to_onnx(handle)).items()}
+    return handle, {"fp32": folder / "fp32.onnx", "int8": folder / "int8.onnx"}, nodes
+
+
+def test_measure_latency_interleaves_and_reports(files, monkeypatch):
+    handle, paths, _ = files
+    order = []
+    original = latency.make_session
+
+    def recording(path, threads, *args, **kwargs):
+        session = original(path, threads, *args, **kwargs)
+        run = session.run
+        session_name = Path(path).stem
+
+        class Recorder:
+            def get_inputs(self):
+                return session.get_inputs()
+
+            def run(self, *a, **k):
+                order.append(session_name)
+                return run(*a, **k)
+
+        return Recorder()
+
+    monkeypatch.setattr(latency, "make_session", recording)
+    calls = []
+    results = measure_latency(paths, handle.data.inputs, threads=1, batch=4, warmup=1, runs=3, progress=lambda d, t: calls.append((d, t)))
+    assert order == ["fp32", "int8"] * 4
+    assert calls == [(i, 8) for i in range(1, 9)]
+    first, second = results
+    assert first.speedup == 1.0 and second.speedup == pytest.approx(first.median_ms / second.median_ms)
+    for result in results:
+        assert result.p10_ms <= result.median_ms <= result.p90_ms
+        assert result.throughput == pytest.approx(4000 / result.median_ms)
+
+
+def test_measure_latency_rejects_bad_arguments(files):
+    handle, paths, _ = files
+    with pytest.raises(CompressError, match="baseline 'x' is not a candidate"):
+        measure_latency(paths, handle.data.inputs, baseline="x", runs=1)
+    with pytest.raises(CompressError, match="no ONNX file"):
+        measure_latency({}, handle.data.inputs)
+
+
+def test_batch_of_repeats_small_inputs():
+    inputs = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert batch_of(inputs, 7).shape == (7, 2) and batch_of(inputs, 7)[3].tolist() == [0.0, 1.0]
+
+
+def test_census_counts_integer_and_float_nodes(files):
+    _, paths, nodes = files
+    fp32 = op_census(paths["fp32"], nodes)
+    int8 = op_census(paths["int8"], nodes)
+    assert fp32.integer == {} and fp32.float_nodes == 5
+    assert int8.integer == {"QLinearConv": 3, "QGemm": 1}
+    assert int8.float == {"Gemm": 1} and int8.float_layers == ["head"]
+
+
+def test_profile_maps_nodes_to_layers(files):
+    handle, paths, nodes = files
+    rows = profile_nodes(paths["int8"], handle.data.inputs, nodes, threads=1, batch=8, runs=2)
+    assert {row.layer for row in rows} >= {"conv1", "conv2", "conv3", "fc1", "head"}
+    assert sum(row.share for row in rows) == pytest.approx(1.0)
+    assert layer_of("/conv1/Conv_token_3", nodes) == "conv1" and layer_of("/Relu", nodes) is None

@@ -1,0 +1,171 @@
+"""Per-layer sensitivity: ranking, table shape, skips, activation cache, disk cache, cancellation, CLI."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from compress_core import CompressError, load_model
+from compress_core.activation_cache import StagedModel, as_numpy
+from compress_core.cli import main
+from compress_core.sensitivity import CSV_COLUMNS, Sweep, run_sensitivity
+from compress_core.transform_torch import copy_module
+
+BITS = Sweep(kinds=("bits",))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return load_model("digits_mlp")
+
+
+def test_outlier_layer_ranks_most_sensitive_to_low_bits(mlp):
+    model = copy_module(mlp.model)
+    with torch.no_grad():
+        model.fc1.weight[:, 0] = 50.0  # input pixel 0 is always 0 in digits: the outputs do not change
+    fragile = mlp.replace(model=model)
+    plain = run_sensitivity(mlp, Sweep(bits=(3, 2), kinds=("bits",)), cache=False)
+    result = run_sensitivity(fragile, Sweep(bits=(3, 2), kinds=("bits",)), cache=False)
+    assert result.baseline == pytest.approx(plain.baseline)
+    assert plain.ranking("bits")[0] != "fc1"
+    assert result.ranking("bits")[0] == "fc1" and result.ranking("bits", level=3)[0] == "fc1"
+    fc1 = result.ranked_rows("bits")[0]
+    # The outlier keeps the weight SQNR high (33 dB): the measured drop, not the proxy, finds it.
+    assert fc1.drop > 50 and fc1.proxy > 20
+
+
+def test_one_row_per_layer_and_level_in_layer_order(mlp):
+    result = run_sensitivity(mlp, Sweep(kinds=("bits", "prune")), cache=False)
+    assert len(result.rows) == 4 * (5 + 9) and not result.skipped and not result.cancelled
+    assert len({(row.layer, row.kind, row.level) for row in result.rows}) == len(result.rows)
+    assert [row.layer for row in result.rows[::14]] == ["fc1", "fc2", "fc3", "head"]
+    assert result.rows[0].kind == "bits" and result.rows[0].level == 8 and result.rows[5].level == 0.1
+    for row in result.rows:
+        assert row.drop == pytest.approx(result.baseline - row.metric)
+    drops = [row.drop for row in result.rows if row.layer == "head" and row.kind == "prune"]
+    assert drops[-1] > drops[0]
+    assert result.metric_name == "accuracy" and result.seconds > 0 and result.evaluations == 56
+
+
+def test_kinds_a_layer_cannot_take_are_skipped_not_errors():
+    lstm = load_model("digits_lstm")
+    result = run_sensitivity(lstm, Sweep(prune=(0.5,), ranks=(0.5,), kinds=("structured", "rank")), cache=False)
+    assert [(row.layer, row.kind) for row in result.rows] == [("head", "rank")]
+    reasons = {(cell.layer, cell.kind): cell.reason for cell in result.skipped}
+    assert len(reasons) == 5
+    assert "low-rank is not supported for LSTM" in reasons[("lstm.weight_ih_l0", "rank")]
+    assert "structured pruning applies to Conv and Linear layers" in reasons[("lstm.weight_hh_l0", "structured")]
+    assert reasons[("head", "structured")] == "its output channels are the model's outputs"
+
+
+def test_activation_cache_matches_full_passes():
+    cnn = load_model("digits_cnn")
+    sweep = Sweep(bits=(2,), prune=(0.8,), ranks=(0.25,), kinds=("bits", "prune", "rank"))
+    staged = run_sensitivity(cnn, sweep, cache=False)
+    full = run_sensitivity(cnn, sweep, cache=False, staged=False)
+    assert staged.strategy == "staged activation cache" and full.strategy == "weight swap, full passes"
+    assert [(r.layer, r.kind, r.level, r.metric, r.proxy) for r in staged.rows] == [
+        (r.layer, r.kind, r.level, r.metric, r.proxy) for r in full.rows
+    ]
+
+
+def test_structured_rows_match_apply_plan():
+    cnn = load_model("digits_cnn")
+    result = run_sensitivity(cnn, Sweep(prune=(0.5,), kinds=("structured",)), cache=False)
+    assert [row.layer for row in result.rows] == ["conv1", "conv2", "conv3", "fc1"]
+    assert result.rows[0].drop > 0 and 0 < result.rows[0].proxy < 10
+
+
+def test_inplace_stages_do_not_corrupt_the_cache():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(inplace=True), nn.Linear(8, 2)).eval()
+    inputs = torch.randn(16, 4)
+    staged = StagedModel.build(model, inputs)
+    assert staged is not None and staged.mutates
+    cut = staged.cut_for(model[2].weight)
+    state = staged.advance(staged.start([inputs]), staged.cut_for(model[0].weight))
+    with torch.inference_mode():
+        first, second = as_numpy(staged.run_from(state)), as_numpy(staged.run_from(state))
+        assert (first == second).all() and (first == model(inputs).numpy()).all()
+    assert cut == 3
+
+
+def test_untraceable_model_falls_back_to_full_passes():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    assert StagedModel.build(Branchy(), torch.randn(3, 4)) is None
+
+
+def test_cached_repeat_is_at_least_10x_faster(mlp, tmp_path):
+    sweep = Sweep(kinds=("bits", "prune"))
+    started = time.perf_counter()
+    first = run_sensitivity(mlp, sweep, cache=tmp_path)
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    again = run_sensitivity(mlp, sweep, cache=tmp_path)
+    again_seconds = time.perf_counter() - started
+    assert not first.cached and again.cached and again.rows == first.rows
+    assert first_seconds >= 10 * again_seconds, (first_seconds, again_seconds)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    other = run_sensitivity(mlp, Sweep(bits=(4,), kinds=("bits",)), cache=tmp_path)
+    assert not other.cached and len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_cancellation_stops_within_one_evaluation(mlp, tmp_path):
+    seen = []
+    result = run_sensitivity(mlp, BITS, progress=seen.append, cancel=lambda: len(seen) >= 3, cache=tmp_path)
+    assert result.cancelled and len(result.rows) == 3 and result.evaluations == 3
+    assert seen[-1].cell == 3 and seen[-1].cell_count == 20 and seen[-1].layer_count == 4
+    assert not list(tmp_path.glob("*.json"))
+    event = threading.Event()
+    event.set()
+    assert run_sensitivity(mlp, BITS, cancel=event, cache=False).rows == []
+
+
+def test_hessian_traces_rank_layers(mlp):
+    result = run_sensitivity(mlp, Sweep(bits=(2,), kinds=("bits",)), hessian=True, cache=False)
+    assert set(result.hessian) == {"fc1", "fc2", "fc3", "head"}
+    assert all(trace > 0 for trace in result.hessian.values())
+    assert result.ranking("hessian")[0] in result.hessian
+    assert [row.kind for row in result.table()].count("hessian") == 4
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        (dict(kinds=("bits", "depth")), "unknown sensitivity kind 'depth'; use one or more of bits, prune, structured, rank"),
+        (dict(bits=(9,)), "sensitivity level for 'bits': bits 9 is not allowed; use null (float), 2..8 or 16"),
+        (dict(prune=(1.5,)), "sensitivity level for 'prune': prune ratio 1.5 is not allowed; use a number in [0, 1)"),
+        (dict(prune=(0,)), "sensitivity level for 'prune': prune ratio 0 is not allowed; use a number in (0, 1)"),
+        (dict(ranks=(1.5,)), "sensitivity level for 'rank': rank 1.5 is not allowed; a fraction of full rank must be in (0, 1]"),
+    ],
+)
+def test_bad_sweeps_are_one_line_errors(sweep, message):
+    with pytest.raises(CompressError) as error:
+        Sweep(**sweep)
+    assert str(error.value) == message
+
+
+def test_cli_writes_csv_columns(tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    code = main(["sensitivity", "digits_mlp", "--kinds", "bits,prune", "--bits", "8,2", "--ratios", "0.5", "--out", str(out), "--no-cache", "--quiet"])
+    assert code == 0
+    rows = list(csv.reader(out.open()))
+    assert tuple(rows[0]) == CSV_COLUMNS == ("layer", "kind", "level", "metric", "drop", "proxy")
+    assert len(rows) == 1 + 4 * 3 and rows[1][:3] == ["fc1", "bits", "8"]
+    assert "12 cells measured, 0 skipped" in capsys.readouterr().out
+
+
+def test_cli_bad_kind_is_one_line(tmp_path, capsys):
+    assert main(["sensitivity", "digits_mlp", "--kinds", "bits,width", "--out", str(tmp_path / "t.csv")]) == 2
+    assert capsys.readouterr().err == "error: unknown sensitivity kind 'width'; use one or more of bits, prune, structured, rank\n"
