@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,27 +92,47 @@ def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarra
     """Fidelity of ``outputs`` to ``reference`` plus the handle's size and compute."""
     layers = layer_inventory(handle)
     record = handle.compression
-    nonzero = total_params(handle) - sum(int((~mask).sum()) for mask in (record.masks.values() if record else []))
+    params = total_params(handle)
+    nonzero = params - sum(int((~mask).sum()) for mask in (record.masks.values() if record else []))
     return {
         **output_fidelity(reference, outputs, handle.data.labels, handle.task),
-        "params": total_params(handle),
+        "params": params,
         "nonzero_params": nonzero,
         "macs": sum(layer.macs for layer in layers),
-        "float_bytes": total_params(handle) * 4,
+        "float_bytes": params * 4,
         "plan_bytes": plan_bytes(handle, layers),
         "zip_bytes": zip_bytes(handle) if with_zip else None,
     }
 
 
-def evaluate(original: ModelHandle, compressed: ModelHandle | None = None, with_zip: bool = True) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Baseline:
+    """The original model's outputs on its evaluation data and its metrics, computed once."""
+
+    reference: np.ndarray
+    metrics: dict[str, Any]
+
+
+def baseline(original: ModelHandle, with_zip: bool = True) -> Baseline:
+    """Run the original once; pass the result to ``evaluate`` to compare many plans cheaply."""
+    reference = original.run(original.data.inputs)
+    return Baseline(reference, model_metrics(original, reference, reference, with_zip))
+
+
+def evaluate(
+    original: ModelHandle,
+    compressed: ModelHandle | None = None,
+    with_zip: bool = True,
+    base: Baseline | None = None,
+) -> dict[str, Any]:
     """``{"original": {...}, "compressed": {...}}`` (compressed only when given), with the keys of
     ``METRIC_KEYS``, plus ``layer_sqnr`` (per planned layer, dB) and ``notes`` for the compressed
-    model. ``with_zip=False`` skips the ONNX export behind ``zip_bytes`` (it is then None)."""
-    inputs = original.data.inputs
-    reference = original.run(inputs)
-    result = {"original": model_metrics(original, reference, reference, with_zip)}
+    model. ``with_zip=False`` skips the ONNX export behind ``zip_bytes`` (it is then None); ``base``
+    reuses the original's outputs and metrics from ``baseline``."""
+    base = base or baseline(original, with_zip)
+    result = {"original": dict(base.metrics)}
     if compressed is not None:
-        metrics = model_metrics(compressed, reference, compressed.run(inputs), with_zip)
+        metrics = model_metrics(compressed, base.reference, compressed.run(original.data.inputs), with_zip)
         record = compressed.compression
         metrics["layer_sqnr"] = dict(record.layer_sqnr) if record else {}
         metrics["notes"] = list(record.notes) if record else []
