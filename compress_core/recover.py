@@ -34,6 +34,7 @@ from . import samples
 from .errors import CompressError
 from .fake_quant import snap_to_grids, straight_through
 from .handle import CompressionRecord, EvalData, ModelHandle
+from .primitives import QuantizedWeight
 from .transform_torch import copy_module
 
 ProgressCallback = Callable[[int, int, float], None]
@@ -105,18 +106,25 @@ def finetune(
             if progress is not None:
                 progress(epoch + 1, epochs, loss)
         student.eval()
-    quantized = snap_to_grids(parameters, record.quantized)
     stopped = "" if len(history) == epochs else f" (cancelled after {len(history)} of {epochs} epochs)"
     note = f"fine-tuned for {len(history)} epochs by distillation from the original{stopped}; {origin_note}"
-    new_record = dataclasses.replace(
+    tuned_record = _tuned_record(record, snap_to_grids(parameters, record.quantized), note)
+    return compressed.replace(model=student, compression=tuned_record), history
+
+
+def _tuned_record(record: CompressionRecord, quantized: dict[str, QuantizedWeight], note: str) -> CompressionRecord:
+    """A copy of ``record`` with the final grids and the fine-tuning notes."""
+    notes = [*record.notes, note]
+    if record.layer_sqnr:
+        notes.append("layer SQNR values describe the weights before fine-tuning")
+    return dataclasses.replace(
         record,
         masks={name: mask.clone() for name, mask in record.masks.items()},
         quantized=quantized,
         layer_sqnr=dict(record.layer_sqnr),
         nm_patterns=dict(record.nm_patterns),
-        notes=[*record.notes, note, "layer SQNR values describe the weights before fine-tuning"],
+        notes=notes,
     )
-    return compressed.replace(model=student, compression=new_record), history
 
 
 def training_data(handle: ModelHandle) -> EvalData:

@@ -24,6 +24,7 @@ import torch
 from .errors import CompressError
 from .handle import ModelHandle
 from .inventory import LayerInfo, layer_inventory, torch_layer_names
+from .onnx_graph import constant_tensors
 from .plan import PruneConfig
 from .primitives import (
     SCHEMES,
@@ -34,6 +35,7 @@ from .primitives import (
     singular_values,
     sqnr_db,
 )
+from .recover import distillation_loss
 from .weights import prune_mask
 
 TEACHING_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -48,8 +50,6 @@ def layer_weight(handle: ModelHandle, layer_name: str) -> torch.Tensor:
     """The float32 weight of one layer of the inventory, output channels first (a copy)."""
     layer = _layer(handle, layer_name)
     if handle.backend == "onnx":
-        from .onnx_graph import constant_tensors
-
         weight = torch.from_numpy(np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32))
     else:
         weight = dict(handle.model.named_parameters())[layer.weight_name].detach().to(torch.float32)
@@ -321,8 +321,9 @@ def distillation_view(teacher: ModelHandle, student: ModelHandle, sample: int = 
     if not 0 <= sample < len(teacher.data):
         raise CompressError(f"sample {sample} is out of range; the evaluation data has {len(teacher.data)} samples")
     inputs = teacher.data.inputs[sample : sample + 1]
-    log_p = _softened_log_probabilities(teacher.run(inputs)[0], temperature)
-    log_q = _softened_log_probabilities(student.run(inputs)[0], temperature)
+    teacher_logits, student_logits = teacher.run(inputs), student.run(inputs)
+    log_p = _softened_log_probabilities(teacher_logits[0], temperature)
+    log_q = _softened_log_probabilities(student_logits[0], temperature)
     p, q = np.exp(log_p), np.exp(log_q)
     labels = teacher.data.labels
     return {
@@ -332,5 +333,5 @@ def distillation_view(teacher: ModelHandle, student: ModelHandle, sample: int = 
         "student": q.tolist(),
         "teacher_entropy": float(-np.sum(p * log_p)),
         "student_entropy": float(-np.sum(q * log_q)),
-        "loss_term": float(temperature**2 * np.sum(p * (log_p - log_q))),
+        "loss_term": float(distillation_loss(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits), temperature)),
     }

@@ -145,7 +145,8 @@ def test_distillation_probabilities_sum_to_one_and_flatten_with_temperature(cnn:
     for view in views:
         assert sum(view["teacher"]) == pytest.approx(1.0) and sum(view["student"]) == pytest.approx(1.0)
         assert len(view["teacher"]) == 10 and view["label"] == int(cnn.data.labels[3])
-        assert view["loss_term"] >= 0
+        p, q = np.array(view["teacher"]), np.array(view["student"])
+        assert view["loss_term"] == pytest.approx(view["temperature"] ** 2 * np.sum(p * np.log(p / q)), rel=1e-4)
     assert views[0]["teacher_entropy"] < views[1]["teacher_entropy"] < views[2]["teacher_entropy"]
     assert max(views[0]["teacher"]) > max(views[1]["teacher"]) > max(views[2]["teacher"])
     assert softened_probabilities(np.array([2.0, 0.0]), 1e6) == pytest.approx([0.5, 0.5])

@@ -17,6 +17,7 @@ import torch
 
 from ..apply import apply_plan
 from ..atomic import atomic_write_bytes, atomic_write_text
+from ..evaldata import load_npz
 from ..metrics import evaluate
 from ..plan import Plan
 from ..recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help=f"distillation temperature (default {DEFAULT_TEMPERATURE})")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"weight of the distillation term against cross-entropy (default {DEFAULT_ALPHA})")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"batch size (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--train-data", type=Path, help=".npz to train on (default: a digits sample's training split, else the evaluation data)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for model.pt, recipe.yaml and metrics.json")
     parser.set_defaults(func=run)
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.recipe)
     original = load_from_args(args)
     compressed = apply_plan(original, plan)
+    train = load_npz(args.train_data, original.input_spec) if args.train_data else None
     tuned, history = finetune(
         original,
         compressed,
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         batch_size=args.batch_size,
         progress=lambda epoch, epochs, loss: print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr),
+        data=train,
     )
     before = evaluate(original, compressed, with_zip=False)
     after = evaluate(original, tuned, with_zip=False)
