@@ -12,7 +12,6 @@ one interleaved run (``measure_latency``), so ratios are measured side by side:
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import compress_core as cc  # noqa: E402
+from compress_core import jsonio  # noqa: E402
 from compress_core.apply import apply_plan  # noqa: E402
 from compress_core.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
 from compress_core.int8 import Int8Options, quantize_ort_default  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
         rows = resnet(Path(folder))
         rows += minilm(Path(folder))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / "latency.json").write_text(jsonio.dumps(rows) + "\n", encoding="utf-8")
     (RESULTS / "latency.md").write_text(markdown(rows), encoding="utf-8")
     print(markdown(rows))
 

@@ -9,7 +9,6 @@ cancelled when the budget is spent). Writes ``benchmarks/results/recovery.md`` a
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from compress_core import load_model
+from compress_core import jsonio, load_model
 from compress_core.apply import apply_plan
 from compress_core.atomic import atomic_write_text
 from compress_core.metrics import evaluate
@@ -96,7 +95,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     """Run the benchmark and write the results files."""
     result = run()
-    atomic_write_text(RESULTS / "recovery.json", json.dumps(result, indent=2))
+    atomic_write_text(RESULTS / "recovery.json", jsonio.dumps(result))
     atomic_write_text(RESULTS / "recovery.md", markdown(result))
     print(markdown(result))
 

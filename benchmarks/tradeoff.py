@@ -5,12 +5,11 @@ Run: python benchmarks/tradeoff.py [SAMPLE ...]   (minilm is included when it is
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 
-from compress_core import CompressError, load_model
+from compress_core import CompressError, jsonio, load_model
 from compress_core.apply import apply_plan
 from compress_core.metrics import evaluate
 from compress_core.plan import Plan
@@ -98,7 +97,7 @@ def main(names: list[str]) -> None:
         except CompressError as exc:
             print(f"skipped {name}: {exc}")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tradeoff.json").write_text(json.dumps(rows, indent=2, default=float))
+    (RESULTS / "tradeoff.json").write_text(jsonio.dumps(rows))
     (RESULTS / "tradeoff.md").write_text(markdown(rows))
     print(markdown(rows))
 

@@ -13,7 +13,6 @@ and what ``bench`` needs: ``original_fp32.onnx`` and ``eval_data.npz``.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ import numpy as np
 import onnx
 import torch
 
+from . import jsonio
 from .atomic import sanitize_filename
 from .errors import CompressError
 from .handle import ModelHandle
@@ -97,7 +97,7 @@ def export_artifacts(
             quantized = quantize_int8(compressed, staging / INT8_ONNX, int8, fp32)
         say("running every ONNX file in ONNX Runtime")
         metrics = _metrics(original, compressed, fp32, staging, int8, quantized)
-        (staging / METRICS).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
         (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
         folder.mkdir(exist_ok=True)
         files = {}

@@ -37,6 +37,7 @@ def test_evaluate_json(tmp_path, capsys):
     keys = {"accuracy", "agreement", "cosine", "sqnr_db", "params", "macs", "float_bytes", "plan_bytes", "zip_bytes"}
     assert keys <= set(payload["original"]) and keys <= set(payload["compressed"])
     assert payload["compressed"]["plan_bytes"] < payload["original"]["plan_bytes"] / 2
+    assert payload["original"]["sqnr_db"] is None  # identical outputs: infinite SQNR, written as strict JSON null
 
 
 def test_apply_writes_models_and_metrics(tmp_path, capsys):

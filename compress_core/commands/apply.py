@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import onnx
 
+from .. import jsonio
 from ..apply import apply_plan
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..loading import save_torchscript
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         save_torchscript(compressed, out / "model.ts")
         written.append(out / "model.ts")
     written.append(plan.save(out / "recipe.yaml"))
-    written.append(atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2)))
+    written.append(atomic_write_text(out / "metrics.json", jsonio.dumps(metrics)))
     written.append(atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed")))
     onnx.checker.check_model(str(out / "model.onnx"))
     for path in written:

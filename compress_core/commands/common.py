@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from .. import jsonio
 from ..errors import CompressError
 from ..handle import ModelHandle
 from ..loading import load_model
@@ -45,7 +45,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def print_json(payload: Any) -> None:
     """JSON on stdout, indented."""
-    print(json.dumps(payload, indent=2))
+    print(jsonio.dumps(payload))
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 from pathlib import Path
 
 import torch
 
+from .. import jsonio
 from ..apply import apply_plan
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..evaldata import load_npz
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(args.out / "model.pt", buffer.getvalue())
     plan.save(args.out / "recipe.yaml")
     metrics = {"model": original.name, "data": original.data.origin, "before": before, "after": after, "finetune": {**settings, "loss_history": history}}
-    atomic_write_text(args.out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(args.out / "metrics.json", jsonio.dumps(metrics))
     models = (before["original"], before["compressed"], after["compressed"])
     rows = [[label, *(format_value(model[key], kind) for model in models)] for key, label, kind in ROWS if key != "zip_bytes"]
     print(format_table(("metric", "original", "compressed", "fine-tuned"), rows))
