@@ -6,7 +6,7 @@ import pytest
 
 from compress_core import CompressError, load_model
 from compress_core.cli import main
-from compress_core.plan import Plan
+from compress_core.plan import LayerConfig, Plan
 from compress_core.sensitivity import Sweep, run_sensitivity
 from compress_core.suggest import measure_plan, suggest_plan, uniform_plan
 
@@ -49,7 +49,7 @@ def test_uniform_plan_is_the_widest_bit_width_within_the_target():
     handle = load_model("digits_mlp")
     plan, metrics = uniform_plan(handle, 1 / 6)
     assert plan.default.bits == 4 and metrics["size_ratio"] <= 1 / 6
-    wider = measure_plan(handle, Plan(default=plan.default.__class__(bits=5)))
+    wider = measure_plan(handle, Plan(default=LayerConfig(bits=5)))
     assert wider["size_ratio"] > 1 / 6
 
 
