@@ -26,6 +26,8 @@ navigation = st.navigation(
         st.Page("pages/model.py", title="Model", default=True),
         st.Page("pages/layers.py", title="Layers"),
         st.Page("pages/tune.py", title="Tune"),
+        st.Page("pages/sensitivity.py", title="Sensitivity"),
+        st.Page("pages/export.py", title="Export & latency"),
     ]
 )
 state.show_error(st.session_state)

@@ -1,10 +1,13 @@
 """The ``compress-explorer`` console script: ``streamlit run <repo>/app.py`` with any extra arguments.
 
-``compress-explorer --server.port 8600`` passes ``--server.port 8600`` on to Streamlit.
+``compress-explorer --server.port 8600`` passes ``--server.port 8600`` on to Streamlit. Streamlit
+reads ``.streamlit/config.toml`` from the working directory, so the app runs from the repository
+folder, where the project's settings (upload cap, local-only address, no usage statistics) live.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamlit.web import cli
 
     args = sys.argv[1:] if argv is None else argv
+    os.chdir(APP.parent)
     sys.argv = ["streamlit", "run", str(APP), *args]
     try:
         cli.main()

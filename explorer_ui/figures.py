@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 MAX_DRAWN_LEVELS = 1024
 """Above this many quantization levels (16-bit grids) the levels are not drawn one by one."""
 BINS = 80
+MIN_BINS = 10
 KEPT_COLOR = "#1f77b4"
 ALERT_COLOR = "#d62728"
 MUTED_COLOR = "#9aa5b1"
@@ -24,7 +25,7 @@ def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) ->
 
 def weight_histogram(values: np.ndarray, levels: np.ndarray, scope: str) -> go.Figure:
     """Histogram of weights with every quantization level drawn as a vertical line over it."""
-    counts, edges = np.histogram(values, bins=BINS)
+    counts, edges = np.histogram(values, bins=int(np.clip(len(values) // 4, MIN_BINS, BINS)))
     figure = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name="weights", marker_color=KEPT_COLOR))
     if len(levels) <= MAX_DRAWN_LEVELS:
         top = float(counts.max()) if len(counts) else 1.0
@@ -70,10 +71,10 @@ def spectrum(view: dict, rank: int) -> go.Figure:
     figure = go.Figure()
     figure.add_trace(go.Bar(x=ranks, y=values, name="singular value", marker_color=KEPT_COLOR))
     figure.add_trace(go.Scatter(x=ranks, y=view["energy"], name="energy kept", yaxis="y2", mode="lines", line=dict(color=ALERT_COLOR)))
-    figure.add_vline(x=rank, line_dash="dash", annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy")
+    figure.add_vline(x=rank, line_dash="dash", annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy", annotation_position="top right")
     if view["break_even"] >= 1:
-        figure.add_vline(x=view["break_even"], line_dash="dot", line_color=MUTED_COLOR, annotation_text="break-even", annotation_position="bottom right")
-    figure.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], tickformat=".0%", title="energy kept"))
+        figure.add_vline(x=view["break_even"], line_dash="dot", line_color=MUTED_COLOR, annotation_text="break-even", annotation_position="top left")
+    figure.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], dtick=0.25, tickformat=".0%", title="energy kept"))
     return _layout(figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value")
 
 
@@ -95,18 +96,20 @@ def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
     return _layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
 
 
-def heatmap(z: Sequence[Sequence[float]], rows: Sequence[str], columns: Sequence[str], title: str, colorbar: str) -> go.Figure:
-    """A labelled heatmap (rows x columns) with the values written in the cells."""
+def heatmap(z: Sequence[Sequence[float | None]], rows: Sequence[str], columns: Sequence[str], title: str, x_title: str, colorbar: str) -> go.Figure:
+    """A labelled heatmap (rows x columns, both categorical) with the values written in the cells."""
     figure = go.Figure(
         go.Heatmap(z=z, x=list(columns), y=list(rows), colorscale="RdYlGn", colorbar=dict(title=colorbar), texttemplate="%{z:.1f}")
     )
-    figure.update_yaxes(autorange="reversed")
-    return _layout(figure, title, "", "", height=max(320, 28 * len(rows) + 120))
+    figure.update_yaxes(autorange="reversed", type="category")
+    figure.update_xaxes(type="category")
+    return _layout(figure, title, x_title, "", height=max(320, 28 * len(rows) + 120))
 
 
 def curves(x: Sequence, series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str) -> go.Figure:
-    """One line per named series over shared x values."""
+    """One line per named series over shared x values (categorical, in the order given)."""
     figure = go.Figure([go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name) for name, y in series.items()])
+    figure.update_xaxes(type="category")
     return _layout(figure, title, x_title, y_title, height=380)
 
 

@@ -12,7 +12,8 @@ This server prevents all of it:
   (shown 180 days after its build) never blocks an offline viewer.
 
 The model is opened from the URL (``/?url=model/<digest>/<name>.onnx``), so the graph shows at
-once. ``publish`` replaces the served model; ``stop`` ends the server.
+once. ``publish`` adds a model (the server is shared by every session of the app, so it keeps the
+last ``KEPT_MODELS`` published, each under its own content digest); ``stop`` ends the server.
 """
 
 from __future__ import annotations
@@ -46,13 +47,15 @@ CONTENT_TYPES = {
 }
 DATE_META = re.compile(r'<meta name="date" content="[^"]*">')
 MODEL_PREFIX = "/model/"
+KEPT_MODELS = 8
 
 
 class NetronServer:
     """netron's static files plus one published model, on ``127.0.0.1`` at a free port."""
 
     def __init__(self) -> None:
-        self._model: tuple[str, bytes] | None = None
+        self._models: dict[str, bytes] = {}
+        self._lock = threading.Lock()
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
         self._httpd.daemon_threads = True
@@ -71,7 +74,11 @@ class NetronServer:
         """
         digest = hashlib.sha256(content).hexdigest()[:12]
         path = f"{MODEL_PREFIX}{digest}/{urllib.parse.quote(Path(filename).name)}"
-        self._model = (path, content)
+        with self._lock:
+            self._models.pop(path, None)
+            self._models[path] = content
+            for stale in list(self._models)[:-KEPT_MODELS]:
+                del self._models[stale]
         return "/?" + urllib.parse.urlencode({"url": path.lstrip("/")})
 
     def viewer_url(self, viewer_path: str, page_host: str | None) -> str:
@@ -85,8 +92,9 @@ class NetronServer:
         return f"http://{'localhost' if name == 'localhost' else HOST}:{self.port}{viewer_path}"
 
     def model(self, path: str) -> bytes | None:
-        """The published model's bytes if ``path`` names it."""
-        return self._model[1] if self._model and self._model[0] == path else None
+        """The bytes of the published model at ``path``, if it is still kept."""
+        with self._lock:
+            return self._models.get(path)
 
     def stop(self) -> None:
         """Stop serving and close the socket."""

@@ -1,9 +1,11 @@
 """The app's session state: plain data under a few keys, and the callbacks that change the model.
 
-``st.session_state`` holds only plain data: the current model's label, the sources of uploaded
-models, one plan (recipe dict) and one short apply history per model, and the selected layer. The
-loaded models themselves live in ``cache`` (shared, never mutated). Functions take the state
-mapping as an argument so tests can pass a dict.
+``st.session_state`` holds plain data: the current model's label, the sources of uploaded models,
+and per model its plan (recipe dict), a short apply history, its sensitivity table, export folder and
+latency rows; plus the selected layer. The one exception is a running sensitivity sweep (its
+``BackgroundJob``, with the label of the model it measures) until it ends. The loaded models
+themselves live in ``cache`` (shared, never mutated). Functions take the state mapping as an
+argument; the widget callbacks read ``st.session_state``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ UPLOADED = "uploaded_sources"  # label -> ModelSource.to_dict() of models upload
 PLANS = "plans"  # label -> Plan.to_dict()
 HISTORY = "history"  # label -> list of {"label", "plan", "metrics"}, newest last
 LAYER = "selected_layer"
+SENSITIVITY = "sensitivity"  # label -> SensitivityResult.to_dict()
+SENSITIVITY_JOB = "sensitivity_job"  # {"label", "job": BackgroundJob} of the running sweep, while it runs
+EXPORTS = "exports"  # label -> the built export folder: {"folder", "files", "metrics"}
+LATENCY = "latency"  # label -> bench_folder rows of that folder
 ERROR = "load_error"  # a CompressError message to show once
 EDITOR_VERSION = "plan_editor_version"  # bumped to give the plan editor fresh rows
 UPLOAD_MODEL = "upload_model"  # the Model page's model file uploader
 HISTORY_LENGTH = 5
+ROUTER = "app.py"
 
 State = MutableMapping[str, Any]
 
@@ -46,6 +53,21 @@ def init(state: State) -> None:
     state.setdefault(UPLOADED, {})
     state.setdefault(PLANS, {})
     state.setdefault(HISTORY, {})
+    state.setdefault(SENSITIVITY, {})
+    state.setdefault(EXPORTS, {})
+    state.setdefault(LATENCY, {})
+
+
+def page_model(state: State) -> tuple[ModelSource, ModelHandle]:
+    """The current model's source and handle, for a page; a page run without the router goes to it.
+
+    Streamlit treats ``pages/`` as an old-style pages folder until ``st.navigation`` has run once,
+    so the first request to a fresh server for a page URL runs that page file alone, without
+    ``app.py``: such a run is sent to the router (the Model page).
+    """
+    if CURRENT not in state:
+        st.switch_page(ROUTER)
+    return current_source(state), current_handle(state)
 
 
 def sources(state: State) -> dict[str, ModelSource]:

@@ -9,8 +9,7 @@ from explorer_ui import cache, figures, layer_data, state
 PRUNE_KINDS = ("unstructured", "2:4", "4:8", "1:4")
 
 session = st.session_state
-source = state.current_source(session)
-handle = state.current_handle(session)
+source, handle = state.page_model(session)
 with st.spinner("Reading the layers ..."):
     layers = cache.inventory(source.key, handle)
 

@@ -9,8 +9,7 @@ from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
 NO_ARCHITECTURE = "(not a state_dict)"
 
 session = st.session_state
-source = state.current_source(session)
-handle = state.current_handle(session)
+source, handle = state.page_model(session)
 
 st.title(f"Model: {handle.name}")
 st.caption(
@@ -30,8 +29,8 @@ if metrics["accuracy"] is not None:
 else:
     columns[3].metric("Accuracy", "n/a")
     st.info(
-        "This evaluation data has no labels, so the metrics of a compressed model are fidelity only: "
-        "agreement of top-1 predictions, cosine similarity and SQNR of the outputs against the original."
+        "This evaluation data has no labels, so the metrics of a compressed model are fidelity only: how close its "
+        "outputs stay to the original's (cosine similarity, SQNR, and top-1 agreement for class outputs)."
     )
 
 st.subheader("Layers by type")

@@ -7,8 +7,7 @@ from compress_core.plan import GRANULARITIES, SCHEMES, Plan
 from explorer_ui import cache, figures, state, tuning
 
 session = st.session_state
-source = state.current_source(session)
-handle = state.current_handle(session)
+source, handle = state.page_model(session)
 layers = cache.inventory(source.key, handle)
 plan = state.plan(session)
 
@@ -87,7 +86,7 @@ if entries:
     quality = "accuracy" if metrics["accuracy"] is not None else "cosine"
     quality_column.metric(
         quality.capitalize(), f"{metrics[quality]:.2%}" if quality == "accuracy" else f"{metrics[quality]:.4f}",
-        delta=f"{metrics[quality] - original[quality]:+.2%} vs original" if quality == "accuracy" else None,
+        delta=f"{100 * (metrics[quality] - original[quality]):+.2f} points vs original" if quality == "accuracy" else None,
     )
     st.dataframe(tuning.summary_table(columns), hide_index=True)
     for note in metrics["notes"]:
@@ -95,4 +94,8 @@ if entries:
     if metrics["layer_sqnr"]:
         st.plotly_chart(figures.layer_sqnr(metrics["layer_sqnr"]))
     st.subheader("History")
-    st.dataframe(tuning.history_table(entries), hide_index=True)
+    st.dataframe(
+        tuning.history_table(entries),
+        hide_index=True,
+        column_config={name: st.column_config.NumberColumn(format="percent") for name in ("accuracy", "agreement")},
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from compress_core.samples import digits_names
 from explorer_ui import state
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py")
+PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py", "pages/sensitivity.py", "pages/export.py")
 
 
 @pytest.fixture
@@ -143,3 +144,101 @@ def test_a_recipe_naming_a_missing_layer_is_an_error_and_keeps_the_plan(app):
     _button(app, "Load recipe").click().run()
     assert "layer 'conv9' is not a compressible layer" in app.error[0].value
     assert _plan_layers(app) == {}
+
+
+def _finish_sweep(app: AppTest) -> None:
+    """Wait for the background sweep (if it has not already ended and been stored) and redraw."""
+    if state.SENSITIVITY_JOB in app.session_state:
+        app.session_state[state.SENSITIVITY_JOB]["job"].wait(60)
+    app.run()
+
+
+def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold sensitivity cache: the sweep really runs
+    app.switch_page("pages/sensitivity.py").run()
+    app.multiselect[0].set_value(["bits"])
+    app.multiselect[1].set_value([8, 2]).run()
+    _button(app, "Run sensitivity").click().run()
+    assert state.SENSITIVITY_JOB in app.session_state
+    _finish_sweep(app)
+    assert not app.exception and not app.error
+    result = app.session_state[state.SENSITIVITY]["digits_cnn"]
+    assert {(row["kind"], row["level"]) for row in result["rows"]} == {("bits", 8), ("bits", 2)}
+    assert len(result["rows"]) == 2 * 5
+    assert len(app.get("plotly_chart")) == 2
+    fragile = app.dataframe[0].value
+    assert len(fragile) == 5 and list(fragile["level"]) == [2] * 5
+
+
+def test_export_builds_every_file_and_times_it(app):
+    app.switch_page("pages/tune.py").run()
+    _button(app, "All Conv layers").click().run()
+    app.switch_page("pages/export.py").run()
+    _button(app, "Build artifacts").click().run()
+    assert not app.exception and not app.error
+    names = {button.key.removeprefix("download-") for button in app.get("download_button")}
+    assert {"model_fp32.onnx", "model_int8.onnx", "recipe.yaml", "report.md", "metrics.json"} <= names
+    app.number_input[2].set_value(5).run()
+    _button(app, "Run latency benchmark").click().run()
+    assert not app.exception and not app.error
+    table = app.dataframe[0].value
+    assert list(table["candidate"]) == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
+    assert (table["median ms"] > 0).all()
+    assert len(app.get("plotly_chart")) == 1
+
+
+def test_table_edits_become_the_plan_and_a_bad_value_names_the_layer():
+    from compress_core import CompressError, layer_inventory, load_model
+    from compress_core.plan import Plan
+    from explorer_ui import tuning
+
+    layers = layer_inventory(load_model("digits_cnn"))
+    rows = tuning.plan_rows(Plan(), layers)
+    edited = tuning.edit_rows(rows, {1: {"bits": "4", "scheme": "asymmetric"}, 3: {"prune_ratio": 0.5}, 4: {"rank": 0.5}})
+    assert tuning.rows_plan(edited).to_dict()["layers"] == {
+        "conv2": {"bits": 4, "scheme": "asymmetric"},
+        "fc1": {"prune": {"ratio": 0.5, "kind": "unstructured"}},
+        "head": {"rank": 0.5},
+    }
+    assert tuning.plan_rows(tuning.rows_plan(edited), layers) == edited
+    with pytest.raises(CompressError, match="layer 'conv1': prune ratio 1.5 is not allowed"):
+        tuning.rows_plan(tuning.edit_rows(rows, {0: {"prune_ratio": 1.5}}))
+
+
+def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():
+    import urllib.error
+    import urllib.request
+
+    from explorer_ui.netron_server import NetronServer
+
+    server = NetronServer()
+    try:
+        viewer = server.publish("my model.onnx", b"model bytes")
+        assert viewer.startswith("/?url=model%2F")
+        url = server.viewer_url(viewer, "localhost:8501")
+        assert url.startswith(f"http://localhost:{server.port}/?url=")
+        assert server.viewer_url(viewer, None).startswith(f"http://127.0.0.1:{server.port}/")
+        with urllib.request.urlopen(url) as response:
+            assert "connect-src 'self'" in response.headers["Content-Security-Policy"]
+            assert response.headers["Set-Cookie"].startswith("consent=")
+            assert b'<script type="text/javascript" src="index.js">' in response.read()
+        model_path = urllib.parse.unquote(viewer.split("=", 1)[1])
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/{model_path}") as response:
+            assert response.read() == b"model bytes"
+        for path in ("/../../etc/passwd", "/__init__.py", "/model/000000000000/other.onnx"):
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}")
+    finally:
+        server.stop()
+
+
+def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold sensitivity cache: the sweep really runs
+    app.switch_page("pages/sensitivity.py").run()
+    _button(app, "Run sensitivity").click().run()
+    _button(app, "Stop").click().run()
+    _finish_sweep(app)
+    result = app.session_state[state.SENSITIVITY]["digits_cnn"]
+    assert result["cancelled"]
+    assert len(result["rows"]) < 5 * (5 + 4)
+    assert any("stopped early" in caption.value for caption in app.caption)

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -84,6 +85,8 @@ def browser_context():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests")
     from playwright.sync_api import sync_playwright
 
+    expect.set_options(timeout=PAGE_TIMEOUT_MS)
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -111,17 +114,42 @@ def _settle(page) -> None:
 
 
 def _shoot(page, name: str) -> None:
+    """A screenshot of the whole page: Streamlit scrolls inside its main block, so grow the viewport first."""
+    _settle(page)
+    page.wait_for_timeout(1500)  # let tables and charts paint after the script has finished
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": max(1000, int(height))})
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _click(page, label: str) -> None:
+    page.get_by_role("button", name=label, exact=True).click()
+
+
+def test_a_page_url_on_a_fresh_server_opens_the_app(app_url, browser_context):
+    """Runs first: before st.navigation has run once, Streamlit would run a page file alone."""
+    page = _open(browser_context, f"{app_url}/tune")
+    page.get_by_text("Model: digits_cnn").wait_for()
+    assert not page.locator('[data-testid="stException"]').count()
+    page.goto(f"{app_url}/tune")
+    page.get_by_text("Tune digits_cnn").wait_for()
+    page.close()
 
 
 def test_model_page(app_url, browser_context):
     page = _open(browser_context, app_url)
-    page.wait_for_selector('[data-testid="stMetric"]')
+    page.get_by_text("Model: digits_cnn").wait_for()
+    page.get_by_text("40,506").wait_for()
+    page.get_by_text("files up to 200 MB each").wait_for()
     _settle(page)
-    assert page.get_by_text("Model: digits_cnn").is_visible()
-    assert page.get_by_text("40,506").is_visible()
-    assert "200 MB" in page.inner_text("body")
     _shoot(page, "model")
+    page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').click()
+    page.get_by_role("option", name="digits_mlp").click()
+    page.get_by_text("Model: digits_mlp").wait_for()
+    page.get_by_text("18,986").wait_for()
+    page.get_by_role("link", name="Layers").click()
+    page.get_by_text("Layers of digits_mlp").wait_for()
     page.close()
 
 
@@ -148,9 +176,56 @@ def test_layers_page(app_url, browser_context):
 
 def test_tune_page(app_url, browser_context):
     page = _open(browser_context, f"{app_url}/tune")
-    page.wait_for_selector('[data-testid="stDataFrame"]')
+    editor = page.locator('[data-testid="stDataFrame"]')
+    editor.wait_for()
     _settle(page)
+    box = editor.bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 35 + 17)  # the first data cell (conv1's name)
+    for _ in range(3):  # to the bits column
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.get_by_role("option", name="4", exact=True).click()
+    page.keyboard.press("Escape")
+    apply = page.get_by_role("button", name="Apply", exact=True)
+    expect(apply).to_be_enabled()  # the edit has reached the plan (Apply is disabled for an empty plan)
+    _settle(page)
+    apply.click()
+    page.get_by_text("157.8 KiB").wait_for()  # conv1 alone at 4 bits
+    _click(page, "All Conv layers")
+    _settle(page)
+    _click(page, "Apply")
+    page.locator('th[role="columnheader"]', has_text="current (#2)").wait_for(state="attached")  # the table's a11y header
+    page.wait_for_selector(".js-plotly-plot")
+    _settle(page)
+    assert page.locator('th[role="columnheader"]', has_text="previous (#1)").count() == 1
+    _shoot(page, "tune-debug")
+    page.get_by_text("90.7 KiB").wait_for()  # every Conv at 8 bits
     _shoot(page, "tune")
+    page.close()
+
+
+def test_sensitivity_page(app_url, browser_context):
+    page = _open(browser_context, f"{app_url}/sensitivity")
+    _settle(page)
+    _click(page, "Run sensitivity")
+    page.get_by_text("Most fragile layers").first.wait_for()
+    page.wait_for_selector(".js-plotly-plot")
+    _settle(page)
+    _shoot(page, "sensitivity")
+    page.close()
+
+
+def test_export_page(app_url, browser_context):
+    page = _open(browser_context, f"{app_url}/export")
+    _settle(page)
+    _click(page, "Build artifacts")
+    page.get_by_text("Run latency benchmark").wait_for()
+    assert page.locator('[data-testid="stDownloadButton"]').count() >= 7
+    _click(page, "Run latency benchmark")
+    page.wait_for_selector(".js-plotly-plot")
+    _settle(page)
+    assert page.get_by_text("Slowest nodes per candidate").is_visible()
+    _shoot(page, "export")
     page.close()
 
 

@@ -1,0 +1,75 @@
+"""The Export page's data: build the export folder of the current plan, and benchmark it.
+
+Results are plain data for ``st.session_state``: paths as strings, numbers, and the engine's dicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compress_core import LayerInfo, ModelHandle
+from compress_core.apply import apply_plan
+from compress_core.artifacts import export_artifacts, file_sizes
+from compress_core.export_bench import bench_folder
+from compress_core.int8 import Int8Options
+from compress_core.plan import Plan
+
+from .sources import UPLOAD_DIR
+
+EXPORT_DIR = UPLOAD_DIR.parent / "compress-explorer-exports"
+MIME_TYPES = {".onnx": "application/octet-stream", ".pt": "application/octet-stream", ".yaml": "application/yaml",
+              ".json": "application/json", ".md": "text/markdown", ".npz": "application/octet-stream"}
+
+
+def export_folder(model_key: str, plan: Plan) -> Path:
+    """A folder of its own for each (model, plan) pair."""
+    digest = hashlib.sha256(f"{model_key}\n{plan.to_yaml()}".encode()).hexdigest()[:16]
+    return EXPORT_DIR / digest
+
+
+def build(
+    handle: ModelHandle, plan: Plan, layers: list[LayerInfo], folder: Path, int8: Int8Options | None, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Apply the plan, write the export folder, and return its files (name -> path, sizes) and metrics."""
+    say("applying the plan")
+    compressed = apply_plan(handle, plan, layers)
+    result = export_artifacts(handle, compressed, folder, int8=int8, progress=say)
+    files = {name: {"path": str(path), **file_sizes(path)} for name, path in result.files.items()}
+    return {"folder": str(result.folder), "files": files, "metrics": result.metrics}
+
+
+def mime_type(name: str) -> str:
+    """The download MIME type of an export file."""
+    return MIME_TYPES.get(Path(name).suffix, "application/octet-stream")
+
+
+def benchmark(folder: str, threads: int, batch: int, runs: int, progress: Callable[[float], None]) -> list[dict[str, Any]]:
+    """``bench_folder`` with progress as a fraction in [0, 1]."""
+    return bench_folder(folder, threads=threads, batch=batch, runs=runs, progress=lambda done, total: progress(done / total))
+
+
+def latency_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The side-by-side table: one row per candidate, the columns a reader compares."""
+    return [
+        {
+            "candidate": row["name"],
+            "median ms": row["median_ms"],
+            "p10 ms": row["p10_ms"],
+            "p90 ms": row["p90_ms"],
+            "speed-up": row["speedup"],
+            row["quality"]: row["accuracy"],
+            "bytes": row["bytes"],
+            "zipped bytes": row["zip_bytes"],
+            "integer nodes": row["integer_nodes"],
+            "float nodes": row["float_nodes"],
+        }
+        for row in rows
+    ]
+
+
+def layer_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The slowest nodes of each candidate (ORT's profiler), with the layer each belongs to."""
+    return [{"candidate": row["name"], **layer} for row in rows for layer in row["top_layers"]]

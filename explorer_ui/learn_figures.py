@@ -1,0 +1,156 @@
+"""Plotly figures of the Learn page, each a pure function of ``compress_core.teaching``'s plain data.
+
+No Streamlit and no engine calls: the page computes the teaching data (cached) and draws what these
+functions build. Shared layout and colours come from ``figures``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, _layout
+
+MAX_MASK_ROWS = 64
+MAX_MASK_COLUMNS = 288
+"""Masks larger than this are drawn as their top-left window (a 384x1536 heatmap is unreadable anyway)."""
+METHOD_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b")
+
+
+def _histogram_bars(histogram: dict[str, list[float]], name: str, color: str) -> go.Bar:
+    """A bar trace of a teaching histogram (``edges``, ``counts``)."""
+    edges = np.asarray(histogram["edges"])
+    return go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=histogram["counts"], width=np.diff(edges), name=name, marker_color=color)
+
+
+def _vertical_lines(xs: Sequence[float], top: float) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of one scatter trace drawing a vertical line from 0 to ``top`` at each x."""
+    x = np.repeat(np.asarray(xs, dtype=float), 3)
+    x[2::3] = np.nan
+    return x, np.tile([0.0, top, np.nan], len(xs))
+
+
+def quantization_grid(view: dict[str, Any], channel: int) -> go.Figure:
+    """The channel's weight histogram with the quantization levels (the grid) drawn over it."""
+    scope = f"channel {channel}" if view["granularity"] == "channel" else f"channel {channel} (per-tensor grid)"
+    figure = go.Figure(_histogram_bars(view["weight_histogram"], "weights", KEPT_COLOR))
+    levels = view["levels"]
+    if len(levels) <= MAX_DRAWN_LEVELS:
+        x, y = _vertical_lines(levels, max(view["weight_histogram"]["counts"]))
+        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
+    title = f"{view['bits']}-bit {view['scheme']} grid over the weights of {scope} (step {view['step']:.3g})"
+    return _layout(figure, title, "weight value", "count")
+
+
+def quantization_error(view: dict[str, Any]) -> go.Figure:
+    """Histogram of the channel's rounding error q(w) - w."""
+    figure = go.Figure(_histogram_bars(view["error_histogram"], "error", MUTED_COLOR))
+    title = f"Rounding error (max {view['max_error']:.3g}); SQNR of the whole weight {view['sqnr_db']:.1f} dB"
+    return _layout(figure, title, "quantized - original", "count")
+
+
+def sqnr_against_bits(curve: dict[str, Any], bits: int) -> go.Figure:
+    """SQNR against bit width, the least-squares line with its slope (about 6 dB per bit), ``bits`` marked."""
+    x = np.asarray(curve["bits"], dtype=float)
+    y = np.asarray(curve["sqnr_db"])
+    intercept = float(np.mean(y - curve["db_per_bit"] * x))
+    figure = go.Figure(go.Scatter(x=x, y=y, mode="markers", name="measured", marker=dict(color=KEPT_COLOR, size=9)))
+    figure.add_trace(
+        go.Scatter(x=x, y=curve["db_per_bit"] * x + intercept, mode="lines", name=f"fit: {curve['db_per_bit']:.2f} dB per bit",
+                   line=dict(color=ALERT_COLOR, dash="dash"))
+    )
+    if bits in curve["bits"]:
+        chosen = curve["sqnr_db"][curve["bits"].index(bits)]
+        figure.add_trace(go.Scatter(x=[bits], y=[chosen], mode="markers", name=f"{bits} bits: {chosen:.1f} dB",
+                                    marker=dict(color=ALERT_COLOR, size=14, symbol="circle-open", line=dict(width=3))))
+    return _layout(figure, "SQNR against bits (theory: 6.02 dB per bit)", "bits", "SQNR (dB)")
+
+
+def scheme_levels(rows: list[dict[str, Any]], extremes: dict[str, dict[str, Any]], bits: int) -> go.Figure:
+    """The levels each scheme puts on channel 0 at ``bits`` bits, one row per scheme, then binary and ternary.
+
+    Each row's label carries its SQNR, so the spacing of the points and the number side by side.
+    """
+    labelled = [(f"{row['scheme']} {bits}b: {row['sqnr_db']:.1f} dB", row["levels"]) for row in rows]
+    labelled += [(f"{name}: {data['sqnr_db']:.1f} dB", data["levels"]) for name, data in extremes.items()]
+    figure = go.Figure()
+    for index, (label, levels) in enumerate(labelled):
+        color = KEPT_COLOR if index < len(rows) else ALERT_COLOR
+        figure.add_trace(go.Scatter(x=levels, y=[label] * len(levels), mode="markers", name=label, showlegend=False,
+                                    marker=dict(symbol="line-ns-open", size=16, color=color, line=dict(width=2))))
+    figure.update_yaxes(autorange="reversed", type="category")
+    return _layout(figure, "Where each scheme puts its levels (channel 0), and its SQNR on the whole weight", "level", "", height=360)
+
+
+def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
+    """The keep-mask as an image (rows: output channels; columns: inputs), its top-left window if large."""
+    rows, columns = view["shape"]
+    shown = [row[:MAX_MASK_COLUMNS] for row in view["mask"][:MAX_MASK_ROWS]]
+    window = "" if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS else f", top-left {len(shown)}x{len(shown[0])} shown"
+    figure = go.Figure(
+        go.Heatmap(z=shown, colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]], zmin=0, zmax=1, showscale=False,
+                   hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>")
+    )
+    figure.update_yaxes(autorange="reversed")
+    kept = view["kept"] / (view["kept"] + view["zeros"])
+    return _layout(figure, f"{title}: {kept:.0%} kept{window}", "input (flattened)", "output channel", height=300)
+
+
+def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
+    """The singular values as bars, those kept at ``rank`` in colour, the break-even rank marked."""
+    values = profile["singular_values"]
+    colors = [KEPT_COLOR if r <= rank else MUTED_COLOR for r in profile["ranks"]]
+    figure = go.Figure(go.Bar(x=profile["ranks"], y=values, marker_color=colors, name="singular value"))
+    figure.add_vline(x=profile["break_even_rank"] + 0.5, line_dash="dot", line_color=ALERT_COLOR,
+                     annotation_text=f"break-even {profile['break_even_rank']}", annotation_position="top right")
+    figure.update_yaxes(type="log")
+    return _layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
+
+
+def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:
+    """Relative reconstruction error and the factors' share of the dense parameters against rank."""
+    ranks = profile["ranks"]
+    share = np.asarray(profile["params"]) / profile["dense_params"]
+    error = profile["relative_error"][rank - 1]
+    figure = go.Figure(go.Scatter(x=ranks, y=profile["relative_error"], mode="lines", name="relative error ||W - W_r|| / ||W||",
+                                  line=dict(color=ALERT_COLOR)))
+    figure.add_trace(go.Scatter(x=ranks, y=share, mode="lines", name="parameters / dense parameters", line=dict(color=KEPT_COLOR)))
+    figure.add_hline(y=1.0, line_color=MUTED_COLOR, line_dash="dot")
+    figure.add_vline(x=profile["break_even_rank"], line_dash="dot", line_color=MUTED_COLOR,
+                     annotation_text=f"break-even {profile['break_even_rank']}", annotation_position="bottom right")
+    figure.add_trace(go.Scatter(x=[rank, rank], y=[error, share[rank - 1]], mode="markers", name=f"rank {rank}",
+                                marker=dict(color="black", size=10)))
+    title = f"Rank {rank}: error {error:.1%}, {share[rank - 1]:.0%} of the dense parameters"
+    return _layout(figure, title, "rank r", "fraction")
+
+
+def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
+    """The activation histogram (log counts) with each method's clipping range [-t, t] as two lines."""
+    histogram = ranges["histogram"]
+    figure = go.Figure(_histogram_bars(histogram, "activations", MUTED_COLOR))
+    top = max(histogram["counts"])
+    for method, color in zip(ranges["methods"], METHOD_COLORS):
+        x, y = _vertical_lines(method["range"], top)
+        name = f"{method['method']}: ±{method['threshold']:.3g}, {method['sqnr_db']:.1f} dB"
+        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2)))
+    figure.update_yaxes(type="log")
+    title = f"Inputs of {layer}: {ranges['samples']:,} values and the {ranges['bits']}-bit range each method picks"
+    return _layout(figure, title, "activation value", "count (log)", height=380)
+
+
+def softened_outputs(view: dict[str, Any], classes: Sequence[str]) -> go.Figure:
+    """Teacher and student probabilities at temperature T as grouped bars, the label's class outlined."""
+    figure = go.Figure(
+        [
+            go.Bar(x=list(classes), y=view["teacher"], name=f"teacher (entropy {view['teacher_entropy']:.2f} nats)", marker_color=KEPT_COLOR),
+            go.Bar(x=list(classes), y=view["student"], name=f"student (entropy {view['student_entropy']:.2f} nats)", marker_color=ALERT_COLOR),
+        ]
+    )
+    figure.update_layout(barmode="group")
+    figure.update_xaxes(type="category")
+    label = "" if view["label"] is None else f", label {view['label']}"
+    title = f"Probabilities at T = {view['temperature']:g}{label}; T² KL(teacher || student) = {view['loss_term']:.3f}"
+    return _layout(figure, title, "class", "probability")

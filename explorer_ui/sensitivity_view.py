@@ -1,0 +1,63 @@
+"""The Sensitivity page's data: start a sweep as a background job, and shape its table for charts."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from compress_core import ModelHandle
+from compress_core.sensitivity import Progress, SensitivityResult, Sweep, run_sensitivity
+
+from .jobs import BackgroundJob, Report
+
+FRAGILE_COUNT = 5
+
+
+def start(handle: ModelHandle, sweep: Sweep) -> BackgroundJob:
+    """Run the sweep on the handle in the background; the job's result is ``SensitivityResult.to_dict()``."""
+
+    def work(report: Report, cancel: threading.Event) -> dict[str, Any]:
+        def progress(step: Progress) -> None:
+            report(step.cell / step.cell_count, f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}")
+
+        return run_sensitivity(handle, sweep, progress=progress, cancel=cancel).to_dict()
+
+    return BackgroundJob(work)
+
+
+def kinds(result: dict[str, Any]) -> list[str]:
+    """The kinds measured, in sweep order."""
+    measured = {row["kind"] for row in result["rows"]}
+    return [kind for kind in result["sweep"]["kinds"] if kind in measured]
+
+
+def grid(result: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Layers x levels of one kind: the quality metric of each cell (None where skipped)."""
+    rows = [row for row in result["rows"] if row["kind"] == kind]
+    layers = list(dict.fromkeys(row["layer"] for row in rows))
+    levels = list(Sweep(**result["sweep"]).levels(kind))
+    metric = {(row["layer"], row["level"]): row["metric"] for row in rows}
+    return {
+        "layers": layers,
+        "levels": levels,
+        "metric": [[metric.get((layer, level)) for level in levels] for layer in layers],
+    }
+
+
+def fragile(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The most sensitive layers of one kind at its harshest level, with their drop and proxy."""
+    table = SensitivityResult.from_dict(result)
+    ranking = table.ranking(kind)[:FRAGILE_COUNT]
+    harshest = max if kind in ("prune", "structured") else min
+    level = harshest(row.level for row in table.rows if row.kind == kind)
+    by_layer = {row.layer: row for row in table.rows if row.kind == kind and row.level == level}
+    return [
+        {
+            "layer": name,
+            "level": level,
+            f"{table.metric_name} (%)": round(by_layer[name].metric, 2),
+            "drop (points)": round(by_layer[name].drop, 2),
+            "proxy": None if by_layer[name].proxy is None else round(by_layer[name].proxy, 3),
+        }
+        for name in ranking
+    ]

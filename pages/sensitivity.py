@@ -1,0 +1,80 @@
+"""Sensitivity page: compress one layer at a time over a sweep of levels and see which layers are fragile."""
+
+import streamlit as st
+
+from compress_core import CompressError
+from compress_core.plan import ALLOWED_BITS
+from compress_core.sensitivity import KINDS, Sweep
+from explorer_ui import figures, sensitivity_view, state
+
+PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+RANK_LEVELS = (0.9, 0.75, 0.5, 0.25, 0.1)
+
+session = st.session_state
+_, handle = state.page_model(session)
+label = session[state.CURRENT]
+
+st.title(f"Sensitivity of {handle.name}")
+st.caption(
+    "Each layer is compressed alone, every other layer left as it is, at each level of the sweep; the table gives "
+    f"the model's quality on {len(handle.data)} samples ({handle.data.origin}). Results are cached on disk."
+)
+kinds_column, bits_column, prune_column, rank_column = st.columns(4)
+kinds = kinds_column.multiselect("Kinds", KINDS, default=["bits", "prune"])
+bits = bits_column.multiselect("Bit widths", ALLOWED_BITS[:-1], default=[8, 6, 4, 3, 2])
+prune = prune_column.multiselect("Prune ratios", PRUNE_LEVELS, default=[0.3, 0.5, 0.7, 0.9])
+ranks = rank_column.multiselect("Rank fractions", RANK_LEVELS, default=[0.75, 0.5, 0.25])
+
+running = session.get(state.SENSITIVITY_JOB)
+if running is None and st.button("Run sensitivity", type="primary"):
+    try:
+        sweep = Sweep(bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds)
+    except CompressError as exc:
+        st.error(str(exc))
+    else:
+        running = session[state.SENSITIVITY_JOB] = {"label": label, "job": sensitivity_view.start(handle, sweep)}
+
+
+@st.fragment(run_every=0.5)
+def _progress() -> None:
+    """Redraws the running sweep's progress; stores its result and reruns the page when it ends."""
+    sweep_label, job = session[state.SENSITIVITY_JOB]["label"], session[state.SENSITIVITY_JOB]["job"]
+    st.progress(job.fraction, text=f"{sweep_label}: {job.text}")
+    if st.button("Stop", help="Stops after the current cell; the rows measured so far are kept."):
+        job.cancel.set()
+    if job.done:
+        del session[state.SENSITIVITY_JOB]
+        if job.error:
+            session[state.ERROR] = job.error
+        else:
+            session[state.SENSITIVITY][sweep_label] = job.result
+        st.rerun()
+
+
+if running is not None:
+    _progress()
+
+state.show_error(session)
+result = session[state.SENSITIVITY].get(label)
+if result is not None:
+    st.caption(
+        f"{len(result['rows'])} cells in {result['seconds']:.1f} s ({result['strategy']}{', from the cache' if result['cached'] else ''})"
+        f"{'; stopped early' if result['cancelled'] else ''}. Baseline {result['metric_name']}: {result['baseline']:.2f} %."
+    )
+    measured = sensitivity_view.kinds(result)
+    tabs = st.tabs(measured) if measured else []
+    for kind, tab in zip(measured, tabs):
+        with tab:
+            cells = sensitivity_view.grid(result, kind)
+            levels = [str(level) for level in cells["levels"]]
+            st.plotly_chart(
+                figures.heatmap(cells["metric"], cells["layers"], levels, f"{result['metric_name']} (%) with one layer at each {kind} level", kind, "%")
+            )
+            st.plotly_chart(
+                figures.curves(levels, dict(zip(cells["layers"], cells["metric"])), f"{result['metric_name']} per layer", kind, f"{result['metric_name']} (%)")
+            )
+            st.subheader("Most fragile layers")
+            st.dataframe(sensitivity_view.fragile(result, kind), hide_index=True)
+    if result["skipped"]:
+        with st.expander(f"{len(result['skipped'])} cells skipped"):
+            st.dataframe(result["skipped"], hide_index=True)

@@ -1,0 +1,115 @@
+"""The Learn page and the Tune page's Recover panel, driven by ``AppTest``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer_ui import recover_panel, state
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+LEARN = "pages/learn.py"
+TUNE = "pages/tune.py"
+# The Learn page's charts, in page order (a layer whose shape fits every N:M pattern, no sensitivity results).
+GRID, ERROR, SQNR, SCHEMES, UNSTRUCTURED, NM, STRUCTURED, SINGULAR, TRADEOFF, CALIBRATION, DISTILLATION = range(11)
+
+
+@pytest.fixture
+def app() -> AppTest:
+    """The app after its first run (on digits_cnn)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _button(at: AppTest, label: str):
+    return next(button for button in at.button if button.label == label)
+
+
+def _specs(at: AppTest) -> list[str]:
+    """The plotly figure of every chart on the page, as its JSON spec."""
+    return [chart.proto.spec for chart in at.get("plotly_chart")]
+
+
+@pytest.mark.parametrize("sample", ["digits_cnn", "digits_lstm"])
+def test_learn_page_renders_every_section(app: AppTest, sample: str) -> None:
+    app.sidebar.selectbox[0].set_value(sample).run()
+    app.switch_page(LEARN).run()
+    assert not app.exception, app.exception
+    assert not app.error, [error.value for error in app.error]
+    assert app.title[0].value == f"Learn with {sample}"
+    assert len(app.get("tab")) == 5
+    assert len(app.get("plotly_chart")) >= 9
+    assert "2 bits, made for this demo" in " ".join(caption.value for caption in app.caption)
+    assert any("run the Sensitivity page" in info.value for info in app.info)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "changed"),
+    [
+        ("learn_bits", 3, {GRID, ERROR, SQNR, SCHEMES}),
+        ("learn_scheme", "asymmetric", {GRID, ERROR, SQNR}),
+        ("learn_granularity", "channel", {GRID, ERROR, SQNR, SCHEMES}),
+        ("learn_channel", 7, {GRID, ERROR}),
+        ("learn_prune_ratio", 0.8, {UNSTRUCTURED, STRUCTURED}),
+        ("learn_nm", "1:4", {NM}),
+        ("learn_rank", 3, {SINGULAR, TRADEOFF}),
+        ("learn_calibration_bits", 4, {CALIBRATION}),
+        ("learn_percentiles", [99.0], {CALIBRATION}),
+        ("learn_temperature", 10.0, {DISTILLATION}),
+        ("learn_sample", 5, {DISTILLATION}),
+    ],
+)
+def test_each_control_changes_its_own_plots(app: AppTest, key: str, value, changed: set[int]) -> None:
+    app.switch_page(LEARN).run()
+    app.selectbox(key="learn_layer_widget").set_value("conv2").run()
+    before = _specs(app)
+    assert len(before) == 11
+    _widget(app, key).set_value(value).run()
+    assert not app.exception and not app.error
+    after = _specs(app)
+    assert {index for index, (old, new) in enumerate(zip(before, after)) if old != new} == changed
+
+
+def _widget(at: AppTest, key: str):
+    """The Learn page's widget with this key."""
+    for kind in ("slider", "radio", "selectbox", "number_input", "multiselect"):
+        found = [widget for widget in at.get(kind) if widget.key == key]
+        if found:
+            return found[0]
+    raise KeyError(key)
+
+
+def test_learn_page_explains_what_cannot_work(app: AppTest) -> None:
+    app.sidebar.selectbox[0].set_value("minilm").run()
+    app.switch_page(LEARN).run()
+    assert not app.exception and not app.error
+    assert any("'minilm' is an embedding model" in info.value for info in app.info)
+
+
+def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -> None:
+    app.switch_page(TUNE).run()
+    app.selectbox[0].set_value("2").run()  # the bulk-edit bit width
+    _button(app, "All Conv layers").click().run()
+    _button(app, "Apply").click().run()
+    before = state.history(app.session_state)[-1]["metrics"]["accuracy"]
+    assert before < 0.9  # every Conv at 2 bits hurts
+    app.number_input(key="recover_epochs").set_value(1).run()
+    _button(app, "Recover").click().run()
+    app.session_state[recover_panel.RECOVER_JOB]["job"].wait(60)
+    app.run()
+    assert not app.exception and not app.error
+    recovered = app.session_state[recover_panel.RECOVERED]["digits_cnn"]
+    assert len(recovered["losses"]) == 1
+    assert recovered["after"]["accuracy"] > before + 0.05
+    assert recovered["after"]["plan_bytes"] == state.history(app.session_state)[-1]["metrics"]["plan_bytes"]
+    metric = next(metric for metric in app.metric if metric.label == "Accuracy after recovery")
+    assert metric.delta.startswith("+")
+    table = app.dataframe[-1].value
+    assert list(table.columns) == ["metric", "original", "before (#1)", "after recovery"]
+
+    app.switch_page(LEARN).run()  # the fine-tuned model is now the distillation demo's student
+    assert "(plan #1, fine-tuned for 1 epoch)" in " ".join(caption.value for caption in app.caption)
