@@ -17,7 +17,8 @@ from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, _la
 MAX_MASK_ROWS = 64
 MAX_MASK_COLUMNS = 288
 """Masks larger than this are drawn as their top-left window (a 384x1536 heatmap is unreadable anyway)."""
-METHOD_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b")
+METHOD_STYLES = (("#2ca02c", "solid"), ("#ff7f0e", "dash"), ("#9467bd", "dot"), ("#d62728", "dashdot"), ("#8c564b", "longdash"))
+"""Colour and dash of each calibration method's lines: dashes keep coinciding ranges visible."""
 
 
 def _histogram_bars(histogram: dict[str, list[float]], name: str, color: str) -> go.Bar:
@@ -35,13 +36,12 @@ def _vertical_lines(xs: Sequence[float], top: float) -> tuple[np.ndarray, np.nda
 
 def quantization_grid(view: dict[str, Any], channel: int) -> go.Figure:
     """The channel's weight histogram with the quantization levels (the grid) drawn over it."""
-    scope = f"channel {channel}" if view["granularity"] == "channel" else f"channel {channel} (per-tensor grid)"
     figure = go.Figure(_histogram_bars(view["weight_histogram"], "weights", KEPT_COLOR))
     levels = view["levels"]
     if len(levels) <= MAX_DRAWN_LEVELS:
         x, y = _vertical_lines(levels, max(view["weight_histogram"]["counts"]))
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
-    title = f"{view['bits']}-bit {view['scheme']} grid over the weights of {scope} (step {view['step']:.3g})"
+    title = f"{view['bits']}-bit {view['scheme']} grid, weights of channel {channel} (step {view['step']:.3g})"
     return _layout(figure, title, "weight value", "count")
 
 
@@ -132,10 +132,10 @@ def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
     histogram = ranges["histogram"]
     figure = go.Figure(_histogram_bars(histogram, "activations", MUTED_COLOR))
     top = max(histogram["counts"])
-    for method, color in zip(ranges["methods"], METHOD_COLORS):
+    for method, (color, dash) in zip(ranges["methods"], METHOD_STYLES):
         x, y = _vertical_lines(method["range"], top)
         name = f"{method['method']}: ±{method['threshold']:.3g}, {method['sqnr_db']:.1f} dB"
-        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2)))
+        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2, dash=dash)))
     figure.update_yaxes(type="log")
     title = f"Inputs of {layer}: {ranges['samples']:,} values and the {ranges['bits']}-bit range each method picks"
     return _layout(figure, title, "activation value", "count (log)", height=380)

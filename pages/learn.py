@@ -12,9 +12,9 @@ from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivit
 
 NM_PATTERNS = ("2:4", "4:8", "1:4")
 PERCENTILE_OPTIONS = (99.0, 99.9, 99.99, 99.999)
-DEMO_STUDENT = Plan(default=LayerConfig(bits=2, granularity="tensor"))
-"""The student of the distillation demo when no plan has been applied: every layer at 2 bits."""
+DEMO_STUDENT = Plan(default=LayerConfig(bits=2, granularity="tensor"))  # the distillation demo's student before any apply
 PRUNE_KINDS = ("prune", "structured")
+DEMO_MIN_PARAMS = 1024  # the layer shown first: the first one this big, so the histograms have something to show
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -46,7 +46,8 @@ st.caption(
     "and watch what the technique does to it."
 )
 names = [layer.name for layer in layers]
-chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else names[0]
+first = next((layer.name for layer in layers if layer.params >= DEMO_MIN_PARAMS), names[0])
+chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else first
 name = st.selectbox(
     "Layer", names, index=names.index(chosen), key="learn_layer_widget", on_change=state.remember, args=("learn_layer_widget", state.LAYER)
 )

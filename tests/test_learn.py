@@ -47,31 +47,32 @@ def test_learn_page_renders_every_section(app: AppTest, sample: str) -> None:
     assert any("run the Sensitivity page" in info.value for info in app.info)
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "changed"),
-    [
-        ("learn_bits", 3, {GRID, ERROR, SQNR, SCHEMES}),
-        ("learn_scheme", "asymmetric", {GRID, ERROR, SQNR}),
-        ("learn_granularity", "channel", {GRID, ERROR, SQNR, SCHEMES}),
-        ("learn_channel", 7, {GRID, ERROR}),
-        ("learn_prune_ratio", 0.8, {UNSTRUCTURED, STRUCTURED}),
-        ("learn_nm", "1:4", {NM}),
-        ("learn_rank", 3, {SINGULAR, TRADEOFF}),
-        ("learn_calibration_bits", 4, {CALIBRATION}),
-        ("learn_percentiles", [99.0], {CALIBRATION}),
-        ("learn_temperature", 10.0, {DISTILLATION}),
-        ("learn_sample", 5, {DISTILLATION}),
-    ],
+CONTROLS = (  # (widget key, new value, the charts it must change and no other)
+    ("learn_bits", 3, {GRID, ERROR, SQNR, SCHEMES}),
+    ("learn_scheme", "asymmetric", {GRID, ERROR, SQNR}),
+    ("learn_granularity", "channel", {GRID, ERROR, SQNR, SCHEMES}),
+    ("learn_channel", 7, {GRID, ERROR}),
+    ("learn_prune_ratio", 0.8, {UNSTRUCTURED, STRUCTURED}),
+    ("learn_nm", "1:4", {NM}),
+    ("learn_rank", 3, {SINGULAR, TRADEOFF}),
+    ("learn_calibration_bits", 4, {CALIBRATION}),
+    ("learn_percentiles", [99.0], {CALIBRATION}),
+    ("learn_temperature", 10.0, {DISTILLATION}),
+    ("learn_sample", 5, {DISTILLATION}),
 )
-def test_each_control_changes_its_own_plots(app: AppTest, key: str, value, changed: set[int]) -> None:
+
+
+def test_each_control_changes_its_own_plots(app: AppTest) -> None:
     app.switch_page(LEARN).run()
     app.selectbox(key="learn_layer_widget").set_value("conv2").run()
     before = _specs(app)
     assert len(before) == 11
-    _widget(app, key).set_value(value).run()
-    assert not app.exception and not app.error
-    after = _specs(app)
-    assert {index for index, (old, new) in enumerate(zip(before, after)) if old != new} == changed
+    for key, value, changed in CONTROLS:
+        _widget(app, key).set_value(value).run()
+        assert not app.exception and not app.error, key
+        after = _specs(app)
+        assert {index for index, (old, new) in enumerate(zip(before, after)) if old != new} == changed, key
+        before = after
 
 
 def _widget(at: AppTest, key: str):
@@ -83,11 +84,18 @@ def _widget(at: AppTest, key: str):
     raise KeyError(key)
 
 
-def test_learn_page_explains_what_cannot_work(app: AppTest) -> None:
-    app.sidebar.selectbox[0].set_value("minilm").run()
+def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> None:
+    from compress_core import load_model
+    from compress_core.onnx_export import to_onnx
+
+    onnx_bytes = to_onnx(load_model("digits_cnn")).SerializeToString()
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("cnn.onnx", onnx_bytes, "application/octet-stream"))
+    app.button[0].click().run()
+    assert app.session_state[state.CURRENT] != "digits_cnn"
     app.switch_page(LEARN).run()
     assert not app.exception and not app.error
-    assert any("'minilm' is an embedding model" in info.value for info in app.info)
+    assert any("needs the layer's input activations" in info.value and "forward hooks" in info.value for info in app.info)
+    assert len(app.get("plotly_chart")) == 10  # every section but calibration
 
 
 def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -> None:
