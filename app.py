@@ -28,6 +28,7 @@ navigation = st.navigation(
         st.Page("pages/tune.py", title="Tune"),
         st.Page("pages/sensitivity.py", title="Sensitivity"),
         st.Page("pages/export.py", title="Export & latency"),
+        st.Page("pages/learn.py", title="Learn"),
     ]
 )
 state.show_error(st.session_state)

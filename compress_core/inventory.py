@@ -88,6 +88,14 @@ def total_params(handle: ModelHandle) -> int:
     return int(sum(p.numel() for p in handle.model.parameters()))
 
 
+def layer_weight_array(handle: ModelHandle, layer: LayerInfo) -> np.ndarray:
+    """A copy of the layer's weight as float32, in its stored layout (``layer.out_axis`` says where
+    the output channels are)."""
+    if handle.backend == "onnx":
+        return np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32)
+    return dict(handle.model.named_parameters())[layer.weight_name].detach().float().numpy().copy()
+
+
 def weight_statistics(weight: np.ndarray, out_axis: int) -> dict[str, Any]:
     """min / max / mean / std / abs-mean / excess kurtosis / sparsity and per-output-channel ranges."""
     flat = weight.astype(np.float64).ravel()

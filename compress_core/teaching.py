@@ -23,8 +23,7 @@ import torch
 
 from .errors import CompressError
 from .handle import ModelHandle
-from .inventory import LayerInfo, layer_inventory, torch_layer_names
-from .onnx_graph import constant_tensors
+from .inventory import LayerInfo, layer_inventory, layer_weight_array, torch_layer_names
 from .plan import PruneConfig
 from .primitives import (
     SCHEMES,
@@ -49,11 +48,7 @@ TERNARY_THRESHOLD = 0.7
 def layer_weight(handle: ModelHandle, layer_name: str) -> torch.Tensor:
     """The float32 weight of one layer of the inventory, output channels first (a copy)."""
     layer = _layer(handle, layer_name)
-    if handle.backend == "onnx":
-        weight = torch.from_numpy(np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32))
-    else:
-        weight = dict(handle.model.named_parameters())[layer.weight_name].detach().to(torch.float32)
-    return weight.movedim(layer.out_axis, 0).clone()
+    return torch.from_numpy(layer_weight_array(handle, layer)).movedim(layer.out_axis, 0).contiguous()
 
 
 def _layer(handle: ModelHandle, layer_name: str) -> LayerInfo:

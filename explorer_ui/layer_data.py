@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.onnx_graph import constant_tensors
+from compress_core.inventory import layer_weight_array
 from compress_core.plan import PruneConfig
 from compress_core.primitives import (
     break_even_rank,
@@ -30,10 +30,7 @@ OUTLIER_FACTOR = 3.0
 
 def layer_weight(handle: ModelHandle, layer: LayerInfo) -> np.ndarray:
     """The layer's weight as a float32 array (a copy; the handle is not touched)."""
-    if handle.backend == "onnx":
-        return np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32)
-    parameters = dict(handle.model.named_parameters())
-    return parameters[layer.weight_name].detach().float().numpy().copy()
+    return layer_weight_array(handle, layer)
 
 
 def quantization_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int) -> dict[str, Any]:

@@ -19,6 +19,8 @@ MAX_MASK_COLUMNS = 288
 """Masks larger than this are drawn as their top-left window (a 384x1536 heatmap is unreadable anyway)."""
 METHOD_STYLES = (("#2ca02c", "solid"), ("#ff7f0e", "dash"), ("#9467bd", "dot"), ("#d62728", "dashdot"), ("#8c564b", "longdash"))
 """Colour and dash of each calibration method's lines: dashes keep coinciding ranges visible."""
+STAGGER = 2.5
+"""Each calibration method's lines end this many times lower (log axis) than the previous one's, so equal ranges stay apart."""
 
 
 def _histogram_bars(histogram: dict[str, list[float]], name: str, color: str) -> go.Bar:
@@ -128,12 +130,12 @@ def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:
 
 
 def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
-    """The activation histogram (log counts) with each method's clipping range [-t, t] as two lines."""
+    """The activation histogram (log counts) with each method's clipping range [-t, t] as two lines (staggered heights)."""
     histogram = ranges["histogram"]
     figure = go.Figure(_histogram_bars(histogram, "activations", MUTED_COLOR))
     top = max(histogram["counts"])
-    for method, (color, dash) in zip(ranges["methods"], METHOD_STYLES):
-        x, y = _vertical_lines(method["range"], top)
+    for index, (method, (color, dash)) in enumerate(zip(ranges["methods"], METHOD_STYLES)):
+        x, y = _vertical_lines(method["range"], top * STAGGER**-index)
         name = f"{method['method']}: ±{method['threshold']:.3g}, {method['sqnr_db']:.1f} dB"
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2, dash=dash)))
     figure.update_yaxes(type="log")

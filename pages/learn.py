@@ -13,7 +13,7 @@ from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivit
 NM_PATTERNS = ("2:4", "4:8", "1:4")
 PERCENTILE_OPTIONS = (99.0, 99.9, 99.99, 99.999)
 DEMO_STUDENT = Plan(default=LayerConfig(bits=2, granularity="tensor"))  # the distillation demo's student before any apply
-PRUNE_KINDS = ("prune", "structured")
+PRUNE_KINDS = {"prune": "unstructured", "structured": "structured"}  # sensitivity kinds that prune, and how
 DEMO_MIN_PARAMS = 1024  # the layer shown first: the first one this big, so the histograms have something to show
 
 
@@ -121,7 +121,7 @@ with pruning:
         cells = sensitivity_view.grid(result, kind)
         st.plotly_chart(
             figures.curves([str(level) for level in cells["levels"]], dict(zip(cells["layers"], cells["metric"])),
-                           f"{result['metric_name']} with one layer {kind}-pruned at each ratio", "ratio pruned", f"{result['metric_name']} (%)")
+                           f"{result['metric_name']} with one layer pruned ({PRUNE_KINDS[kind]}) at each ratio", "ratio pruned", f"{result['metric_name']} (%)")
         )
 
 with low_rank:
@@ -148,7 +148,10 @@ with calibration:
         "largest value (nothing clipped, widest steps); *Percentile* ignores the rarest outliers; *Entropy* picks the t "
         "whose quantized histogram Q_t loses the least information about the original P (TensorRT's method)."
     )
-    st.latex(r"s = \frac{t}{2^{b-1} - 1}, \quad \hat x = s \cdot \operatorname{clip}\!\left(\operatorname{round}(x / s), -(2^{b-1} - 1), 2^{b-1} - 1\right), \quad t_{\text{entropy}} = \arg\min_t \mathrm{KL}(P \,\|\, Q_t)")
+    st.latex(
+        r"s = \frac{t}{2^{b-1} - 1}, \quad \hat x = s \cdot \operatorname{clip}\!\left(\operatorname{round}(x / s), -(2^{b-1} - 1), 2^{b-1} - 1\right),"
+        r" \quad t_{\text{entropy}} = \arg\min_t \mathrm{KL}(P \,\|\, Q_t)"
+    )
     bits_column, percentile_column = st.columns(2)
     activation_bits = bits_column.slider("Activation bits", 4, 8, 8, key="learn_calibration_bits")
     percentiles = percentile_column.multiselect("Percentiles", PERCENTILE_OPTIONS, default=list(teaching.PERCENTILES), key="learn_percentiles")
@@ -173,9 +176,15 @@ with distillation:
         "logits by a temperature T > 1 softens both distributions, so the student also learns how the teacher ranks the "
         "wrong classes. The Recover panel of the Tune page minimises this loss."
     )
-    st.latex(r"p_i^{(T)} = \frac{e^{z_i / T}}{\sum_j e^{z_j / T}}, \qquad \mathcal{L} = \alpha\, T^2\, \mathrm{KL}\!\left(p^{(T)}_{\text{teacher}} \,\|\, p^{(T)}_{\text{student}}\right) + (1 - \alpha)\, \mathrm{CE}(y, p_{\text{student}})")
+    st.latex(
+        r"p_i^{(T)} = \frac{e^{z_i / T}}{\sum_j e^{z_j / T}}, \qquad \mathcal{L} = \alpha\, T^2\,"
+        r" \mathrm{KL}\!\left(p^{(T)}_{\text{teacher}} \,\|\, p^{(T)}_{\text{student}}\right) + (1 - \alpha)\, \mathrm{CE}(y, p_{\text{student}})"
+    )
     if handle.task != "classification":
-        st.info(f"'{handle.name}' is an {handle.task} model: it has no class probabilities to soften, so it is distilled on the cosine distance of its outputs instead.")
+        st.info(
+            f"'{handle.name}' is an {handle.task} model: it has no class probabilities to soften, "
+            "so the Recover panel distils it on the cosine distance of its outputs instead."
+        )
     else:
         temperature_column, sample_column = st.columns(2)
         temperature = temperature_column.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="learn_temperature")
@@ -191,7 +200,10 @@ with distillation:
             st.error(str(exc))
         else:
             if described is None:
-                st.caption("No plan applied yet: the student is a copy of the model with every layer at 2 bits, made for this demo. Apply a plan on the Tune page to see your own.")
+                st.caption(
+                    "No plan applied yet: the student is a copy of the model with every layer at 2 bits, made for this demo. "
+                    "Apply a plan on the Tune page to see your own."
+                )
             else:
                 st.caption(f"The student is the current compressed model ({described}).")
             outputs = view["teacher"]

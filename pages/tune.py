@@ -4,7 +4,7 @@ import streamlit as st
 
 from compress_core import CompressError
 from compress_core.plan import GRANULARITIES, SCHEMES, Plan
-from explorer_ui import cache, figures, state, tuning
+from explorer_ui import cache, figures, recover_panel, state, tuning
 
 session = st.session_state
 source, handle = state.page_model(session)
@@ -99,3 +99,5 @@ if entries:
         hide_index=True,
         column_config={name: st.column_config.NumberColumn(format="percent") for name in ("accuracy", "agreement")},
     )
+
+recover_panel.render_recover_panel()

@@ -235,6 +235,43 @@ def test_export_page(app_url, browser_context):
     page.close()
 
 
+def test_learn_page(app_url, browser_context):
+    page = _open(browser_context, f"{app_url}/learn")
+    page.get_by_text("Learn with digits_cnn").wait_for()
+    page.wait_for_selector(".js-plotly-plot")
+    _settle(page)
+    assert page.locator(".js-plotly-plot").count() >= 4
+    _shoot(page, "learn-quantization")
+    for tab in ("Pruning", "Low rank", "Calibration", "Distillation"):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(500)
+        _shoot(page, f"learn-{tab.lower().replace(' ', '-')}")
+    page.close()
+
+
+def test_recover_panel(app_url, browser_context):
+    page = _open(browser_context, f"{app_url}/tune")
+    page.get_by_text("Tune digits_cnn").wait_for()
+    _settle(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Bits").click()
+    page.get_by_role("option", name="2", exact=True).click()
+    _pause(page)
+    _click(page, "All Conv layers")
+    _pause(page)
+    _click(page, "Apply")
+    page.get_by_role("button", name="Recover", exact=True).wait_for()
+    epochs = page.get_by_label("Epochs")
+    epochs.fill("2")
+    epochs.press("Enter")
+    _pause(page)
+    _click(page, "Recover")
+    page.get_by_text("Accuracy after recovery").wait_for()
+    _settle(page)
+    assert "points vs before" in page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy after recovery").inner_text()
+    _shoot(page, "tune-recover")
+    page.close()
+
+
 def test_every_request_stays_local(app_url, browser_context):
     """Runs last: every request recorded while the other tests visited the pages."""
     hosts = {urllib.parse.urlparse(url).hostname for url in browser_context.requests if not url.startswith(("data:", "blob:"))}
