@@ -107,7 +107,7 @@ def finetune(
                 progress(epoch + 1, epochs, loss)
         student.eval()
     stopped = "" if len(history) == epochs else f" (cancelled after {len(history)} of {epochs} epochs)"
-    note = f"fine-tuned for {len(history)} epochs by distillation from the original{stopped}; {origin_note}"
+    note = f"fine-tuned for {len(history)} epoch{'s' if len(history) != 1 else ''} by distillation from the original{stopped}; {origin_note}"
     tuned_record = _tuned_record(record, snap_to_grids(parameters, record.quantized), note)
     return compressed.replace(model=student, compression=tuned_record), history
 

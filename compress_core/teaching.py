@@ -243,6 +243,8 @@ def entropy_threshold(activations: np.ndarray, bits: int = 8, bins: int = ENTROP
         totals = np.bincount(group, weights=counts[:cut], minlength=levels)
         filled = np.bincount(group, weights=occupied, minlength=levels)
         candidate = np.where(occupied, totals[group] / np.maximum(filled[group], 1), 0.0)
+        if candidate.sum() == 0:  # nothing below this cut: no distribution to compare
+            continue
         p = reference / reference.sum()
         q = candidate / candidate.sum()
         support = p > 0

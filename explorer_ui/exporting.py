@@ -24,18 +24,26 @@ MIME_TYPES = {".onnx": "application/octet-stream", ".pt": "application/octet-str
               ".json": "application/json", ".md": "text/markdown", ".npz": "application/octet-stream"}
 
 
-def export_folder(model_key: str, plan: Plan) -> Path:
-    """A folder of its own for each (model, plan) pair."""
-    digest = hashlib.sha256(f"{model_key}\n{plan.to_yaml()}".encode()).hexdigest()[:16]
+def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:
+    """A folder of its own for each (model, plan, fine-tuned or not)."""
+    digest = hashlib.sha256(f"{model_key}\n{plan.to_yaml()}\n{fine_tuned}".encode()).hexdigest()[:16]
     return EXPORT_DIR / digest
 
 
 def build(
-    handle: ModelHandle, plan: Plan, layers: list[LayerInfo], folder: Path, int8: Int8Options | None, say: Callable[[str], None]
+    handle: ModelHandle,
+    plan: Plan,
+    layers: list[LayerInfo],
+    folder: Path,
+    int8: Int8Options | None,
+    say: Callable[[str], None],
+    compressed: ModelHandle | None = None,
 ) -> dict[str, Any]:
-    """Apply the plan, write the export folder, and return its files (name -> path, sizes) and metrics."""
-    say("applying the plan")
-    compressed = apply_plan(handle, plan, layers)
+    """Write the export folder for ``compressed`` (by default the plan applied now) and return its
+    files (name -> path, sizes) and metrics."""
+    if compressed is None:
+        say("applying the plan")
+        compressed = apply_plan(handle, plan, layers)
     result = export_artifacts(handle, compressed, folder, int8=int8, progress=say)
     files = {name: {"path": str(path), **file_sizes(path)} for name, path in result.files.items()}
     return {"folder": str(result.folder), "files": files, "metrics": result.metrics}

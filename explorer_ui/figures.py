@@ -16,7 +16,8 @@ ALERT_COLOR = "#d62728"
 MUTED_COLOR = "#9aa5b1"
 
 
-def _layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+def layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
+    """The common look: title, axis titles, height, tight margins, legend below."""
     figure.update_layout(
         title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25)
     )
@@ -36,13 +37,13 @@ def weight_histogram(values: np.ndarray, levels: np.ndarray, scope: str) -> go.F
         title = f"Weights of the {scope} and the {len(levels)} quantization levels"
     else:
         title = f"Weights of the {scope} ({len(levels):,} levels: too dense to draw)"
-    return _layout(figure, title, "weight value", "count")
+    return layout(figure, title, "weight value", "count")
 
 
 def error_histogram(errors: np.ndarray, sqnr_db: float) -> go.Figure:
     """Histogram of rounding errors (quantized - original) over the whole weight."""
     figure = go.Figure(go.Histogram(x=errors, nbinsx=BINS, marker_color=MUTED_COLOR, name="error"))
-    return _layout(figure, f"Rounding error, whole weight (SQNR {sqnr_db:.1f} dB)", "quantized - original", "count")
+    return layout(figure, f"Rounding error, whole weight (SQNR {sqnr_db:.1f} dB)", "quantized - original", "count")
 
 
 def channel_ranges(view: dict) -> go.Figure:
@@ -61,7 +62,7 @@ def channel_ranges(view: dict) -> go.Figure:
     )
     outliers = int(np.sum(view["outliers"]))
     title = f"Weight range per output channel ({outliers} outlier{'s' if outliers != 1 else ''}, median range {view['median']:.3g})"
-    return _layout(figure, title, "output channel", "weight value")
+    return layout(figure, title, "output channel", "weight value")
 
 
 def spectrum(view: dict, rank: int) -> go.Figure:
@@ -75,7 +76,7 @@ def spectrum(view: dict, rank: int) -> go.Figure:
     if view["break_even"] >= 1:
         figure.add_vline(x=view["break_even"], line_dash="dot", line_color=MUTED_COLOR, annotation_text="break-even", annotation_position="top left")
     figure.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], dtick=0.25, tickformat=".0%", title="energy kept"))
-    return _layout(figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value")
+    return layout(figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value")
 
 
 def mask_heatmap(view: dict, label: str) -> go.Figure:
@@ -85,7 +86,7 @@ def mask_heatmap(view: dict, label: str) -> go.Figure:
                    hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>")
     )
     figure.update_yaxes(autorange="reversed")
-    return _layout(figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360)
+    return layout(figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360)
 
 
 def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
@@ -93,7 +94,7 @@ def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
     names = [name for name, value in sqnr.items() if value is not None]
     values = [min(float(sqnr[name]), 120.0) for name in names]
     figure = go.Figure(go.Bar(x=names, y=values, marker_color=KEPT_COLOR))
-    return _layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
+    return layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
 
 
 def heatmap(z: Sequence[Sequence[float | None]], rows: Sequence[str], columns: Sequence[str], title: str, x_title: str, colorbar: str) -> go.Figure:
@@ -103,14 +104,14 @@ def heatmap(z: Sequence[Sequence[float | None]], rows: Sequence[str], columns: S
     )
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(type="category")
-    return _layout(figure, title, x_title, "", height=max(320, 28 * len(rows) + 120))
+    return layout(figure, title, x_title, "", height=max(320, 28 * len(rows) + 120))
 
 
 def curves(x: Sequence, series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str) -> go.Figure:
     """One line per named series over shared x values (categorical, in the order given)."""
     figure = go.Figure([go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name) for name, y in series.items()])
     figure.update_xaxes(type="category")
-    return _layout(figure, title, x_title, y_title, height=380)
+    return layout(figure, title, x_title, y_title, height=380)
 
 
 def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[float], p90: Sequence[float]) -> go.Figure:
@@ -124,4 +125,4 @@ def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[fl
             error_y=dict(type="data", symmetric=False, array=np.asarray(p90) - median_array, arrayminus=median_array - np.asarray(p10)),
         )
     )
-    return _layout(figure, "Latency per artifact: median, whiskers p10..p90", "artifact", "ms per batch")
+    return layout(figure, "Latency per artifact: median, whiskers p10..p90", "artifact", "ms per batch")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, _layout
+from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, layout
 
 MAX_MASK_ROWS = 64
 MAX_MASK_COLUMNS = 288
@@ -44,14 +44,14 @@ def quantization_grid(view: dict[str, Any], channel: int) -> go.Figure:
         x, y = _vertical_lines(levels, max(view["weight_histogram"]["counts"]))
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
     title = f"{view['bits']}-bit {view['scheme']} grid, weights of channel {channel} (step {view['step']:.3g})"
-    return _layout(figure, title, "weight value", "count")
+    return layout(figure, title, "weight value", "count")
 
 
 def quantization_error(view: dict[str, Any]) -> go.Figure:
     """Histogram of the channel's rounding error q(w) - w."""
     figure = go.Figure(_histogram_bars(view["error_histogram"], "error", MUTED_COLOR))
     title = f"Rounding error (max {view['max_error']:.3g}); SQNR of the whole weight {view['sqnr_db']:.1f} dB"
-    return _layout(figure, title, "quantized - original", "count")
+    return layout(figure, title, "quantized - original", "count")
 
 
 def sqnr_against_bits(curve: dict[str, Any], bits: int) -> go.Figure:
@@ -68,7 +68,7 @@ def sqnr_against_bits(curve: dict[str, Any], bits: int) -> go.Figure:
         chosen = curve["sqnr_db"][curve["bits"].index(bits)]
         figure.add_trace(go.Scatter(x=[bits], y=[chosen], mode="markers", name=f"{bits} bits: {chosen:.1f} dB",
                                     marker=dict(color=ALERT_COLOR, size=14, symbol="circle-open", line=dict(width=3))))
-    return _layout(figure, "SQNR against bits (theory: 6.02 dB per bit)", "bits", "SQNR (dB)")
+    return layout(figure, "SQNR against bits (theory: 6.02 dB per bit)", "bits", "SQNR (dB)")
 
 
 def scheme_levels(rows: list[dict[str, Any]], extremes: dict[str, dict[str, Any]], bits: int) -> go.Figure:
@@ -84,7 +84,7 @@ def scheme_levels(rows: list[dict[str, Any]], extremes: dict[str, dict[str, Any]
         figure.add_trace(go.Scatter(x=levels, y=[label] * len(levels), mode="markers", name=label, showlegend=False,
                                     marker=dict(symbol="line-ns-open", size=16, color=color, line=dict(width=2))))
     figure.update_yaxes(autorange="reversed", type="category")
-    return _layout(figure, "Where each scheme puts its levels (channel 0), and its SQNR on the whole weight", "level", "", height=360)
+    return layout(figure, "Where each scheme puts its levels (channel 0), and its SQNR on the whole weight", "level", "", height=360)
 
 
 def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
@@ -98,7 +98,7 @@ def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
     )
     figure.update_yaxes(autorange="reversed")
     kept = view["kept"] / (view["kept"] + view["zeros"])
-    return _layout(figure, f"{title}: {kept:.0%} kept{window}", "input (flattened)", "output channel", height=300)
+    return layout(figure, f"{title}: {kept:.0%} kept{window}", "input (flattened)", "output channel", height=300)
 
 
 def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
@@ -109,7 +109,7 @@ def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
     figure.add_vline(x=profile["break_even_rank"] + 0.5, line_dash="dot", line_color=ALERT_COLOR,
                      annotation_text=f"break-even {profile['break_even_rank']}", annotation_position="top right")
     figure.update_yaxes(type="log")
-    return _layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
+    return layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
 
 
 def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:
@@ -126,7 +126,7 @@ def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:
     figure.add_trace(go.Scatter(x=[rank, rank], y=[error, share[rank - 1]], mode="markers", name=f"rank {rank}",
                                 marker=dict(color="black", size=10)))
     title = f"Rank {rank}: error {error:.1%}, {share[rank - 1]:.0%} of the dense parameters"
-    return _layout(figure, title, "rank r", "fraction")
+    return layout(figure, title, "rank r", "fraction")
 
 
 def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
@@ -140,7 +140,7 @@ def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
         figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line=dict(color=color, width=2, dash=dash)))
     figure.update_yaxes(type="log")
     title = f"Inputs of {layer}: {ranges['samples']:,} values and the {ranges['bits']}-bit range each method picks"
-    return _layout(figure, title, "activation value", "count (log)", height=380)
+    return layout(figure, title, "activation value", "count (log)", height=380)
 
 
 def softened_outputs(view: dict[str, Any], classes: Sequence[str]) -> go.Figure:
@@ -155,4 +155,4 @@ def softened_outputs(view: dict[str, Any], classes: Sequence[str]) -> go.Figure:
     figure.update_xaxes(type="category")
     label = "" if view["label"] is None else f", label {view['label']}"
     title = f"Probabilities at T = {view['temperature']:g}{label}; T² KL(teacher || student) = {view['loss_term']:.3f}"
-    return _layout(figure, title, "class", "probability")
+    return layout(figure, title, "class", "probability")

@@ -45,6 +45,14 @@ def _fresh_recovery(session: state.State) -> dict[str, Any] | None:
     return recovered
 
 
+def fine_tuned_for(session: state.State, plan: Plan) -> ModelHandle | None:
+    """The fine-tuned model when the Recover panel trained one from exactly ``plan``, else None."""
+    recovered = _fresh_recovery(session)
+    if recovered is None or Plan.from_dict(state.history(session)[-1]["plan"], "plan") != plan:
+        return None
+    return recovered["handle"]
+
+
 def compressed_model(session: state.State) -> tuple[ModelHandle, str] | None:
     """The current compressed model and a phrase naming it; None before any plan is applied.
 

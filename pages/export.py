@@ -6,13 +6,14 @@ import streamlit as st
 
 from compress_core import CompressError
 from compress_core.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options
-from explorer_ui import cache, exporting, figures, state
+from explorer_ui import cache, exporting, figures, recover_panel, state
 
 session = st.session_state
 source, handle = state.page_model(session)
 layers = cache.inventory(source.key, handle)
 plan = state.plan(session)
 label = session[state.CURRENT]
+fine_tuned = recover_panel.fine_tuned_for(session, plan)
 
 st.title(f"Export {handle.name}")
 st.caption(
@@ -20,6 +21,8 @@ st.caption(
     "ONNX fp32 of the original and the compressed model, optionally int8 through ONNX Runtime, the torch weights, "
     "the recipe, the evaluation data, metrics and a report. Every ONNX file is checked in ONNX Runtime first."
 )
+if fine_tuned is not None:
+    st.info("The Recover panel fine-tuned this plan: the fine-tuned model is what gets exported.")
 with_int8 = st.checkbox("Also build an int8 model (ONNX Runtime)", value=True)
 mode_column, method_column, activation_column = st.columns(3)
 dynamic = mode_column.toggle("Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers.")
@@ -30,7 +33,8 @@ if st.button("Build artifacts", type="primary"):
     try:
         options = Int8Options(method=method, activations=activations, dynamic=dynamic) if with_int8 else None
         with st.status("Building artifacts ...", expanded=True) as status:
-            built = exporting.build(handle, plan, layers, exporting.export_folder(source.key, plan), options, status.write)
+            folder = exporting.export_folder(source.key, plan, fine_tuned=fine_tuned is not None)
+            built = exporting.build(handle, plan, layers, folder, options, status.write, compressed=fine_tuned)
             status.update(label="Artifacts built", state="complete", expanded=False)
         session[state.EXPORTS][label] = built
         session[state.LATENCY].pop(label, None)

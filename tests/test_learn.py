@@ -121,3 +121,12 @@ def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -
 
     app.switch_page(LEARN).run()  # the fine-tuned model is now the distillation demo's student
     assert "(plan #1, fine-tuned for 1 epoch)" in " ".join(caption.value for caption in app.caption)
+
+    app.switch_page("pages/export.py").run()  # and the model that Export writes
+    assert any("fine-tuned model is what gets exported" in info.value for info in app.info)
+    app.checkbox[0].set_value(False).run()  # fp32 files only: quicker
+    _button(app, "Build artifacts").click().run()
+    assert not app.exception and not app.error
+    exported = app.session_state[state.EXPORTS]["digits_cnn"]["metrics"]
+    assert exported["pytorch"]["compressed"]["accuracy"] == pytest.approx(recovered["after"]["accuracy"])
+    assert exported["artifacts"]["model_fp32.onnx"]["accuracy"] == pytest.approx(recovered["after"]["accuracy"], abs=0.005)
