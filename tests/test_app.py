@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import urllib.parse
-from pathlib import Path
 
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
 from compress_core.samples import digits_names
+from apptest_helpers import button, first_run
 from explorer_ui import state
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py", "pages/sensitivity.py", "pages/export.py")
 
 
 @pytest.fixture
 def app() -> AppTest:
-    """The app after its first run (on digits_cnn)."""
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def _button(at: AppTest, label: str):
-    return next(button for button in at.button if button.label == label)
+    return first_run()
 
 
 def _plan_layers(at: AppTest) -> dict:
@@ -88,9 +79,9 @@ def test_state_dict_upload_needs_an_architecture_and_then_loads(app, tmp_path):
 def test_plan_and_model_survive_page_switches(app):
     app.sidebar.selectbox[0].set_value("digits_mlp").run()
     app.switch_page("pages/tune.py").run()
-    _button(app, "All Conv layers")  # present, though the MLP has none
+    button(app, "All Conv layers")  # present, though the MLP has none
     app.text_input[0].set_value(r"fc\d").run()
-    _button(app, "Matching layers").click().run()
+    button(app, "Matching layers").click().run()
     assert set(_plan_layers(app)) == {"fc1", "fc2", "fc3"}
     app.switch_page("pages/layers.py").run()
     app.switch_page("pages/tune.py").run()
@@ -101,14 +92,14 @@ def test_plan_and_model_survive_page_switches(app):
 def test_changing_bits_and_applying_changes_the_size(app):
     app.switch_page("pages/tune.py").run()
     app.selectbox[0].set_value("4").run()
-    _button(app, "All Conv layers").click().run()
+    button(app, "All Conv layers").click().run()
     assert _plan_layers(app) == {name: {"bits": 4} for name in ("conv1", "conv2", "conv3")}
-    _button(app, "Apply").click().run()
+    button(app, "Apply").click().run()
     assert not app.exception and not app.error
     first = app.session_state[state.HISTORY]["digits_cnn"][-1]["metrics"]["plan_bytes"]
     app.selectbox[0].set_value("2").run()
-    _button(app, "All Conv layers").click().run()
-    _button(app, "Apply").click().run()
+    button(app, "All Conv layers").click().run()
+    button(app, "Apply").click().run()
     second = app.session_state[state.HISTORY]["digits_cnn"][-1]["metrics"]["plan_bytes"]
     original = 40_506 * 4
     assert second < first < original
@@ -121,17 +112,17 @@ def test_a_downloaded_recipe_restores_the_same_table(app):
     app.switch_page("pages/tune.py").run()
     app.text_input[0].set_value("conv[12]|head").run()
     app.selectbox[0].set_value("6").run()
-    _button(app, "Matching layers").click().run()
+    button(app, "Matching layers").click().run()
     recipe = app.get("download_button")[0]
     table = app.session_state[state.PLANS]["digits_cnn"]
     text = yaml.safe_dump(table, sort_keys=False)
     assert yaml.safe_load(text)["layers"] == {"conv1": {"bits": 6}, "conv2": {"bits": 6}, "head": {"bits": 6}}
     assert recipe.proto.label == "Download recipe"
-    _button(app, "Reset plan").click().run()
+    button(app, "Reset plan").click().run()
     assert _plan_layers(app) == {}
     app.file_uploader(key="recipe_upload").set_value(("recipe.yaml", text.encode(), "application/yaml"))
     app.run()
-    _button(app, "Load recipe").click().run()
+    button(app, "Load recipe").click().run()
     assert not app.error
     assert app.session_state[state.PLANS]["digits_cnn"] == table
 
@@ -141,7 +132,7 @@ def test_a_recipe_naming_a_missing_layer_is_an_error_and_keeps_the_plan(app):
     bad = b"version: 1\nlayers:\n  conv9: {bits: 4}\n"
     app.file_uploader(key="recipe_upload").set_value(("bad.yaml", bad, "application/yaml"))
     app.run()
-    _button(app, "Load recipe").click().run()
+    button(app, "Load recipe").click().run()
     assert "layer 'conv9' is not a compressible layer" in app.error[0].value
     assert _plan_layers(app) == {}
 
@@ -158,7 +149,7 @@ def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app, mo
     app.switch_page("pages/sensitivity.py").run()
     app.multiselect[0].set_value(["bits"])
     app.multiselect[1].set_value([8, 2]).run()
-    _button(app, "Run sensitivity").click().run()
+    button(app, "Run sensitivity").click().run()
     assert state.SENSITIVITY_JOB in app.session_state
     _finish_sweep(app)
     assert not app.exception and not app.error
@@ -172,14 +163,14 @@ def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app, mo
 
 def test_export_builds_every_file_and_times_it(app):
     app.switch_page("pages/tune.py").run()
-    _button(app, "All Conv layers").click().run()
+    button(app, "All Conv layers").click().run()
     app.switch_page("pages/export.py").run()
-    _button(app, "Build artifacts").click().run()
+    button(app, "Build artifacts").click().run()
     assert not app.exception and not app.error
     names = {button.key.removeprefix("download-") for button in app.get("download_button")}
     assert {"model_fp32.onnx", "model_int8.onnx", "recipe.yaml", "report.md", "metrics.json"} <= names
     app.number_input[2].set_value(5).run()
-    _button(app, "Run latency benchmark").click().run()
+    button(app, "Run latency benchmark").click().run()
     assert not app.exception and not app.error
     table = app.dataframe[0].value
     assert list(table["candidate"]) == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
@@ -235,8 +226,8 @@ def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():
 def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold sensitivity cache: the sweep really runs
     app.switch_page("pages/sensitivity.py").run()
-    _button(app, "Run sensitivity").click().run()
-    _button(app, "Stop").click().run()
+    button(app, "Run sensitivity").click().run()
+    button(app, "Stop").click().run()
     _finish_sweep(app)
     result = app.session_state[state.SENSITIVITY]["digits_cnn"]
     assert result["cancelled"]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_helpers import button, first_run
 from explorer_ui import recover_panel, state
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 LEARN = "pages/learn.py"
 TUNE = "pages/tune.py"
 # The Learn page's charts, in page order (a layer whose shape fits every N:M pattern, no sensitivity results).
@@ -18,15 +16,7 @@ GRID, ERROR, SQNR, SCHEMES, UNSTRUCTURED, NM, STRUCTURED, SINGULAR, TRADEOFF, CA
 
 @pytest.fixture
 def app() -> AppTest:
-    """The app after its first run (on digits_cnn)."""
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    assert not at.exception
-    return at
-
-
-def _button(at: AppTest, label: str):
-    return next(button for button in at.button if button.label == label)
+    return first_run()
 
 
 def _specs(at: AppTest) -> list[str]:
@@ -101,12 +91,12 @@ def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> Non
 def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -> None:
     app.switch_page(TUNE).run()
     app.selectbox[0].set_value("2").run()  # the bulk-edit bit width
-    _button(app, "All Conv layers").click().run()
-    _button(app, "Apply").click().run()
+    button(app, "All Conv layers").click().run()
+    button(app, "Apply").click().run()
     before = state.history(app.session_state)[-1]["metrics"]["accuracy"]
     assert before < 0.9  # every Conv at 2 bits hurts
     app.number_input(key="recover_epochs").set_value(1).run()
-    _button(app, "Recover").click().run()
+    button(app, "Recover").click().run()
     app.session_state[recover_panel.RECOVER_JOB]["job"].wait(60)
     app.run()
     assert not app.exception and not app.error
@@ -125,7 +115,7 @@ def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -
     app.switch_page("pages/export.py").run()  # and the model that Export writes
     assert any("fine-tuned model is what gets exported" in info.value for info in app.info)
     app.checkbox[0].set_value(False).run()  # fp32 files only: quicker
-    _button(app, "Build artifacts").click().run()
+    button(app, "Build artifacts").click().run()
     assert not app.exception and not app.error
     exported = app.session_state[state.EXPORTS]["digits_cnn"]["metrics"]
     assert exported["pytorch"]["compressed"]["accuracy"] == pytest.approx(recovered["after"]["accuracy"])

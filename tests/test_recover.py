@@ -113,7 +113,7 @@ def test_cancel_stops_and_keeps_the_constraints(cnn: ModelHandle, subset: EvalDa
     batches = iter(range(100))
     tuned, history = finetune(cnn, compressed, epochs=5, batch_size=64, data=subset, cancel=lambda: next(batches) >= 6)
     assert len(history) == 1  # 4 batches per epoch: cancelled during the second epoch
-    assert any("fine-tuned for 1 epochs by distillation from the original (cancelled after 1 of 5 epochs)" in note for note in tuned.compression.notes)
+    assert any("fine-tuned for 1 epoch by distillation from the original (cancelled after 1 of 5 epochs)" in note for note in tuned.compression.notes)
     for name, mask in tuned.compression.masks.items():
         assert int((parameters(tuned)[name][~mask] != 0).sum()) == 0
 
