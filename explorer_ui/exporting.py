@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress_core import LayerInfo, ModelHandle
+from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.apply import apply_plan
 from compress_core.artifacts import export_artifacts, file_sizes
 from compress_core.export_bench import bench_folder
@@ -47,6 +47,16 @@ def build(
     result = export_artifacts(handle, compressed, folder, int8=int8, progress=say)
     files = {name: {"path": str(path), **file_sizes(path)} for name, path in result.files.items()}
     return {"folder": str(result.folder), "files": files, "metrics": result.metrics}
+
+
+def quantizes_any_layer(plan: Plan, layers: list[LayerInfo]) -> bool:
+    """True when the plan gives at least one layer of the model a bit width (an invalid plan counts
+    as True: the Build button reports its error)."""
+    try:
+        configs = plan.resolve([layer.name for layer in layers])
+    except CompressError:
+        return True
+    return any(config.bits is not None for config in configs.values())
 
 
 def mime_type(name: str) -> str:

@@ -23,6 +23,8 @@ st.caption(
 )
 if fine_tuned is not None:
     st.info("The Recover panel fine-tuned this plan: the fine-tuned model is what gets exported.")
+if not exporting.quantizes_any_layer(plan, layers):
+    st.warning("The current plan sets no bit width, so the int8 file would keep every layer float. Set bits on the Tune page.")
 with_int8 = st.checkbox("Also build an int8 model (ONNX Runtime)", value=True)
 mode_column, method_column, activation_column = st.columns(3)
 dynamic = mode_column.toggle("Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers.")
