@@ -14,22 +14,13 @@ from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.apply import apply_plan
 from compress_core.metrics import evaluate
 from compress_core.plan import ALLOWED_BITS, NM_PATTERN, LayerConfig, Plan, PruneConfig
+from compress_core.report import ROWS as METRIC_ROWS
+from compress_core.report import format_value
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
 PRUNE_KIND_OPTIONS = ("unstructured", "structured", "2:4", "4:8", "1:4")
 EDITABLE = ("bits", "scheme", "granularity", "prune_ratio", "prune_kind", "rank")
-SUMMARY_ROWS = (
-    ("accuracy", "accuracy", "{:.2%}"),
-    ("agreement", "top-1 agreement with original", "{:.2%}"),
-    ("cosine", "output cosine", "{:.4f}"),
-    ("sqnr_db", "output SQNR (dB)", "{:.1f}"),
-    ("params", "parameters", "{:,}"),
-    ("nonzero_params", "non-zero parameters", "{:,}"),
-    ("macs", "MACs per sample", "{:,}"),
-    ("plan_bytes", "size at the plan's bit widths (bytes)", "{:,}"),
-    ("zip_bytes", "zipped ONNX (bytes)", "{:,}"),
-)
 
 
 def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
@@ -127,11 +118,11 @@ def apply_and_measure(handle: ModelHandle, plan: Plan, layers: list[LayerInfo]) 
 def summary_table(columns: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """Rows of metrics, one column per named metrics dict (original, previous, current ...)."""
     table = []
-    for key, label, fmt in SUMMARY_ROWS:
+    for key, label, kind in METRIC_ROWS:
         values = {name: metrics.get(key) for name, metrics in columns.items()}
         if all(value is None for value in values.values()):
             continue
-        table.append({"metric": label, **{name: "n/a" if value is None else fmt.format(value) for name, value in values.items()}})
+        table.append({"metric": label, **{name: format_value(value, kind) for name, value in values.items()}})
     return table
 
 
