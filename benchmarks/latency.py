@@ -7,7 +7,8 @@ one interleaved run (``measure_latency``), so ratios are measured side by side:
   activations; ORT's default ``quantize_static`` of the same fp32 model; 50% structured channel
   pruning in fp32 and in int8 (no fine-tuning: the accuracy column shows what pruning alone costs).
 - ``minilm`` (batch 8, 2 threads): fp32; ORT's plain ``quantize_dynamic``; our dynamic int8 plan
-  (per-channel weights, one sensitive layer kept float), with min / mean cosine to fp32.
+  (``sample_models/recipes/minilm_int8.yaml``: per-channel weights, one sensitive layer kept float),
+  with min / mean cosine to fp32.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ ALL_8BIT = "version: 1\ndefault: {bits: 8}\n"
 PRUNED = "version: 1\ndefault: {prune: {ratio: 0.5, kind: structured}}\n"
 PRUNED_8BIT = "version: 1\ndefault: {bits: 8, prune: {ratio: 0.5, kind: structured}}\n"
 RECOVER_EPOCHS = 8  # fine-tuning against the original (compress_core.recover) wins back the pruned accuracy
-# Found by keeping one layer float at a time: the first block's attention output projection is the
-# most sensitive of the cheap ones (384x384); keeping it float lifts the min cosine from 0.989 to 0.990.
-MINILM_PLAN = "version: 1\ndefault: {bits: 8}\nlayers:\n  bert.encoder.layer.0.attention.output.dense: null\n"
+MINILM_RECIPE = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
 
 
 def export(handle: cc.ModelHandle, recipe: str, folder: Path, options: Int8Options | None, recover_epochs: int = 0) -> Path:
@@ -92,7 +91,7 @@ def minilm(scratch: Path) -> list[dict]:
     from onnxruntime.quantization import quantize_dynamic
 
     handle = cc.load_model("minilm")
-    ours = export(handle, MINILM_PLAN, scratch / "minilm", Int8Options(dynamic=True))
+    ours = export(handle, MINILM_RECIPE.read_text(encoding="utf-8"), scratch / "minilm", Int8Options(dynamic=True))
     plain = scratch / "minilm_plain_dynamic.onnx"
     quantize_dynamic(ours / ORIGINAL_ONNX, plain)
     paths = {

@@ -15,11 +15,13 @@ a uniform grid of the storage type, which approximates them (the result's notes 
 
 Static quantization (QDQ, activations calibrated on the evaluation data) is the default;
 ``dynamic=True`` uses ``quantize_dynamic`` (weights only, activations quantized at run time), the
-usual choice for transformers.
+usual choice for transformers: exactly the planned layers are quantized, their weights per channel
+or per tensor as the plan says.
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,7 +122,7 @@ def quantize_int8(
     ``fp32_model`` is the handle's ONNX export when the caller already has it. Raises
     ``CompressError`` naming the op and layer when a planned layer cannot be quantized.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if compressed.compression is None:
         raise CompressError(f"model '{compressed.name}' carries no plan; apply a plan (apply_plan) before int8 export")
@@ -136,6 +138,7 @@ def quantize_int8(
     if unmapped:
         notes.append(f"no ONNX node for {', '.join(unmapped)} (the export dropped it: its output is unused)")
     excluded, overrides, report = [], {}, []
+    dynamic_nodes: dict[bool, list[str]] = {True: [], False: []}  # per channel? -> nodes
     for layer in layers:
         target = targets.get(layer.name)
         if target is None:
@@ -148,6 +151,7 @@ def quantize_int8(
         storage = STORAGE_BITS.get(grid.bits, "QInt8")
         report.append(Int8Layer(layer.name, target.node, grid.bits, storage))
         if options.dynamic:
+            dynamic_nodes[grid.granularity == "channel"].append(target.node)
             continue
         _check_static_support(target, out_axes)
         override, exact = weight_override(weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage))
@@ -157,12 +161,12 @@ def quantize_int8(
         elif storage == "QInt8" and grid.bits != 8:
             notes.append(f"{layer.name}: {grid.bits}-bit weights are stored in int8, holding the plan's {2 ** grid.bits}-level grid exactly")
     if options.dynamic:
-        notes.extend(_dynamic_notes(report))
+        notes.extend(_dynamic_notes(report, model, weights))
 
     def write(temporary: Path) -> None:
         try:
             if options.dynamic:
-                quantize_dynamic(model, temporary, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=excluded)
+                quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
             else:
                 reader = EvalDataReader(calibration_inputs(compressed.data.inputs, options.calibration_samples), _input_name(model))
                 quantize_static(
@@ -182,6 +186,27 @@ def quantize_int8(
     written = atomic_write(path, write)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
     return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes)
+
+
+def quantize_dynamic_by_granularity(model: onnx.ModelProto, path: Path, per_channel: list[str], per_tensor: list[str]) -> None:
+    """``quantize_dynamic`` of exactly the named nodes, weights per channel or per tensor as listed.
+
+    ORT's ``per_channel`` flag holds for a whole call, so a plan that mixes both takes two passes:
+    the per-channel nodes first, then the per-tensor ones of that result. Nodes in neither list
+    stay float.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    passes = [(nodes, flag) for nodes, flag in ((per_channel, True), (per_tensor, False)) if nodes]
+    if not passes:
+        onnx.save(model, str(path))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        source: onnx.ModelProto | str = model
+        for index, (nodes, flag) in enumerate(passes):
+            target = path if index == len(passes) - 1 else Path(scratch) / "first_pass.onnx"
+            quantize_dynamic(source, target, per_channel=flag, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+            source = str(target)
 
 
 def quantize_ort_default(fp32_path: str | Path, path: str | Path, inputs: np.ndarray, samples: int = 64) -> Path:
@@ -230,11 +255,17 @@ def _check_static_support(target: LayerTarget, out_axes: dict[str, int]) -> None
         )
 
 
-def _dynamic_notes(report: list[Int8Layer]) -> list[str]:
+def _dynamic_notes(report: list[Int8Layer], model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> list[str]:
+    """What dynamic quantization stores differently from the plan, and the weights it leaves float."""
+    notes = []
     odd = [f"{row.layer} ({row.bits}-bit)" for row in report if row.bits not in (None, 8)]
-    if not odd:
-        return []
-    return [f"dynamic quantization stores every weight in int8 on ORT's grid: {', '.join(odd)} approximated"]
+    if odd:
+        notes.append(f"dynamic quantization stores every weight in int8 on ORT's grid: {', '.join(odd)} approximated")
+    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather" and node.input[0] in weights}
+    table_bytes = sum(weights[name].nbytes for name in tables if weights[name].dtype == np.float32)
+    if table_bytes:
+        notes.append(f"embedding tables stay float32 ({table_bytes / 2**20:.1f} MiB): they are not layers of the plan")
+    return notes
 
 
 def _calibration_method(name: str) -> Any:

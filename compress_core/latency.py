@@ -41,13 +41,18 @@ class LatencyResult:
 
 def make_session(path: str | Path, threads: int, profile_prefix: str | None = None, optimized_path: str | Path | None = None) -> Any:
     """A CPU ``InferenceSession`` with ``threads`` intra-op threads; optionally profiling, or saving
-    the model as ORT optimized it (to see which nodes were fused into integer kernels)."""
+    the model as ORT optimized it (to see which nodes were fused into integer kernels).
+
+    Its threads do not spin while idle: in interleaved runs a spinning session would take the
+    cores from the next candidate's run (on 2 cores this doubled fp32 medians and skewed ratios).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

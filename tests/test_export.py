@@ -77,6 +77,10 @@ def test_cli_export_and_bench(tmp_path, capsys):
     assert [row["name"] for row in rows] == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
     assert all(BENCH_KEYS <= set(row) for row in rows)
     assert rows[0]["speedup"] == 1.0 and rows[2]["integer_nodes"] == 3
+    assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--batch", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "compressed_int8: still float after ORT's optimization: head" in table
+    assert "original_fp32: still float" not in table  # every layer of a float file is float: no news
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

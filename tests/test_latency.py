@@ -63,6 +63,14 @@ def test_measure_latency_interleaves_and_reports(files, monkeypatch):
         assert result.throughput == pytest.approx(4000 / result.median_ms)
 
 
+def test_sessions_do_not_spin_between_interleaved_runs(files):
+    # An idle session whose threads spin steals the cores of the next candidate's run.
+    _, paths, _ = files
+    options = latency.make_session(paths["fp32"], threads=2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+
+
 def test_measure_latency_rejects_bad_arguments(files):
     handle, paths, _ = files
     with pytest.raises(CompressError, match="baseline 'x' is not a candidate"):

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nbatch {args.batch}, {args.threads} threads, {args.runs} interleaved runs; speedup over original_fp32; "
           f"accuracy is {rows[0]['quality']} on the folder's evaluation data")
     for row in rows:
-        if row["float_layers"]:
+        if row["float_layers"] and row["integer_nodes"]:  # in a float file every layer is float
             print(f"{row['name']}: still float after ORT's optimization: {', '.join(row['float_layers'])}")
         slowest = ", ".join(f"{t['layer'] or t['node']} {100 * t['share']:.0f}%" for t in row["top_layers"][:3])
         print(f"{row['name']}: slowest nodes: {slowest}")
