@@ -21,10 +21,12 @@ import onnx
 from .latency import batch_of, make_session
 
 FLOAT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")
+FUSED_PREFIX = "fused "  # ORT's name for a node it fused another into, e.g. ``fused /fc1/Gemm``
 INTEGER_COMPUTE_OPS = (
     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
     "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention",
 )
+COMPUTE_OPS = FLOAT_COMPUTE_OPS + INTEGER_COMPUTE_OPS
 
 
 @dataclass(frozen=True)
@@ -60,18 +62,56 @@ def layer_of(node_name: str, layer_nodes: dict[str, str]) -> str | None:
     return best
 
 
+def node_layers(optimized: onnx.ModelProto, source: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[str, str]:
+    """Each node of ORT's ``optimized`` graph of ``source`` -> the layer it computes, where known.
+
+    By name first: ORT keeps or extends most names (``/conv1/Conv_quant``, ``fused /fc1/Gemm``).
+    Then by the initializers a node reads: a node ORT renamed still reads its layer's bias or weight
+    (``/Relu_output_0_nchwc`` is conv1 fused with its Relu, in the blocked NCHWc layout).
+    """
+    by_tensor = _layer_tensors(source, layer_nodes)
+    found = {}
+    for node in optimized.graph.node:
+        layer = layer_of(node.name.removeprefix(FUSED_PREFIX), layer_nodes)
+        if layer is None:
+            layer = next((by_tensor[name] for name in node.input if name in by_tensor), None)
+        if layer is not None:
+            found[node.name] = layer
+    return found
+
+
+def _layer_tensors(model: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[str, str]:
+    """Initializer -> layer, for the weight and bias each layer's node reads (directly or through a
+    DequantizeLinear); an initializer that more than one layer reads names none of them."""
+    initializers = {init.name for init in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+    owners: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        layer = layer_of(node.name, layer_nodes) if node.op_type in COMPUTE_OPS else None
+        if layer is None:
+            continue
+        for name in node.input[1:3]:  # weight and bias of Conv, Gemm and MatMul
+            producer = producers.get(name)
+            for tensor in producer.input if producer is not None and producer.op_type == "DequantizeLinear" else [name]:
+                if tensor in initializers:
+                    owners.setdefault(tensor, set()).add(layer)
+    return {tensor: layers.pop() for tensor, layers in owners.items() if len(layers) == 1}
+
+
 def profile_nodes(
     path: str | Path, inputs: np.ndarray, layer_nodes: dict[str, str], threads: int = 2, batch: int = 32, runs: int = 10
 ) -> list[NodeTime]:
     """Kernel time per node (mean over ``runs`` after one warm-up run), slowest first."""
     with tempfile.TemporaryDirectory() as folder:
-        session = make_session(path, threads, profile_prefix=str(Path(folder) / "profile"))
+        optimized = Path(folder) / "optimized.onnx"
+        session = make_session(path, threads, profile_prefix=str(Path(folder) / "profile"), optimized_path=optimized)
         name = session.get_inputs()[0].name
         feed = batch_of(inputs, batch)
         session.run(None, {name: feed})
         for _ in range(runs):
             session.run(None, {name: feed})
         events = json.loads(Path(session.end_profiling()).read_text())
+        layers = node_layers(_graph(optimized), _graph(path), layer_nodes)
     totals: Counter[str] = Counter()
     ops: dict[str, str] = {}
     for event in events:
@@ -81,10 +121,7 @@ def profile_nodes(
             ops[node] = event.get("args", {}).get("op_name", "")
     total = sum(totals.values()) or 1.0
     runs_seen = runs + 1
-    return [
-        NodeTime(node, ops[node], layer_of(node, layer_nodes), ms / runs_seen, ms / total)
-        for node, ms in totals.most_common()
-    ]
+    return [NodeTime(node, ops[node], layers.get(node), ms / runs_seen, ms / total) for node, ms in totals.most_common()]
 
 
 def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -> OpCensus:
@@ -92,8 +129,13 @@ def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -
     with tempfile.TemporaryDirectory() as folder:
         optimized = Path(folder) / "optimized.onnx"
         make_session(path, threads, optimized_path=optimized)
-        model = onnx.load(str(optimized))
+        model = _graph(optimized)
     integer = Counter(node.op_type for node in model.graph.node if node.op_type in INTEGER_COMPUTE_OPS)
     floating = [node for node in model.graph.node if node.op_type in FLOAT_COMPUTE_OPS]
-    layers = [layer for layer in (layer_of(node.name, layer_nodes) for node in floating) if layer is not None]
-    return OpCensus(dict(integer), dict(Counter(node.op_type for node in floating)), layers)
+    layers = node_layers(model, _graph(path), layer_nodes)
+    return OpCensus(dict(integer), dict(Counter(node.op_type for node in floating)), [layers[n.name] for n in floating if n.name in layers])
+
+
+def _graph(path: str | Path) -> onnx.ModelProto:
+    """The graph of an ONNX file, without loading external weight data (only names are needed)."""
+    return onnx.load(str(path), load_external_data=False)

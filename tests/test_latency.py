@@ -89,6 +89,7 @@ def test_census_counts_integer_and_float_nodes(files):
     fp32 = op_census(paths["fp32"], nodes)
     int8 = op_census(paths["int8"], nodes)
     assert fp32.integer == {} and fp32.float_nodes == 5
+    assert sorted(fp32.float_layers) == sorted(nodes)  # ORT renames the convs it fuses with their Relu
     assert int8.integer == {"QLinearConv": 3, "QGemm": 1}
     assert int8.float == {"Gemm": 1} and int8.float_layers == ["head"]
 
@@ -99,3 +100,15 @@ def test_profile_maps_nodes_to_layers(files):
     assert {row.layer for row in rows} >= {"conv1", "conv2", "conv3", "fc1", "head"}
     assert sum(row.share for row in rows) == pytest.approx(1.0)
     assert layer_of("/conv1/Conv_token_3", nodes) == "conv1" and layer_of("/Relu", nodes) is None
+
+
+def test_profile_maps_nodes_ort_renamed_to_layers(files):
+    # In fp32, ORT fuses each Conv with its Relu into an NCHWc node named after the Relu's output
+    # (``/Relu_output_0_nchwc``) and fc1 with its Relu into ``fused /fc1/Gemm``: the initializers they read still tell.
+    handle, paths, nodes = files
+    rows = profile_nodes(paths["fp32"], handle.data.inputs, nodes, threads=1, batch=8, runs=1)
+    compute = [row for row in rows if row.op_type in ("Conv", "FusedConv", "Gemm", "FusedGemm")]
+    assert any(row.node.endswith("_nchwc") for row in compute)
+    assert sorted(row.layer for row in compute) == sorted(nodes)
+    assert all(row.layer is None for row in rows if row.op_type in ("MaxPool", "ReorderOutput"))
+
