@@ -3,7 +3,9 @@
 Each candidate gets its latency (interleaved runs, ``latency.measure_latency``), its speed-up over
 the original fp32 model, its quality on the folder's evaluation data (measured in ONNX Runtime), its
 size raw and zipped, and the census of compute nodes that still run in float after ORT's
-optimization, with the layers they belong to and the slowest layers from ORT's profiler.
+optimization, with the layers they belong to, the slowest nodes from ORT's profiler and the
+profiled time of every layer; ``layer_comparison`` sets the int8 file's layers against the compressed
+fp32 file's, to show where int8 costs time instead of saving it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .errors import CompressError
 from .int8 import quantize_ort_default
 from .latency import measure_latency
 from .metrics import output_fidelity
-from .profiling import op_census, profile_nodes
+from .profiling import NodeTime, op_census, profile_nodes
 
 ORT_DEFAULT = "ort_default_int8"
 CANDIDATES = (("original_fp32", ORIGINAL_ONNX), ("compressed_fp32", FP32_ONNX), ("compressed_int8", INT8_ONNX))
@@ -38,7 +40,8 @@ def bench_folder(
 ) -> list[dict[str, Any]]:
     """One dict per candidate: ``name``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (over
     the original fp32), ``accuracy`` (the quality figure named by ``quality``), ``bytes``,
-    ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers`` and ``top_layers``."""
+    ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers``, ``top_layers`` and
+    ``layer_ms`` (profiled ms per run of each layer's nodes)."""
     folder = Path(folder)
     missing = [name for name in (METRICS, EVAL_DATA, ORIGINAL_ONNX) if not (folder / name).is_file()]
     if missing:
@@ -77,6 +80,32 @@ def bench_folder(
                         {"node": row.node, "op_type": row.op_type, "layer": row.layer, "ms": row.ms, "share": row.share}
                         for row in profile[:TOP_LAYERS]
                     ],
+                    "layer_ms": layer_totals(profile),
                 }
             )
     return rows
+
+
+def layer_totals(profile: list[NodeTime]) -> dict[str, float]:
+    """Profiled ms per run of each layer: the sum over the nodes that compute it."""
+    totals: dict[str, float] = {}
+    for node in profile:
+        if node.layer is not None:
+            totals[node.layer] = totals.get(node.layer, 0.0) + node.ms
+    return totals
+
+
+def layer_comparison(rows: list[dict[str, Any]], baseline: str = "compressed_fp32", candidate: str = "compressed_int8") -> list[dict[str, Any]]:
+    """Per layer of ``bench_folder`` rows: ``fp32_ms`` (``baseline``), ``int8_ms`` (``candidate``) and
+    ``speedup``, slowest-down first, so the layers where int8 costs time lead. Empty without both files."""
+    by_name = {row["name"]: row for row in rows}
+    if baseline not in by_name or candidate not in by_name:
+        return []
+    before, after = by_name[baseline]["layer_ms"], by_name[candidate]["layer_ms"]
+    table = [
+        {"layer": layer, "fp32_ms": before[layer], "int8_ms": after[layer], "speedup": before[layer] / after[layer]}
+        for layer in before
+        if after.get(layer)
+    ]
+    return sorted(table, key=lambda row: row["speedup"])
+

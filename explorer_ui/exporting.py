@@ -13,7 +13,7 @@ from typing import Any
 from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.apply import apply_plan
 from compress_core.artifacts import export_artifacts, file_sizes
-from compress_core.export_bench import bench_folder
+from compress_core.export_bench import bench_folder, layer_comparison
 from compress_core.int8 import Int8Options
 from compress_core.plan import Plan
 
@@ -91,3 +91,12 @@ def latency_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def layer_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The slowest nodes of each candidate (ORT's profiler), with the layer each belongs to."""
     return [{"candidate": row["name"], **layer} for row in rows for layer in row["top_layers"]]
+
+
+def layer_speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per layer, compressed fp32 against int8 (``export_bench.layer_comparison``), for a table."""
+    return [
+        {"layer": row["layer"], "fp32 ms": row["fp32_ms"], "int8 ms": row["int8_ms"], "speed-up": row["speedup"]}
+        for row in layer_comparison(rows)
+    ]
+

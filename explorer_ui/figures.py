@@ -126,3 +126,12 @@ def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[fl
         )
     )
     return layout(figure, "Latency per artifact: median, whiskers p10..p90", "artifact", "ms per batch")
+
+
+def layer_speedups(layers: Sequence[str], speedups: Sequence[float]) -> go.Figure:
+    """Profiled int8 speed-up over fp32 per layer; red where int8 is slower (below the 1x line)."""
+    colors = [ALERT_COLOR if value < 1 else KEPT_COLOR for value in speedups]
+    figure = go.Figure(go.Bar(x=list(layers), y=list(speedups), marker_color=colors))
+    figure.add_hline(y=1.0, line_dash="dash", line_color=MUTED_COLOR)
+    return layout(figure, "int8 speed-up over fp32 per layer (ORT profiler)", "layer", "fp32 ms / int8 ms")
+

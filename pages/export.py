@@ -78,3 +78,12 @@ if built is not None:
         st.plotly_chart(figures.latency_bars([row["name"] for row in rows], [row["median_ms"] for row in rows], [row["p10_ms"] for row in rows], [row["p90_ms"] for row in rows]))
         st.subheader("Slowest nodes per candidate")
         st.dataframe(exporting.layer_times(rows), hide_index=True)
+        per_layer = exporting.layer_speedups(rows)
+        if per_layer:
+            st.subheader("Per layer: compressed fp32 against int8")
+            slower = [row["layer"] for row in per_layer if row["speed-up"] < 1]
+            if slower:
+                st.warning(f"int8 is slower than fp32 on {', '.join(slower)}: keep {'it' if len(slower) == 1 else 'them'} float in the plan, "
+                           "or see above which nodes ORT left in float.")
+            st.plotly_chart(figures.layer_speedups([row["layer"] for row in per_layer], [row["speed-up"] for row in per_layer]))
+            st.dataframe(per_layer, hide_index=True)

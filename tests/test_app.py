@@ -178,7 +178,10 @@ def test_export_builds_every_file_and_times_it(app):
     table = app.dataframe[0].value
     assert list(table["candidate"]) == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
     assert (table["median ms"] > 0).all()
-    assert len(app.get("plotly_chart")) == 1
+    assert len(app.get("plotly_chart")) == 2  # latency per artifact, speed-up per layer
+    per_layer = app.dataframe[2].value
+    assert set(per_layer["layer"]) == {"conv1", "conv2", "conv3", "fc1", "head"}
+    assert list(per_layer["speed-up"]) == sorted(per_layer["speed-up"])
 
 
 def test_table_edits_become_the_plan_and_a_bad_value_names_the_layer():

@@ -239,7 +239,8 @@ def test_export_page(app_url, browser_context):
     _settle(page)
     _click(page, "Build artifacts")
     page.get_by_text("Run latency benchmark").wait_for()
-    _settle(page)  # the text can show while the rerun is still streaming the elements above it
+    # On a loaded machine the buttons can paint after the text below them: wait for the seventh.
+    page.locator('[data-testid="stDownloadButton"]').nth(6).wait_for()
     assert page.locator('[data-testid="stDownloadButton"]').count() >= 7
     _click(page, "Run latency benchmark")
     page.wait_for_selector(".js-plotly-plot")

@@ -13,6 +13,7 @@ from compress_core.apply import apply_plan
 from compress_core.artifacts import export_artifacts
 from compress_core.cli import main
 from compress_core.errors import CompressError
+from compress_core.export_bench import layer_comparison
 from compress_core.int8 import Int8Options
 from compress_core.plan import Plan
 
@@ -77,10 +78,23 @@ def test_cli_export_and_bench(tmp_path, capsys):
     assert [row["name"] for row in rows] == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
     assert all(BENCH_KEYS <= set(row) for row in rows)
     assert rows[0]["speedup"] == 1.0 and rows[2]["integer_nodes"] == 3
+    assert set(rows[1]["layer_ms"]) == set(rows[2]["layer_ms"]) == {"fc1", "fc2", "fc3", "head"}
     assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--batch", "8"]) == 0
     table = capsys.readouterr().out
     assert "compressed_int8: still float after ORT's optimization: head" in table
     assert "original_fp32: still float" not in table  # every layer of a float file is float: no news
+    assert "per layer (profiler), compressed_fp32 -> compressed_int8: int8 is" in table
+
+
+def test_layer_comparison_puts_layers_where_int8_costs_time_first():
+    rows = [
+        {"name": "compressed_fp32", "layer_ms": {"conv1": 2.0, "conv2": 1.0, "head": 0.1}},
+        {"name": "compressed_int8", "layer_ms": {"conv1": 0.5, "conv2": 1.25}},
+    ]
+    table = layer_comparison(rows)
+    assert [row["layer"] for row in table] == ["conv2", "conv1"]  # head has no int8 time: left out
+    assert table[0]["speedup"] == pytest.approx(0.8) and table[1]["speedup"] == pytest.approx(4.0)
+    assert layer_comparison(rows[:1]) == []
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..export_bench import bench_folder
+from ..export_bench import bench_folder, layer_comparison
 from .common import format_table, print_json
 
 COLUMNS = ("name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes", "float_nodes")
@@ -34,4 +34,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['name']}: still float after ORT's optimization: {', '.join(row['float_layers'])}")
         slowest = ", ".join(f"{t['layer'] or t['node']} {100 * t['share']:.0f}%" for t in row["top_layers"][:3])
         print(f"{row['name']}: slowest nodes: {slowest}")
+    per_layer = layer_comparison(rows)
+    if per_layer:
+        slower = [f"{row['layer']} ({row['fp32_ms']:.3f} -> {row['int8_ms']:.3f} ms)" for row in per_layer if row["speedup"] < 1]
+        print("per layer (profiler), compressed_fp32 -> compressed_int8: "
+              + (f"int8 is slower on {', '.join(slower)}" if slower else f"int8 is faster on all {len(per_layer)} layers")
+              + f"; speed-ups from {per_layer[0]['speedup']:.2f}x to {per_layer[-1]['speedup']:.2f}x")
     return 0
