@@ -28,6 +28,7 @@ from .profiling import NodeTime, op_census, profile_nodes
 ORT_DEFAULT = "ort_default_int8"
 CANDIDATES = (("original_fp32", ORIGINAL_ONNX), ("compressed_fp32", FP32_ONNX), ("compressed_int8", INT8_ONNX))
 TOP_LAYERS = 5
+UNASSIGNED = "(no layer)"
 
 
 def bench_folder(
@@ -41,7 +42,7 @@ def bench_folder(
     """One dict per candidate: ``name``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (over
     the original fp32), ``accuracy`` (the quality figure named by ``quality``), ``bytes``,
     ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers``, ``top_layers`` and
-    ``layer_ms`` (profiled ms per run of each layer's nodes)."""
+    ``layer_ms`` (``layer_totals``: profiled ms per run of each layer, and of the nodes of no layer)."""
     folder = Path(folder)
     missing = [name for name in (METRICS, EVAL_DATA, ORIGINAL_ONNX) if not (folder / name).is_file()]
     if missing:
@@ -87,25 +88,30 @@ def bench_folder(
 
 
 def layer_totals(profile: list[NodeTime]) -> dict[str, float]:
-    """Profiled ms per run of each layer: the sum over the nodes that compute it."""
+    """Profiled ms per run of each layer (the sum over the nodes that compute it); the nodes of no
+    layer (quantize / dequantize, layout transposes, pooling, residual adds) under ``UNASSIGNED``."""
     totals: dict[str, float] = {}
     for node in profile:
-        if node.layer is not None:
-            totals[node.layer] = totals.get(node.layer, 0.0) + node.ms
+        key = node.layer if node.layer is not None else UNASSIGNED
+        totals[key] = totals.get(key, 0.0) + node.ms
     return totals
 
 
 def layer_comparison(rows: list[dict[str, Any]], baseline: str = "compressed_fp32", candidate: str = "compressed_int8") -> list[dict[str, Any]]:
-    """Per layer of ``bench_folder`` rows: ``fp32_ms`` (``baseline``), ``int8_ms`` (``candidate``) and
-    ``speedup``, slowest-down first, so the layers where int8 costs time lead. Empty without both files."""
+    """Per layer that runs in integer kernels in ``candidate``: ``fp32_ms`` (in ``baseline``),
+    ``int8_ms`` and ``speedup``, slowest-down first, so the layers where int8 costs time lead.
+
+    Layers still float in ``candidate`` (kept float by the plan, or left float by ORT) are not
+    compared. Empty without both files.
+    """
     by_name = {row["name"]: row for row in rows}
     if baseline not in by_name or candidate not in by_name:
         return []
     before, after = by_name[baseline]["layer_ms"], by_name[candidate]["layer_ms"]
+    floating = set(by_name[candidate]["float_layers"]) | {UNASSIGNED}
     table = [
         {"layer": layer, "fp32_ms": before[layer], "int8_ms": after[layer], "speedup": before[layer] / after[layer]}
         for layer in before
-        if after.get(layer)
+        if layer not in floating and before[layer] > 0 and after.get(layer, 0.0) > 0
     ]
     return sorted(table, key=lambda row: row["speedup"])
-

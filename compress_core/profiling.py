@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .errors import CompressError
 from .latency import batch_of, make_session
 
 FLOAT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")
@@ -102,6 +103,8 @@ def profile_nodes(
     path: str | Path, inputs: np.ndarray, layer_nodes: dict[str, str], threads: int = 2, batch: int = 32, runs: int = 10
 ) -> list[NodeTime]:
     """Kernel time per node (mean over ``runs`` after one warm-up run), slowest first."""
+    if runs < 1:
+        raise CompressError(f"runs {runs} is not allowed; profile at least 1 run")
     with tempfile.TemporaryDirectory() as folder:
         optimized = Path(folder) / "optimized.onnx"
         session = make_session(path, threads, profile_prefix=str(Path(folder) / "profile"), optimized_path=optimized)
@@ -117,11 +120,11 @@ def profile_nodes(
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             node = event["name"][: -len("_kernel_time")]
-            totals[node] += event["dur"] / 1000
+            if node in ops:  # the first event of each node is the warm-up run's (profiling is on from the start)
+                totals[node] += event["dur"] / 1000
             ops[node] = event.get("args", {}).get("op_name", "")
     total = sum(totals.values()) or 1.0
-    runs_seen = runs + 1
-    return [NodeTime(node, ops[node], layers.get(node), ms / runs_seen, ms / total) for node, ms in totals.most_common()]
+    return [NodeTime(node, ops[node], layers.get(node), ms / runs, ms / total) for node, ms in totals.most_common()]
 
 
 def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -> OpCensus:

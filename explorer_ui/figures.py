@@ -134,4 +134,3 @@ def layer_speedups(layers: Sequence[str], speedups: Sequence[float]) -> go.Figur
     figure = go.Figure(go.Bar(x=list(layers), y=list(speedups), marker_color=colors))
     figure.add_hline(y=1.0, line_dash="dash", line_color=MUTED_COLOR)
     return layout(figure, "int8 speed-up over fp32 per layer (ORT profiler)", "layer", "fp32 ms / int8 ms")
-

@@ -81,9 +81,9 @@ if built is not None:
         per_layer = exporting.layer_speedups(rows)
         if per_layer:
             st.subheader("Per layer: compressed fp32 against int8")
+            st.caption(exporting.unassigned_caption(rows))
             slower = [row["layer"] for row in per_layer if row["speed-up"] < 1]
             if slower:
-                st.warning(f"int8 is slower than fp32 on {', '.join(slower)}: keep {'it' if len(slower) == 1 else 'them'} float in the plan, "
-                           "or see above which nodes ORT left in float.")
+                st.warning(f"int8 is slower than fp32 on {', '.join(slower)}: consider keeping {'it' if len(slower) == 1 else 'them'} float in the plan.")
             st.plotly_chart(figures.layer_speedups([row["layer"] for row in per_layer], [row["speed-up"] for row in per_layer]))
             st.dataframe(per_layer, hide_index=True)

@@ -180,8 +180,8 @@ def test_export_builds_every_file_and_times_it(app):
     assert (table["median ms"] > 0).all()
     assert len(app.get("plotly_chart")) == 2  # latency per artifact, speed-up per layer
     per_layer = app.dataframe[2].value
-    assert set(per_layer["layer"]) == {"conv1", "conv2", "conv3", "fc1", "head"}
-    assert list(per_layer["speed-up"]) == sorted(per_layer["speed-up"])
+    assert set(per_layer["layer"]) == {"conv1", "conv2", "conv3"}  # fc1 and head stay float in this plan
+    assert any("Nodes of no layer" in caption.value for caption in app.caption)
 
 
 def test_table_edits_become_the_plan_and_a_bad_value_names_the_layer():

@@ -78,23 +78,39 @@ def test_cli_export_and_bench(tmp_path, capsys):
     assert [row["name"] for row in rows] == ["original_fp32", "compressed_fp32", "compressed_int8", "ort_default_int8"]
     assert all(BENCH_KEYS <= set(row) for row in rows)
     assert rows[0]["speedup"] == 1.0 and rows[2]["integer_nodes"] == 3
-    assert set(rows[1]["layer_ms"]) == set(rows[2]["layer_ms"]) == {"fc1", "fc2", "fc3", "head"}
+    assert set(rows[1]["layer_ms"]) >= {"fc1", "fc2", "fc3", "head"} and rows[2]["float_layers"] == ["head"]
     assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--batch", "8"]) == 0
     table = capsys.readouterr().out
     assert "compressed_int8: still float after ORT's optimization: head" in table
     assert "original_fp32: still float" not in table  # every layer of a float file is float: no news
-    assert "per layer (profiler), compressed_fp32 -> compressed_int8: int8 is" in table
+    per_layer = next(line for line in table.splitlines() if line.startswith("per layer (profiler)"))
+    assert ("int8 is faster on all 3 integer layers" in per_layer) != ("int8 is slower on" in per_layer)
+    assert "nodes of no layer" in per_layer and "head" not in per_layer  # head is float in both files
 
 
 def test_layer_comparison_puts_layers_where_int8_costs_time_first():
     rows = [
-        {"name": "compressed_fp32", "layer_ms": {"conv1": 2.0, "conv2": 1.0, "head": 0.1}},
-        {"name": "compressed_int8", "layer_ms": {"conv1": 0.5, "conv2": 1.25}},
+        {"name": "compressed_fp32", "float_layers": ["conv1", "conv2", "fc", "head"],
+         "layer_ms": {"conv1": 2.0, "conv2": 1.0, "fc": 0.0, "head": 0.1, "(no layer)": 0.2}},
+        {"name": "compressed_int8", "float_layers": ["head"],
+         "layer_ms": {"conv1": 0.5, "conv2": 1.25, "fc": 0.1, "head": 0.1, "(no layer)": 0.9}},
     ]
     table = layer_comparison(rows)
-    assert [row["layer"] for row in table] == ["conv2", "conv1"]  # head has no int8 time: left out
+    assert [row["layer"] for row in table] == ["conv2", "conv1"]  # head float in int8, fc has no fp32 time
     assert table[0]["speedup"] == pytest.approx(0.8) and table[1]["speedup"] == pytest.approx(4.0)
     assert layer_comparison(rows[:1]) == []
+
+
+def test_bench_names_float_layers_of_an_int8_file_without_integer_kernels(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("version: 1\ndefault: {bits: 8}\nlayers:\n  're:.*': null\n")
+    out = tmp_path / "dir"
+    assert main(["export", "digits_mlp", "--recipe", str(recipe), "--out", str(out), "--int8", "--calibration", "16"]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--batch", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "compressed_int8: still float after ORT's optimization: fc1, fc2, fc3, head" in table
+    assert "per layer (profiler)" not in table  # no integer layer to compare
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):

@@ -107,8 +107,9 @@ def test_profile_maps_nodes_ort_renamed_to_layers(files):
     # (``/Relu_output_0_nchwc``) and fc1 with its Relu into ``fused /fc1/Gemm``: the initializers they read still tell.
     handle, paths, nodes = files
     rows = profile_nodes(paths["fp32"], handle.data.inputs, nodes, threads=1, batch=8, runs=1)
-    compute = [row for row in rows if row.op_type in ("Conv", "FusedConv", "Gemm", "FusedGemm")]
-    assert any(row.node.endswith("_nchwc") for row in compute)
-    assert sorted(row.layer for row in compute) == sorted(nodes)
+    compute = {row.node: row.layer for row in rows if row.op_type in ("Conv", "FusedConv", "Gemm", "FusedGemm")}
+    assert compute == {
+        "/Relu_output_0_nchwc": "conv1", "/Relu_1_output_0_nchwc": "conv2", "/Relu_2_output_0_nchwc": "conv3",
+        "fused /fc1/Gemm": "fc1", "/head/Gemm": "head",
+    }
     assert all(row.layer is None for row in rows if row.op_type in ("MaxPool", "ReorderOutput"))
-
