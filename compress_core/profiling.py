@@ -83,15 +83,24 @@ def node_layers(optimized: onnx.ModelProto, source: onnx.ModelProto, layer_nodes
 
 def _layer_tensors(model: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[str, str]:
     """Initializer -> layer, for the weight and bias each layer's node reads (directly or through a
-    DequantizeLinear); an initializer that more than one layer reads names none of them."""
+    DequantizeLinear) and the bias of the Add that follows a MatMul; an initializer that more than
+    one layer reads names none of them."""
     initializers = {init.name for init in model.graph.initializer}
     producers = {output: node for node in model.graph.node for output in node.output}
+    bias_adds: dict[str, list[str]] = {}  # tensor -> initializers of the Adds that read it
+    for node in model.graph.node:
+        if node.op_type == "Add":
+            for name in node.input:
+                bias_adds.setdefault(name, []).extend(other for other in node.input if other in initializers)
     owners: dict[str, set[str]] = {}
     for node in model.graph.node:
         layer = layer_of(node.name, layer_nodes) if node.op_type in COMPUTE_OPS else None
         if layer is None:
             continue
-        for name in node.input[1:3]:  # weight and bias of Conv, Gemm and MatMul
+        read = list(node.input[1:3])  # weight and bias of Conv, Gemm and MatMul
+        if node.op_type == "MatMul":
+            read += bias_adds.get(node.output[0], [])
+        for name in read:
             producer = producers.get(name)
             for tensor in producer.input if producer is not None and producer.op_type == "DequantizeLinear" else [name]:
                 if tensor in initializers:

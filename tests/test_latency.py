@@ -113,3 +113,13 @@ def test_profile_maps_nodes_ort_renamed_to_layers(files):
         "fused /fc1/Gemm": "fc1", "/head/Gemm": "head",
     }
     assert all(row.layer is None for row in rows if row.op_type in ("MaxPool", "ReorderOutput"))
+
+
+def test_profile_counts_a_matmuls_bias_add_in_its_layer(tmp_path):
+    handle = cc.load_model("digits_transformer")
+    model = to_onnx(handle)
+    onnx.save(model, tmp_path / "fp32.onnx")
+    nodes = {name: target.node for name, target in layer_targets(handle, model).items()}
+    rows = {row.node: row.layer for row in profile_nodes(tmp_path / "fp32.onnx", handle.data.inputs, nodes, threads=1, batch=8, runs=1)}
+    assert rows["/blocks.0/attn/q_proj/Add"] == "blocks.0.attn.q_proj"
+    assert rows["/blocks.1/mlp/fc2/Add"] == "blocks.1.mlp.fc2"
