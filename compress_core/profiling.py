@@ -14,6 +14,7 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -115,15 +116,13 @@ def profile_nodes(
     if runs < 1:
         raise CompressError(f"runs {runs} is not allowed; profile at least 1 run")
     with tempfile.TemporaryDirectory() as folder:
-        optimized = Path(folder) / "optimized.onnx"
-        session = make_session(path, threads, profile_prefix=str(Path(folder) / "profile"), optimized_path=optimized)
+        session, _, layers = _optimized_session(path, threads, Path(folder), layer_nodes, profile=True)
         name = session.get_inputs()[0].name
         feed = batch_of(inputs, batch)
         session.run(None, {name: feed})
         for _ in range(runs):
             session.run(None, {name: feed})
         events = json.loads(Path(session.end_profiling()).read_text())
-        layers = node_layers(_graph(optimized), _graph(path), layer_nodes)
     totals: Counter[str] = Counter()
     ops: dict[str, str] = {}
     for event in events:
@@ -139,13 +138,21 @@ def profile_nodes(
 def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -> OpCensus:
     """Count integer and float compute nodes in the graph ORT actually runs."""
     with tempfile.TemporaryDirectory() as folder:
-        optimized = Path(folder) / "optimized.onnx"
-        make_session(path, threads, optimized_path=optimized)
-        model = _graph(optimized)
+        _, model, layers = _optimized_session(path, threads, Path(folder), layer_nodes)
     integer = Counter(node.op_type for node in model.graph.node if node.op_type in INTEGER_COMPUTE_OPS)
     floating = [node for node in model.graph.node if node.op_type in FLOAT_COMPUTE_OPS]
-    layers = node_layers(model, _graph(path), layer_nodes)
     return OpCensus(dict(integer), dict(Counter(node.op_type for node in floating)), [layers[n.name] for n in floating if n.name in layers])
+
+
+def _optimized_session(
+    path: str | Path, threads: int, folder: Path, layer_nodes: dict[str, str], profile: bool = False
+) -> tuple[Any, onnx.ModelProto, dict[str, str]]:
+    """A session on ``path`` (profiling into ``folder`` when asked), the graph ORT optimized from it,
+    and ``node_layers`` of that graph."""
+    optimized = folder / "optimized.onnx"
+    session = make_session(path, threads, profile_prefix=str(folder / "profile") if profile else None, optimized_path=optimized)
+    model = _graph(optimized)
+    return session, model, node_layers(model, _graph(path), layer_nodes)
 
 
 def _graph(path: str | Path) -> onnx.ModelProto:
