@@ -63,7 +63,7 @@ def check_layer_config(handle: ModelHandle, layer: LayerInfo, config: LayerConfi
         try:
             resolve_rank(config.rank, full_rank(layer))
         except ValueError as exc:
-            raise CompressError(f"{where}: {exc}") from None
+            raise CompressError(f"{where}: {exc}") from exc
     if config.prune is None or config.prune.ratio == 0:
         return
     if config.prune.kind == "structured":

@@ -28,7 +28,7 @@ import torch
 
 from . import jsonio
 from .atomic import sanitize_filename
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import ModelHandle
 from .int8 import Int8Options, Int8Result, quantize_int8
 from .inventory import layer_inventory
@@ -131,8 +131,8 @@ def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
             [session.run(None, {name: inputs[i : i + RUN_BATCH]})[0] for i in range(0, len(inputs), RUN_BATCH)]
         )
     except Exception as exc:  # ORT's errors carry no common type
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from None
+        first = first_line(exc, 200)
+        raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
 
 
 def headline(fidelity: dict[str, Any], task: str) -> tuple[str, float | None]:

@@ -25,7 +25,7 @@ def load_npz(path: str | Path, spec: InputSpec | None) -> EvalData:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise CompressError(f"{path}: not a readable .npz file ({exc})") from None
+        raise CompressError(f"{path}: not a readable .npz file ({exc})") from exc
     if "inputs" not in arrays:
         found = ", ".join(sorted(arrays)) or "nothing"
         raise CompressError(f"{path}: has no 'inputs' array (found: {found}); expected 'inputs' and optional 'labels'")

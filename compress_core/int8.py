@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from .atomic import atomic_write
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import ModelHandle
 from .inventory import layer_inventory
 from .onnx_export import INPUT_NAME, to_onnx
@@ -181,7 +181,7 @@ def quantize_int8(
                     extra_options={"TensorQuantOverrides": overrides},
                 )
         except Exception as exc:  # ORT raises many types; the message names where it failed
-            raise CompressError(_failure_message(exc, model, targets)) from None
+            raise CompressError(_failure_message(exc, model, targets)) from exc
 
     written = atomic_write(path, write)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
@@ -281,7 +281,7 @@ def _input_name(model: onnx.ModelProto) -> str:
 
 def _failure_message(exc: Exception, model: onnx.ModelProto, targets: dict[str, LayerTarget]) -> str:
     """One line naming the op and layer the quantizer choked on (when its message names a node or tensor)."""
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc, 200)
     for target in targets.values():
         if target.node in text or target.weight_tensor in text:
             return (

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 
 Progress = Callable[[int, int], None]
 
@@ -61,8 +61,8 @@ def make_session(path: str | Path, threads: int, profile_prefix: str | None = No
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT's errors carry no common type
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"{Path(path).name}: ONNX Runtime could not load it ({first})") from None
+        first = first_line(exc, 200)
+        raise CompressError(f"{Path(path).name}: ONNX Runtime could not load it ({first})") from exc
 
 
 def batch_of(inputs: np.ndarray, batch: int) -> np.ndarray:

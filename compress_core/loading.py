@@ -14,7 +14,7 @@ import torch
 
 from . import samples
 from .atomic import atomic_write_bytes
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .evaldata import generated_data, load_npz
 from .handle import EvalData, InputSpec, ModelHandle
 
@@ -111,7 +111,7 @@ def _load_torchscript(path: Path) -> tuple[torch.nn.Module, InputSpec | None]:
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError or ValueError depending on the damage
-        raise CompressError(f"{path}: not a readable TorchScript file ({_first_line(exc)})") from None
+        raise CompressError(f"{path}: not a readable TorchScript file ({first_line(exc)})") from exc
     module.eval()
     spec = _spec_from_json(extra[INPUT_SPEC_EXTRA_FILE]) or _spec_from_traced_graph(module)
     return module, spec
@@ -147,7 +147,7 @@ def _load_exported(path: Path) -> tuple[torch.nn.Module, InputSpec | None, int |
     try:
         program = torch.export.load(str(path))
     except Exception as exc:
-        raise CompressError(f"{path}: not a readable torch.export (.pt2) program ({_first_line(exc)})") from None
+        raise CompressError(f"{path}: not a readable torch.export (.pt2) program ({first_line(exc)})") from exc
     placeholders = [
         spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"
     ]
@@ -170,7 +170,7 @@ def _load_weights(
     except pickle.UnpicklingError:
         content = _load_trusted_pickle(path, trust_pickle)
     except Exception as exc:
-        raise CompressError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from None
+        raise CompressError(f"{path}: not a readable PyTorch file ({first_line(exc)})") from exc
     if isinstance(content, torch.nn.Module):
         content.eval()
         return _file_handle(path, "torch", content, given, "pickle", data)
@@ -190,7 +190,7 @@ def _load_trusted_pickle(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CompressError(f"{path}: could not be unpickled ({_first_line(exc)})") from None
+        raise CompressError(f"{path}: could not be unpickled ({first_line(exc)})") from exc
 
 
 def _state_dict_handle(
@@ -206,7 +206,7 @@ def _state_dict_handle(
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CompressError(f"{path}: does not fit architecture '{architecture}' ({_first_line(exc)})") from None
+        raise CompressError(f"{path}: does not fit architecture '{architecture}' ({first_line(exc)})") from exc
     module.eval()
     spec = given or samples.input_spec(architecture)
     handle = _file_handle(path, "torch", module, spec, "state_dict", data)
@@ -223,15 +223,11 @@ def _check_runs(handle: ModelHandle) -> None:
     except Exception as exc:
         raise CompressError(
             f"{handle.source}: the model does not run on input of shape {tuple(example.shape)} "
-            f"({_first_line(exc)}); check the input shape"
-        ) from None
+            f"({first_line(exc)}); check the input shape"
+        ) from exc
     if output.ndim == 0:
         raise CompressError(f"{handle.source}: the model returns a scalar; expected a batch of outputs")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 def save_torchscript(handle: ModelHandle, path: str | Path) -> None:

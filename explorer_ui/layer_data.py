@@ -46,7 +46,7 @@ def quantization_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str,
         per_channel = granularity == "channel"
         levels = quantized.levels(channel if per_channel else None)
     except ValueError as exc:
-        raise CompressError(str(exc)) from None
+        raise CompressError(str(exc)) from exc
     shown = np.take(weight, channel, axis=out_axis) if per_channel else weight
     return {
         "values": shown.ravel(),
@@ -90,7 +90,7 @@ def mask_view(weight: np.ndarray, out_axis: int, ratio: float, kind: str) -> dic
     try:
         mask = prune_mask(torch.from_numpy(weight), PruneConfig(ratio=ratio, kind=kind), out_axis)
     except ValueError as exc:  # CompressError is a ValueError too: keep its text either way
-        raise CompressError(str(exc)) from None
+        raise CompressError(str(exc)) from exc
     matrix = weight_matrix(mask.float().numpy(), out_axis).numpy()
     return {"mask": matrix, "kept": float(matrix.mean())}
 

@@ -58,7 +58,7 @@ def row_config(row: dict[str, Any]) -> LayerConfig:
             rank=_rank(row["rank"]),
         )
     except CompressError as exc:
-        raise CompressError(f"layer '{row['layer']}': {exc}") from None
+        raise CompressError(f"layer '{row['layer']}': {exc}") from exc
 
 
 def _rank(value: Any) -> int | float | None:
@@ -84,7 +84,7 @@ def matching_layers(layers: list[LayerInfo], pattern: str) -> list[str]:
     try:
         regex = re.compile(pattern)
     except re.error as exc:
-        raise CompressError(f"'{pattern}' is not a valid regular expression ({exc})") from None
+        raise CompressError(f"'{pattern}' is not a valid regular expression ({exc})") from exc
     names = [layer.name for layer in layers if regex.fullmatch(layer.name)]
     if not names:
         raise CompressError(f"'{pattern}' matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}")

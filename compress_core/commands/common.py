@@ -36,8 +36,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,8,8"`` -> ``(1, 8, 8)``; anything else is a one-line error."""
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"input shape '{text}' is not a comma-separated list of integers") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"input shape '{text}' is not a comma-separated list of integers") from exc
     if not shape or any(d <= 0 for d in shape):
         raise argparse.ArgumentTypeError(f"input shape '{text}' must be positive integers, e.g. 1,8,8")
     return shape

@@ -54,8 +54,8 @@ def _levels(text: str, option: str) -> tuple[int | float, ...]:
     """``"8,4"`` -> ``(8, 4)``, ``"0.5,0.25"`` -> ``(0.5, 0.25)``: integers stay integers."""
     try:
         return tuple(int(part) if part.strip().isdigit() else float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise CompressError(f"{option} '{text}' is not a comma-separated list of numbers") from None
+    except ValueError as exc:
+        raise CompressError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
 
 
 def _print_progress(step: Progress) -> None:
