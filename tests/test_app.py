@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.parse
 
 import pytest
@@ -9,14 +10,15 @@ import yaml
 from streamlit.testing.v1 import AppTest
 
 from compress_core.samples import digits_names
-from apptest_helpers import button, first_run
-from explorer_ui import state
+from apptest_helpers import RUN_TIMEOUT, button, finish_job, first_run
+from explorer_ui import sensitivity_view, state
 
 PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py", "pages/sensitivity.py", "pages/export.py")
 
 
 @pytest.fixture
-def app() -> AppTest:
+def app(private_dirs) -> AppTest:
+    """The app after its first run; its uploads, exports and sensitivity cache in this test's tmp_path."""
     return first_run()
 
 
@@ -140,12 +142,12 @@ def test_a_recipe_naming_a_missing_layer_is_an_error_and_keeps_the_plan(app):
 def _finish_sweep(app: AppTest) -> None:
     """Wait for the background sweep (if it has not already ended and been stored) and redraw."""
     if state.SENSITIVITY_JOB in app.session_state:
-        app.session_state[state.SENSITIVITY_JOB]["job"].wait(60)
+        finish_job(app.session_state[state.SENSITIVITY_JOB]["job"])
     app.run()
 
 
-def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app, monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold sensitivity cache: the sweep really runs
+def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app):
+    # private_dirs (through ``app``) gives a cold sensitivity cache: the sweep really runs
     app.switch_page("pages/sensitivity.py").run()
     app.multiselect[0].set_value(["bits"])
     app.multiselect[1].set_value([8, 2]).run()
@@ -229,13 +231,32 @@ def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():
         server.stop()
 
 
-def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold sensitivity cache: the sweep really runs
+def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch):
+    # The sweep is held after its first cell until Stop sets the job's cancel event, so the click
+    # always lands while the sweep runs, however fast or slow the machine is.
+    measured = threading.Event()
+    real = sensitivity_view.run_sensitivity
+
+    def held_after_first_cell(handle, sweep, *, progress, cancel, **options):
+        def report(step):
+            progress(step)
+            if step.cell == 1:
+                measured.set()
+                cancel.wait(RUN_TIMEOUT)
+
+        return real(handle, sweep, progress=report, cancel=cancel, **options)
+
+    monkeypatch.setattr(sensitivity_view, "run_sensitivity", held_after_first_cell)
     app.switch_page("pages/sensitivity.py").run()
     button(app, "Run sensitivity").click().run()
+    assert measured.wait(RUN_TIMEOUT), "the sweep did not measure its first cell"
+    job = app.session_state[state.SENSITIVITY_JOB]["job"]
+    assert not job.done and not job.cancel.is_set()
     button(app, "Stop").click().run()
+    assert job.cancel.is_set()
     _finish_sweep(app)
+    assert not app.exception and not app.error
     result = app.session_state[state.SENSITIVITY]["digits_cnn"]
     assert result["cancelled"]
-    assert len(result["rows"]) < 5 * (5 + 4)
+    assert [(row["layer"], row["kind"], row["level"]) for row in result["rows"]] == [("conv1", "bits", 8)]
     assert any("stopped early" in caption.value for caption in app.caption)

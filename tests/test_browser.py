@@ -8,6 +8,7 @@ frame (the embedded netron viewer included) to assert that all of them go to 127
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -35,8 +36,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-STARTUP_SECONDS = 90
-PAGE_TIMEOUT_MS = 90_000
+# Every wait below is on state (a text, a button, the script's running indicator), never a fixed
+# sleep: these are only upper bounds, generous for a busy 2-core machine, and a fast one does not wait them.
+STARTUP_SECONDS = 300
+PAGE_TIMEOUT_MS = 180_000  # an element appearing after a rerun that computes little
+COMPUTE_TIMEOUT_MS = 900_000  # a rerun or a job that computes: Apply, sensitivity, export, latency, recovery
+EFFECT_TIMEOUT_MS = 30_000  # a finished rerun's output reaching the page; longer means the click was lost
+RERUN_START_MS = 3_000  # the running indicator shows at once on a click; none by then: that rerun already ended
+STATUS_WIDGET = '[data-testid="stStatusWidget"]'
 
 
 def _free_port() -> int:
@@ -51,32 +58,44 @@ def _wait_healthy(url: str, process: subprocess.Popen) -> None:
         if process.poll() is not None:
             raise RuntimeError(f"streamlit exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
                 if response.status == 200:
                     return
         except OSError:
-            time.sleep(0.5)
+            time.sleep(0.5)  # polling a server that is starting: the loop waits on its answer
     raise TimeoutError(f"streamlit did not answer at {url} within {STARTUP_SECONDS} s")
 
 
 @pytest.fixture(scope="module")
-def app_url():
-    """The app served by a ``streamlit run`` subprocess, at http://localhost:<free port>."""
+def app_url(tmp_path_factory):
+    """The app served by a ``streamlit run`` subprocess, at http://localhost:<free port>.
+
+    Its temp folder and caches are this module's own, and it does not watch its source files: a
+    file edited while the tests run would otherwise put a "Rerun" prompt in the status widget.
+    """
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests")
     port = _free_port()
+    private = tmp_path_factory.mktemp("streamlit")
+    (private / "tmp").mkdir()
     command = [
         sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
         "--server.headless", "true", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none", "--server.runOnSave", "false",
     ]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    env = {**os.environ, "TMPDIR": str(private / "tmp"), "XDG_CACHE_HOME": str(private / "cache")}
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     url = f"http://localhost:{port}"
     try:
         _wait_healthy(url, process)
         yield url
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +109,10 @@ def browser_context():
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=PAGE_TIMEOUT_MS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(PAGE_TIMEOUT_MS)
+        context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
         context.requests = []
         context.on("request", lambda request: context.requests.append(request.url))
         try:
@@ -109,22 +130,25 @@ def _open(context, url: str):
     return page
 
 
-def _settle(page) -> None:
-    """Wait until Streamlit has finished running the script."""
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=PAGE_TIMEOUT_MS)
+def _settle(page, timeout: int = COMPUTE_TIMEOUT_MS) -> None:
+    """Wait until Streamlit has finished running the script (its running indicator is gone)."""
+    page.wait_for_function(f"!document.querySelector('{STATUS_WIDGET}')", timeout=timeout)
 
 
 def _pause(page) -> None:
-    """Give a rerun that a widget has just asked for time to start and end: a click that lands while
-    one is pending can be merged into it and lost, as a user clicking that fast would see too."""
-    page.wait_for_timeout(2000)
+    """Wait for the rerun a widget has just asked for to start and end: a click that lands while one
+    is pending can be merged into it and lost, as a user clicking that fast would see too."""
+    try:
+        page.locator(STATUS_WIDGET).wait_for(state="attached", timeout=RERUN_START_MS)
+    except PlaywrightTimeout:
+        pass  # the rerun has already ended
     _settle(page)
 
 
 def _shoot(page, name: str) -> None:
     """A screenshot of the whole page: Streamlit scrolls inside its main block, so grow the viewport first."""
     _settle(page)
-    page.wait_for_timeout(1500)  # let tables and charts paint after the script has finished
+    page.wait_for_timeout(1500)  # paint only: tables and charts draw after the script has finished
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": 1400, "height": max(1000, int(height))})
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -135,18 +159,64 @@ def _click(page, label: str) -> None:
     page.get_by_role("button", name=label, exact=True).click()
 
 
-def _click_until(page, label: str, text: str, attempts: int = 3) -> None:
-    """Click a button whose effect is idempotent until ``text`` shows: on a loaded machine a click
-    can land while a rerun is pending and be merged into it."""
+def _shown(page, shown):
+    """A locator for what an action shows: a locator as is, else the first element with that text."""
+    return page.get_by_text(shown).first if isinstance(shown, (str, re.Pattern)) else shown.first
+
+
+def _click_until(page, labels: str | tuple[str, ...], shown, attempts: int = 3) -> None:
+    """Click the buttons ``labels`` (each idempotent) in order until ``shown`` is on the page.
+
+    Each click's rerun is waited for to the end (however long it computes); ``shown`` missing once
+    the script is idle means a click landed while a rerun was pending and was merged into it."""
+    labels = (labels,) if isinstance(labels, str) else labels
+    target = _shown(page, shown)
     for attempt in range(attempts):
-        _click(page, label)
+        for label in labels:
+            _click(page, label)
+            _pause(page)
         try:
-            page.get_by_text(text).first.wait_for(timeout=PAGE_TIMEOUT_MS // attempts)
+            target.wait_for(timeout=EFFECT_TIMEOUT_MS)
             return
         except PlaywrightTimeout:
             if attempt == attempts - 1:
                 raise
+
+
+def _start_job(page, label: str, done: str) -> None:
+    """Start a page's background job with ``label`` and wait for ``done``: the job runs while the
+    page shows its Stop button, so the click is retried only when neither shows."""
+    running = page.get_by_role("button", name="Stop", exact=True).or_(page.get_by_text(done))
+    _click_until(page, label, running)
+    _shown(page, done).wait_for(timeout=COMPUTE_TIMEOUT_MS)
+    _settle(page)
+
+
+def _edit_first_bits_cell(page, editor, value: str, attempts: int = 3) -> None:
+    """Open the plan grid's first bits cell (conv1) and pick ``value``; the grid is a canvas, so the
+    cell is found by position, and the whole gesture is retried until the choices show."""
+    option = page.get_by_role("option", name=value, exact=True)
+    for attempt in range(attempts):
+        box = editor.bounding_box()
+        page.mouse.click(box["x"] + 20, box["y"] + 35 + 17)  # the first data cell (conv1's name)
+        for _ in range(3):  # to the bits column
+            page.keyboard.press("ArrowRight")
+        page.keyboard.press("Enter")
+        try:
+            option.wait_for(timeout=EFFECT_TIMEOUT_MS)
+            break
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
             _settle(page)
+    option.click()
+
+
+def _select_tab(page, name: str) -> None:
+    tab = page.get_by_role("tab", name=name)
+    tab.click()
+    expect(tab).to_have_attribute("aria-selected", "true")
 
 
 def test_a_page_url_on_a_fresh_server_opens_the_app(app_url, browser_context):
@@ -183,8 +253,7 @@ def test_layers_page(app_url, browser_context):
     assert page.locator(".js-plotly-plot").count() >= 2
     _shoot(page, "layers-quantization")
     for tab in ("Channel ranges", "Low rank", "Pruning"):
-        page.get_by_role("tab", name=tab).click()
-        page.wait_for_timeout(500)
+        _select_tab(page, tab)
         _shoot(page, f"layers-{tab.lower().replace(' ', '-')}")
     page.get_by_role("tab", name="Graph").click()
     frame = page.frame_locator('iframe[title="netron graph of digits_cnn"]')
@@ -198,24 +267,17 @@ def test_layers_page(app_url, browser_context):
 
 def test_tune_page(app_url, browser_context):
     page = _open(browser_context, f"{app_url}/tune")
+    page.get_by_text("Tune digits_cnn").wait_for()
     editor = page.locator('[data-testid="stDataFrame"]')
     editor.wait_for()
     _settle(page)
-    box = editor.bounding_box()
-    page.mouse.click(box["x"] + 20, box["y"] + 35 + 17)  # the first data cell (conv1's name)
-    for _ in range(3):  # to the bits column
-        page.keyboard.press("ArrowRight")
-    page.keyboard.press("Enter")
-    page.get_by_role("option", name="4", exact=True).click()
+    _edit_first_bits_cell(page, editor, "4")
     apply = page.get_by_role("button", name="Apply", exact=True)
     expect(apply).to_be_enabled()  # the edit has reached the plan (Apply is disabled for an empty plan)
     page.locator("h1").first.click()  # leave the grid
     _pause(page)
     _click_until(page, "Apply", "157.8 KiB")  # conv1 alone at 4 bits
-    _pause(page)
-    _click(page, "All Conv layers")
-    _pause(page)
-    _click_until(page, "Apply", "90.7 KiB")  # every Conv at 8 bits
+    _click_until(page, ("All Conv layers", "Apply"), "90.7 KiB")  # every Conv at 8 bits
     page.locator('th[role="columnheader"]', has_text="previous (#").wait_for(state="attached")  # the table's a11y header
     page.wait_for_selector(".js-plotly-plot")
     assert page.locator('th[role="columnheader"]', has_text="previous (#").count() == 1
@@ -225,9 +287,9 @@ def test_tune_page(app_url, browser_context):
 
 def test_sensitivity_page(app_url, browser_context):
     page = _open(browser_context, f"{app_url}/sensitivity")
+    page.get_by_text("Sensitivity of digits_cnn").wait_for()
     _settle(page)
-    _click(page, "Run sensitivity")
-    page.get_by_text("Most fragile layers").first.wait_for()
+    _start_job(page, "Run sensitivity", "Most fragile layers")
     page.wait_for_selector(".js-plotly-plot")
     _settle(page)
     _shoot(page, "sensitivity")
@@ -236,13 +298,13 @@ def test_sensitivity_page(app_url, browser_context):
 
 def test_export_page(app_url, browser_context):
     page = _open(browser_context, f"{app_url}/export")
+    page.get_by_role("button", name="Build artifacts", exact=True).wait_for()
     _settle(page)
-    _click(page, "Build artifacts")
-    page.get_by_text("Run latency benchmark").wait_for()
+    _click_until(page, "Build artifacts", "Run latency benchmark")
     # On a loaded machine the buttons can paint after the text below them: wait for the seventh.
     page.locator('[data-testid="stDownloadButton"]').nth(6).wait_for()
     assert page.locator('[data-testid="stDownloadButton"]').count() >= 7
-    _click(page, "Run latency benchmark")
+    _click_until(page, "Run latency benchmark", "Slowest nodes per candidate")
     page.wait_for_selector(".js-plotly-plot")
     _settle(page)
     assert page.get_by_text("Slowest nodes per candidate").is_visible()
@@ -258,8 +320,7 @@ def test_learn_page(app_url, browser_context):
     assert page.locator(".js-plotly-plot").count() >= 4
     _shoot(page, "learn-quantization")
     for tab in ("Pruning", "Low rank", "Calibration", "Distillation"):
-        page.get_by_role("tab", name=tab).click()
-        page.wait_for_timeout(500)
+        _select_tab(page, tab)
         _shoot(page, f"learn-{tab.lower().replace(' ', '-')}")
     page.close()
 
@@ -271,17 +332,15 @@ def test_recover_panel(app_url, browser_context):
     page.locator('[data-testid="stSelectbox"]').filter(has_text="Bits").click()
     page.get_by_role("option", name="2", exact=True).click()
     _pause(page)
-    _click(page, "All Conv layers")
-    _pause(page)
-    _click(page, "Apply")
-    page.get_by_role("button", name="Recover", exact=True).wait_for()
+    # A fresh session's plan is empty, so Apply is disabled until "All Conv layers" has filled it.
+    _click_until(page, "All Conv layers", page.get_by_role("button", name="Apply", exact=True).and_(page.locator(":enabled")))
+    _click_until(page, "Apply", page.get_by_role("button", name="Recover", exact=True))
     epochs = page.get_by_label("Epochs")
     epochs.fill("2")
     epochs.press("Enter")
     _pause(page)
-    _click(page, "Recover")
-    page.get_by_text("Accuracy after recovery").wait_for()
-    _settle(page)
+    expect(epochs).to_have_value("2")
+    _start_job(page, "Recover", "Accuracy after recovery")
     assert "points vs before" in page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy after recovery").inner_text()
     _shoot(page, "tune-recover")
     page.close()
