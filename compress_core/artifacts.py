@@ -3,7 +3,9 @@
 Everything is first written into a hidden staging folder next to the destination; every ONNX file
 is loaded and run once in ONNX Runtime on the evaluation data (its accuracy or fidelity is what the
 report shows); only then is each file moved into place with an atomic rename. A failure at any step
-removes the staging folder, so the destination never holds a partial file.
+removes the staging folder, so the destination never holds a partial file. A rebuild into the same
+folder removes the files it does not make (``model_int8.onnx`` of an earlier build with int8), so
+``bench`` never measures a stale file.
 
 Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model.pt``
 (torch handles: the compressed ``state_dict``), ``recipe.yaml``, ``metrics.json``, ``report.md``,
@@ -105,6 +107,8 @@ def export_artifacts(
             if (staging / name).exists():
                 os.replace(staging / name, folder / name)
                 files[name] = folder / name
+            else:
+                (folder / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ExportResult(folder, files, metrics)

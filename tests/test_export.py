@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 import compress_core as cc
-from compress_core import artifacts
+from compress_core import artifacts, atomic
 from compress_core.apply import apply_plan
 from compress_core.artifacts import export_artifacts
 from compress_core.cli import main
 from compress_core.errors import CompressError
-from compress_core.export_bench import layer_comparison
+from compress_core.export_bench import bench_folder, layer_comparison
 from compress_core.int8 import Int8Options
 from compress_core.plan import Plan
 
@@ -122,3 +124,51 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     assert main(["bench", str(tmp_path)]) == 2
     assert "not an export folder" in capsys.readouterr().err
+
+
+def test_a_rebuild_without_int8_removes_the_old_int8_file(tmp_path):
+    mlp = cc.load_model("digits_mlp")
+    compressed = apply_plan(mlp, Plan.from_text(RECIPE))
+    folder = tmp_path / "out"
+    export_artifacts(mlp, compressed, folder, Int8Options(calibration_samples=16))
+    assert (folder / artifacts.INT8_ONNX).is_file()
+    result = export_artifacts(mlp, compressed, folder)
+    assert not (folder / artifacts.INT8_ONNX).exists() and artifacts.INT8_ONNX not in result.files
+    assert sorted(path.name for path in folder.iterdir()) == sorted(result.files)
+    rows = bench_folder(folder, runs=1, warmup=0, batch=8)
+    assert [row["name"] for row in rows] == ["original_fp32", "compressed_fp32", "ort_default_int8"]
+
+
+@pytest.fixture
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_an_atomic_write_gets_the_mode_of_a_normal_file_without_touching_the_umask(tmp_path, umask_027, monkeypatch):
+    def no_umask_calls(mask):
+        raise AssertionError("os.umask changes the mask of every thread")
+
+    monkeypatch.setattr(os, "umask", no_umask_calls)
+    assert atomic.current_umask() == 0o027
+    written = atomic.atomic_write_text(tmp_path / "a.txt", "text")
+    assert written.read_text() == "text" and stat.S_IMODE(written.stat().st_mode) == 0o640
+    assert [path.name for path in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_without_proc_the_umask_is_taken_to_be_022(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "PROC_STATUS", tmp_path / "no-such-status")
+    assert atomic.current_umask() == atomic.DEFAULT_UMASK == 0o022
+    written = atomic.atomic_write_bytes(tmp_path / "b.bin", b"x")
+    assert stat.S_IMODE(written.stat().st_mode) == 0o644
+
+
+def test_a_failed_atomic_write_leaves_nothing(tmp_path):
+    def broken(temporary: Path) -> None:
+        temporary.write_bytes(b"partial")
+        raise CompressError("simulated failure")
+
+    with pytest.raises(CompressError, match="simulated failure"):
+        atomic.atomic_write(tmp_path / "c.bin", broken)
+    assert list(tmp_path.iterdir()) == []
