@@ -1,7 +1,9 @@
 """The engine calls the app repeats, cached: models with ``st.cache_resource``, numbers with ``st.cache_data``.
 
 Cached models are shared by every session and never mutated (``apply_plan`` copies). Functions that
-take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument is not hashed.
+take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument is not hashed. The
+netron server is shared too, but each session publishes its graphs under its own token
+(``VIEWER_TOKEN`` in ``st.session_state``).
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ from compress_core.onnx_export import to_onnx
 from compress_core.onnx_layers import layer_targets
 
 from . import layer_data
-from .netron_server import NetronServer
+from .netron_server import NetronServer, SessionViewer, new_token
 from .sources import ModelSource
+
+VIEWER_TOKEN = "netron_token"  # this session's secret in the netron server's model URLs
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _load(
-    source: str, input_shape: tuple[int, ...] | None, data: str | None, architecture: str | None, trust_pickle: bool
+    source: str, input_shape: tuple[int, ...] | None, data: str | None, architecture: str | None, trust_code: bool
 ) -> ModelHandle:
-    return load_model(source, input_shape=input_shape, data=data, architecture=architecture, trust_pickle=trust_pickle)
+    return load_model(source, input_shape=input_shape, data=data, architecture=architecture, trust_code=trust_code)
 
 
 def load_handle(source: ModelSource) -> ModelHandle:
     """The loaded model of ``source``; raises ``CompressError`` (never cached) for a bad one."""
-    return _load(source.source, source.input_shape, source.data, source.architecture, source.trust_pickle)
+    return _load(source.source, source.input_shape, source.data, source.architecture, source.trust_code)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -87,8 +91,17 @@ def _layer(key: str, handle: ModelHandle, name: str) -> LayerInfo:
 
 
 @st.cache_resource(show_spinner=False)
-def netron_server() -> NetronServer:
+def _netron_server() -> NetronServer:
     """The one netron server of this app process, stopped when the process exits."""
     server = NetronServer()
     atexit.register(server.stop)
     return server
+
+
+def netron_server() -> SessionViewer:
+    """The netron server as this session uses it: the graphs it publishes are served only under
+    this session's unguessable token."""
+    token = st.session_state.get(VIEWER_TOKEN)
+    if token is None:
+        token = st.session_state[VIEWER_TOKEN] = new_token()
+    return _netron_server().for_session(token)

@@ -1,11 +1,16 @@
 """The Export page's data: build the export folder of the current plan, and benchmark it.
 
-Results are plain data for ``st.session_state``: paths as strings, numbers, and the engine's dicts.
+Export folders live in this process's private folder (``sources.private_dir``); only the newest
+``KEPT_EXPORTS`` are kept, so a long-running app does not fill the disk. Results are plain data for
+``st.session_state``: paths as strings, numbers, and the engine's dicts.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,11 @@ from compress_core.export_bench import UNASSIGNED, bench_folder, layer_compariso
 from compress_core.int8 import Int8Options
 from compress_core.plan import Plan
 
-from .sources import UPLOAD_DIR
+from .sources import private_dir
 
-EXPORT_DIR = UPLOAD_DIR.parent / "compress-explorer-exports"
+EXPORTS = "exports"
+KEPT_EXPORTS = 8
+_removal_lock = threading.Lock()  # one removal at a time: two would race on the same folders
 MIME_TYPES = {".onnx": "application/octet-stream", ".pt": "application/octet-stream", ".yaml": "application/yaml",
               ".json": "application/json", ".md": "text/markdown", ".npz": "application/octet-stream"}
 
@@ -27,7 +34,7 @@ MIME_TYPES = {".onnx": "application/octet-stream", ".pt": "application/octet-str
 def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:
     """A folder of its own for each (model, plan, fine-tuned or not)."""
     digest = hashlib.sha256(f"{model_key}\n{plan.to_yaml()}\n{fine_tuned}".encode()).hexdigest()[:16]
-    return EXPORT_DIR / digest
+    return private_dir(EXPORTS) / digest
 
 
 def build(
@@ -45,8 +52,27 @@ def build(
         say("applying the plan")
         compressed = apply_plan(handle, plan, layers)
     result = export_artifacts(handle, compressed, folder, int8=int8, progress=say)
+    os.utime(result.folder)
+    remove_old_exports(result.folder.parent)
     files = {name: {"path": str(path), **file_sizes(path)} for name, path in result.files.items()}
     return {"folder": str(result.folder), "files": files, "metrics": result.metrics}
+
+
+def remove_old_exports(parent: Path, keep: int = KEPT_EXPORTS) -> list[Path]:
+    """Remove all but the ``keep`` most recently built export folders in ``parent`` (hidden staging
+    folders of builds under way are left alone); returns the folders removed."""
+    with _removal_lock:
+        folders = [path for path in parent.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+        folders.sort(key=lambda path: path.stat().st_mtime_ns, reverse=True)
+        for stale in folders[keep:]:
+            shutil.rmtree(stale, ignore_errors=True)
+    return folders[keep:]
+
+
+def still_on_disk(built: dict[str, Any]) -> bool:
+    """Whether every file of a built export folder (``build``'s result) is still there: an old
+    folder is removed once ``KEPT_EXPORTS`` newer ones have been built."""
+    return all(Path(file["path"]).is_file() for file in built["files"].values())
 
 
 def quantizes_any_layer(plan: Plan, layers: list[LayerInfo]) -> bool:

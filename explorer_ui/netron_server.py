@@ -11,9 +11,14 @@ This server prevents all of it:
 * ``index.html`` is served with its build date set to today, so netron's "please update" screen
   (shown 180 days after its build) never blocks an offline viewer.
 
-The model is opened from the URL (``/?url=model/<digest>/<name>.onnx``), so the graph shows at
-once. ``publish`` adds a model (the server is shared by every session of the app, so it keeps the
-last ``KEPT_MODELS`` published, each under its own content digest); ``stop`` ends the server.
+The model is opened from the URL (``/?url=model/<token>/<digest>/<name>.onnx``), so the graph
+shows at once. The server is shared by every session of the app, and a model is served only under
+the token of the session that published it: an unguessable ``secrets.token_urlsafe`` that only
+that session's page holds (``for_session``), so no other session, and no other web page that
+guesses the port, can fetch it. ``publish`` adds a model (the server keeps the last
+``KEPT_MODELS`` published, all sessions together, each under its token and content digest);
+``stop`` ends the server. A request the server cannot read (bad percent-encoding, a control
+character, invalid UTF-8, overlong) is answered 404 like any unknown path.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import datetime
 import hashlib
 import http.server
 import re
+import secrets
 import threading
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 
 import netron
@@ -48,10 +55,20 @@ CONTENT_TYPES = {
 DATE_META = re.compile(r'<meta name="date" content="[^"]*">')
 MODEL_PREFIX = "/model/"
 KEPT_MODELS = 8
+TOKEN_BYTES = 24
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{32}")  # what token_urlsafe(TOKEN_BYTES) gives
+MAX_PATH_LENGTH = 2048
+BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")  # a '%' not followed by two hex digits
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def new_token() -> str:
+    """A fresh, unguessable session token for model URLs."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 class NetronServer:
-    """netron's static files plus one published model, on ``127.0.0.1`` at a free port."""
+    """netron's static files plus the published models, on ``127.0.0.1`` at a free port."""
 
     def __init__(self) -> None:
         self._models: dict[str, bytes] = {}
@@ -67,19 +84,26 @@ class NetronServer:
         """The port the server listens on."""
         return int(self._httpd.server_address[1])
 
-    def publish(self, filename: str, content: bytes) -> str:
-        """Serve ``content`` as the model and return the viewer's path (``/?url=...``) that opens it.
+    def publish(self, filename: str, content: bytes, token: str) -> str:
+        """Serve ``content`` under the session ``token`` and return the viewer's path (``/?url=...``)
+        that opens it.
 
         The digest in the model's path changes with the content, so a browser never shows a stale graph.
         """
+        if not TOKEN_SHAPE.fullmatch(token):
+            raise ValueError("a model is published under a token made by new_token()")
         digest = hashlib.sha256(content).hexdigest()[:12]
-        path = f"{MODEL_PREFIX}{digest}/{urllib.parse.quote(Path(filename).name)}"
+        path = f"{MODEL_PREFIX}{token}/{digest}/{Path(filename).name}"
         with self._lock:
             self._models.pop(path, None)
             self._models[path] = content
             for stale in list(self._models)[:-KEPT_MODELS]:
                 del self._models[stale]
-        return "/?" + urllib.parse.urlencode({"url": path.lstrip("/")})
+        return "/?" + urllib.parse.urlencode({"url": urllib.parse.quote(path.lstrip("/"))})
+
+    def for_session(self, token: str) -> "SessionViewer":
+        """This server as the session holding ``token`` uses it."""
+        return SessionViewer(self, token)
 
     def viewer_url(self, viewer_path: str, page_host: str | None) -> str:
         """The absolute URL of ``viewer_path`` for a browser showing the app at ``page_host``.
@@ -92,7 +116,7 @@ class NetronServer:
         return f"http://{'localhost' if name == 'localhost' else HOST}:{self.port}{viewer_path}"
 
     def model(self, path: str) -> bytes | None:
-        """The bytes of the published model at ``path``, if it is still kept."""
+        """The bytes of the published model at ``path`` (decoded, token included), if it is still kept."""
         with self._lock:
             return self._models.get(path)
 
@@ -102,22 +126,37 @@ class NetronServer:
         self._httpd.server_close()
 
 
+@dataclass(frozen=True)
+class SessionViewer:
+    """The server as one session sees it: what it publishes is served under its own token only."""
+
+    server: NetronServer
+    token: str
+
+    def publish(self, filename: str, content: bytes) -> str:
+        """``NetronServer.publish`` under this session's token."""
+        return self.server.publish(filename, content, self.token)
+
+    def viewer_url(self, viewer_path: str, page_host: str | None) -> str:
+        """``NetronServer.viewer_url``."""
+        return self.server.viewer_url(viewer_path, page_host)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``/`` (netron's index.html, patched date), netron's files, and the published model."""
+    """Serves ``/`` (netron's index.html, patched date), netron's files, and the published models."""
 
     server_state: NetronServer
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        path = urllib.parse.unquote(urllib.parse.urlparse(self.path).path)
-        if path.startswith(MODEL_PREFIX):
-            content = self.server_state.model(urllib.parse.quote(path))
-            self._send(content, "application/octet-stream")
+        path = request_path(self.path)
+        if path is None:
+            self._send(None, "")
+        elif path.startswith(MODEL_PREFIX):
+            self._send(self.server_state.model(path), "application/octet-stream")
         elif path in ("/", "/index.html"):
             self._send(_index_html(), CONTENT_TYPES[".html"])
         else:
-            file = (NETRON_DIR / path.lstrip("/")).resolve()
-            inside = file.is_relative_to(NETRON_DIR) and file.is_file() and file.suffix in CONTENT_TYPES
-            self._send(file.read_bytes() if inside else None, CONTENT_TYPES.get(file.suffix, "text/plain"))
+            self._send(_static_file(path), CONTENT_TYPES.get(Path(path).suffix, "text/plain"))
 
     def _send(self, content: bytes | None, content_type: str) -> None:
         if content is None:
@@ -131,10 +170,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Set-Cookie", f"{CONSENT_COOKIE}=1; Path=/; Max-Age=31536000; SameSite=Lax")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(content)
+        try:
+            self.wfile.write(content)
+        except ConnectionError:  # the browser went away: nothing to answer
+            pass
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
         """Keep the app's console quiet."""
+
+
+def request_path(target: str) -> str | None:
+    """The decoded path of a request target; None when it is overlong, badly percent-encoded, not
+    UTF-8, or holds a control character (a NUL among them)."""
+    if len(target) > MAX_PATH_LENGTH:
+        return None
+    try:
+        encoded = urllib.parse.urlsplit(target).path
+        path = urllib.parse.unquote_to_bytes(encoded).decode("utf-8")
+    except ValueError:  # UnicodeDecodeError among them
+        return None
+    if not path.startswith("/") or BAD_PERCENT.search(encoded) or CONTROL_CHARACTER.search(path):
+        return None
+    return path
+
+
+def _static_file(path: str) -> bytes | None:
+    """The bytes of one of netron's own files (by a known suffix), None for anything else."""
+    try:
+        file = (NETRON_DIR / path.lstrip("/")).resolve()
+        inside = file.is_relative_to(NETRON_DIR) and file.suffix in CONTENT_TYPES and file.is_file()
+        return file.read_bytes() if inside else None
+    except OSError:
+        return None
 
 
 def _index_html() -> bytes:

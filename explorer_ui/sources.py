@@ -1,14 +1,25 @@
 """Where a model comes from: a sample name or an uploaded file, as plain, hashable data.
 
-Uploaded bytes are written under a temporary folder named after their SHA-256, so the same upload
-maps to the same path (and the same cached model) and two uploads with one name never collide.
+The app's working files (uploads, export folders) live in a private folder of this process:
+``tempfile.mkdtemp`` makes it afresh with mode 0700 under the temp folder, so no other user can
+read it or plant a file or a symlink in it, and it is removed when the process exits. Uploaded
+bytes are written under a subfolder named after their SHA-256, so the same upload maps to the same
+path (and the same cached model) and two uploads with one name never collide. Each file is
+created exclusively (``O_EXCL | O_NOFOLLOW``, mode 0600) under a random name and then renamed into
+place: a symlink found at either name is never followed.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
+import os
 import re
+import secrets
+import shutil
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +27,11 @@ from typing import Any
 from compress_core import CompressError
 from compress_core.samples import sample_names
 
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "compress-explorer-uploads"
+PRIVATE_PREFIX = "compress-explorer-"
+PRIVATE_MODE = 0o700
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+UPLOADS = "uploads"
+MAX_NAME_BYTES = 200
 MODEL_EXTENSIONS = ("onnx", "pt2", "pt", "pth", "bin", "ts", "torchscript", "jit")
 DATA_EXTENSIONS = ("npz",)
 DEFAULT_SAMPLE = "digits_cnn"
@@ -32,7 +47,7 @@ class ModelSource:
     input_shape: tuple[int, ...] | None = None
     data: str | None = None
     architecture: str | None = None
-    trust_pickle: bool = False
+    trust_code: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``st.session_state``."""
@@ -60,15 +75,56 @@ def sample_sources() -> dict[str, ModelSource]:
     return {name: sample_source(name) for name in sample_names()}
 
 
+_private_lock = threading.Lock()
+
+
+@functools.cache
+def _private_root(base: str) -> Path:
+    """This process's private folder under ``base``, made once (mode 0700) and removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix=PRIVATE_PREFIX, dir=base))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def private_dir(kind: str) -> Path:
+    """The folder for one kind of working file (``"uploads"``, ``"exports"``) in this process's
+    private folder (under the temp folder of the moment), created with mode 0700."""
+    with _private_lock:
+        folder = _private_root(tempfile.gettempdir()) / kind
+        folder.mkdir(mode=PRIVATE_MODE, exist_ok=True)
+    return folder
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` (mode 0600) through a fresh, exclusively created temporary
+    name, then rename it into place: a symlink at either name is replaced, never followed."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.partial")
+    descriptor = os.open(temporary, CREATE_FLAGS, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def save_upload(filename: str, content: bytes) -> Path:
-    """Write uploaded bytes to ``UPLOAD_DIR/<sha256 prefix>/<filename>`` and return the path."""
-    digest = hashlib.sha256(content).hexdigest()[:16]
-    folder = UPLOAD_DIR / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / Path(filename).name
-    if not path.exists():
-        path.write_bytes(content)
-    return path
+    """Write uploaded bytes to ``<uploads>/<sha256 prefix>/<filename>`` and return the path."""
+    name = _upload_name(filename)
+    folder = private_dir(UPLOADS) / hashlib.sha256(content).hexdigest()[:16]
+    folder.mkdir(mode=PRIVATE_MODE, exist_ok=True)
+    write_private(folder / name, content)
+    return folder / name
+
+
+def _upload_name(filename: str) -> str:
+    """The last component of an uploaded file's name (a browser may send a path); refused when it
+    names no file or is too long for a file system."""
+    name = Path(filename.replace("\\", "/")).name
+    if name in ("", ".", "..") or "\x00" in name or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise CompressError(f"'{filename[:80]}' is not a usable file name for an upload; rename the file and try again")
+    return name
 
 
 def parse_shape(text: str) -> tuple[int, ...] | None:
@@ -90,7 +146,7 @@ def upload_source(
     data_name: str | None = None,
     data_bytes: bytes | None = None,
     architecture: str | None = None,
-    trust_pickle: bool = False,
+    trust_code: bool = False,
 ) -> ModelSource:
     """The source of an uploaded model (and optional ``.npz`` data), its bytes saved to disk."""
     model_path = save_upload(model_name, model_bytes)
@@ -103,5 +159,5 @@ def upload_source(
         input_shape=parse_shape(shape_text),
         data=None if data_path is None else str(data_path),
         architecture=architecture,
-        trust_pickle=trust_pickle,
+        trust_code=trust_code,
     )

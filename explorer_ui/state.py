@@ -10,6 +10,7 @@ argument; the widget callbacks read ``st.session_state``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from compress_core import CompressError, ModelHandle
 from compress_core.plan import Plan
 
 from . import cache, tuning
+from .jobs import describe
 from .sources import DEFAULT_SAMPLE, ModelSource, sample_sources, upload_source
 
 CURRENT = "current_model"  # label of the loaded model
@@ -32,11 +34,13 @@ SENSITIVITY = "sensitivity"  # label -> SensitivityResult.to_dict()
 SENSITIVITY_JOB = "sensitivity_job"  # {"label", "job": BackgroundJob} of the running sweep, while it runs
 EXPORTS = "exports"  # label -> the built export folder: {"folder", "files", "metrics"}
 LATENCY = "latency"  # label -> bench_folder rows of that folder
-ERROR = "load_error"  # a CompressError message to show once
+ERROR = "load_error"  # a one-line error message to show once
 EDITOR_VERSION = "plan_editor_version"  # bumped to give the plan editor fresh rows
 UPLOAD_MODEL = "upload_model"  # the Model page's model file uploader
+UPLOAD_DATA = "upload_data"  # the Model page's evaluation data uploader
 HISTORY_LENGTH = 5
 ROUTER = "app.py"
+LOG = logging.getLogger(__name__)
 
 State = MutableMapping[str, Any]
 
@@ -87,19 +91,28 @@ def current_handle(state: State) -> ModelHandle:
 
 
 def switch_model(state: State, source: ModelSource) -> bool:
-    """Load ``source`` and make it current; on a ``CompressError`` keep the previous model and
-    remember the message for ``ERROR``. Returns whether the switch happened."""
+    """Load ``source`` and make it current; when loading fails (a ``CompressError``, or any other
+    exception a hostile file provokes in a library) keep the previous model and remember one line
+    for ``ERROR``. Returns whether the switch happened."""
     try:
         cache.load_handle(source)
     except CompressError as exc:
-        state[ERROR] = str(exc)
-        state[PENDING_CHOICE] = state[CURRENT]
-        return False
+        return _keep_current(state, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a hostile file may break any library's parser
+        LOG.error("loading %s failed", source.label, exc_info=exc)
+        return _keep_current(state, f"{source.label}: could not be loaded ({describe(exc)})")
     if source.label not in sample_sources():
         state[UPLOADED][source.label] = source.to_dict()
     state[CURRENT] = state[PENDING_CHOICE] = source.label
     state.pop(LAYER, None)
     return True
+
+
+def _keep_current(state: State, message: str) -> bool:
+    """A failed switch: remember ``message`` for ``ERROR`` and keep showing the current model."""
+    state[ERROR] = message
+    state[PENDING_CHOICE] = state[CURRENT]
+    return False
 
 
 def on_model_choice() -> None:
@@ -108,10 +121,12 @@ def on_model_choice() -> None:
     switch_model(state, sources(state)[state[CHOICE]])
 
 
-def load_upload(state: State, model_file: Any, data_file: Any, shape_text: str, architecture: str | None, trust: bool) -> bool:
-    """Save an uploaded model (and optional ``.npz`` data) and switch to it; errors go to ``ERROR``.
+def load_upload(state: State, model_file: Any, data_file: Any, shape_text: str, architecture: str | None, trust_code: bool) -> bool:
+    """Save an uploaded model (and optional ``.npz`` data) and switch to it; errors go to ``ERROR``
+    and the previous model stays current.
 
-    ``model_file`` and ``data_file`` are Streamlit ``UploadedFile`` objects (or None).
+    ``model_file`` and ``data_file`` are Streamlit ``UploadedFile`` objects (or None);
+    ``trust_code`` lets the file run code when loaded (TorchScript, ``.pt2``, a full pickle).
     """
     if model_file is None:
         state[ERROR] = "choose a model file to upload first"
@@ -124,10 +139,10 @@ def load_upload(state: State, model_file: Any, data_file: Any, shape_text: str, 
             data_name=None if data_file is None else data_file.name,
             data_bytes=None if data_file is None else data_file.getvalue(),
             architecture=architecture,
-            trust_pickle=trust,
+            trust_code=trust_code,
         )
-    except CompressError as exc:
-        state[ERROR] = str(exc)
+    except (CompressError, OSError) as exc:  # OSError: the upload could not be saved (disk full)
+        state[ERROR] = describe(exc)
         return False
     return switch_model(state, source)
 

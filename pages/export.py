@@ -44,6 +44,11 @@ if st.button("Build artifacts", type="primary"):
         st.error(str(exc))
 
 built = session[state.EXPORTS].get(label)
+if built is not None and not exporting.still_on_disk(built):
+    del session[state.EXPORTS][label]
+    session[state.LATENCY].pop(label, None)
+    built = None
+    st.info(f"The files built earlier were removed to save disk space (the app keeps the newest {exporting.KEPT_EXPORTS} builds): build them again.")
 if built is not None:
     st.subheader("Files")
     st.caption(f"In `{built['folder']}`")

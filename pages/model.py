@@ -7,6 +7,7 @@ from explorer_ui import cache, layer_data, state
 from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
 
 NO_ARCHITECTURE = "(not a state_dict)"
+TRUST_LABEL = "I trust this file: it may run code (full pickles, TorchScript, .pt2 with pickled parts)"
 
 session = st.session_state
 source, handle = state.page_model(session)
@@ -39,21 +40,30 @@ st.dataframe(layer_data.layers_by_type(layers), hide_index=True, width="content"
 st.subheader("Load your own model")
 limit = st.get_option("server.maxUploadSize")
 st.caption(
-    f"ONNX, TorchScript, torch.export (.pt2), a state_dict of a built-in architecture, or (only if you trust it) "
-    f"a fully pickled module; files up to {limit} MB each. A failed load keeps the current model."
+    f"ONNX, a state_dict of a built-in architecture, TorchScript, torch.export (.pt2) or a fully pickled module; files up "
+    f"to {limit} MB each. TorchScript, pickles and .pt2 files with pickled parts can run code from the file, so they "
+    "load only if you say you trust the file. A failed load keeps the current model."
 )
 with st.form("upload"):
     model_file = st.file_uploader("Model file", type=list(MODEL_EXTENSIONS), key=state.UPLOAD_MODEL)
-    data_file = st.file_uploader("Evaluation data (optional .npz with 'inputs' and optional 'labels')", type=list(DATA_EXTENSIONS))
+    data_file = st.file_uploader(
+        "Evaluation data (optional .npz with 'inputs' and optional 'labels')", type=list(DATA_EXTENSIONS), key=state.UPLOAD_DATA
+    )
     left, right = st.columns(2)
     shape_text = left.text_input("Input shape of one sample (only if the file does not say)", placeholder="e.g. 1,8,8")
     architecture = right.selectbox("Architecture (for a state_dict)", [NO_ARCHITECTURE, *digits_names()])
-    trust = st.checkbox("I trust this file (allows a full pickle, which runs code from the file when loaded)")
+    trust_code = st.checkbox(
+        TRUST_LABEL,
+        value=False,
+        help="Loading TorchScript or a torch.export (.pt2) file, or unpickling a full module, can run code that the file "
+        "carries, with your permissions. Leave this off unless you made the file or trust whoever did. ONNX files and "
+        "state_dicts load without it.",
+    )
     submitted = st.form_submit_button("Load model", type="primary")
 if submitted:
     with st.spinner("Loading the uploaded model ..."):
         loaded = state.load_upload(
-            session, model_file, data_file, shape_text, None if architecture == NO_ARCHITECTURE else architecture, trust
+            session, model_file, data_file, shape_text, None if architecture == NO_ARCHITECTURE else architecture, trust_code
         )
     if loaded:
         st.rerun()
