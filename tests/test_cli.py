@@ -49,6 +49,23 @@ def test_apply_writes_models_and_metrics(tmp_path, capsys):
     assert "| Accuracy |" in (out / "metrics.md").read_text()
     assert main(["inspect", str(out / "model.onnx")]) == 0
     assert "6 layers" in capsys.readouterr().out
+    assert main(["inspect", str(out / "model.ts")]) == 2  # TorchScript runs code on load, even our own
+    assert "model.ts: is a TorchScript archive; loading it runs code stored in the file" in capsys.readouterr().err
+    assert main(["inspect", str(out / "model.ts"), "--trust-code"]) == 0
+    assert "6 layers" in capsys.readouterr().out
+
+
+COMMANDS_THAT_LOAD_A_MODEL = ("inspect", "evaluate", "apply", "finetune", "export", "sensitivity", "suggest")
+
+
+@pytest.mark.parametrize("command", COMMANDS_THAT_LOAD_A_MODEL)
+def test_every_loading_command_has_the_trust_switch(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    words = " ".join(capsys.readouterr().out.split())
+    assert "--trust-code, --trust-pickle" in words
+    assert all(kind in words for kind in ("TorchScript", ".pt2 with pickled parts", "a full pickle"))
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
 from compress_core import CompressError, layer_inventory, load_model, save_torchscript, total_params
+from compress_core.evaldata import MAX_DATA_BYTES_ENV, load_npz
 from compress_core.onnx_export import to_onnx
+
+TRUST_REFUSAL = r"loading it runs code stored in the file, so it is refused unless you say you trust it \(CLI: --trust-code"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +29,7 @@ def files(cnn, tmp_path_factory):
     torch.export.save(torch.export.export(cnn.model, (torch.zeros(1, 1, 8, 8),)), folder / "cnn.pt2")
     torch.save(cnn.model.state_dict(), folder / "cnn_state.pt")
     torch.save(cnn.model, folder / "cnn_full.pt")
+    safetensors.torch.save_file(cnn.model.state_dict(), folder / "cnn.safetensors")
     return folder
 
 
@@ -42,7 +47,7 @@ def test_sample_has_its_test_split(cnn):
 
 @pytest.mark.parametrize("filename,kind", [("cnn.onnx", "onnx"), ("cnn.ts", "torchscript"), ("cnn.pt2", "exported")])
 def test_every_format_has_the_same_layers_and_parameters(cnn, files, filename, kind):
-    handle = load_model(files / filename)
+    handle = load_model(files / filename, trust_code=kind == "torchscript")
     assert handle.kind == kind
     assert handle.input_spec.shape == (1, 8, 8)
     assert handle.data.generated
@@ -62,11 +67,32 @@ def test_state_dict_needs_and_uses_an_architecture(files):
         load_model(files / "cnn_state.pt", architecture="resnet50")
 
 
+def test_safetensors_is_a_state_dict(files):
+    with pytest.raises(CompressError, match=r"cnn.safetensors: is a state_dict .*--architecture"):
+        load_model(files / "cnn.safetensors")
+    handle = load_model(files / "cnn.safetensors", architecture="digits_cnn")
+    assert handle.kind == "state_dict" and len(layer_inventory(handle)) == 5
+
+
 def test_full_pickle_is_refused_without_trust(files):
-    with pytest.raises(CompressError, match=r"cnn_full.pt: is a full Python pickle.*refused unless you say you trust it"):
+    with pytest.raises(CompressError, match=r"cnn_full.pt: is a full Python pickle, not plain weights; " + TRUST_REFUSAL):
         load_model(files / "cnn_full.pt")
     handle = load_model(files / "cnn_full.pt", trust_pickle=True, input_shape=(1, 8, 8))
     assert handle.kind == "pickle" and len(layer_inventory(handle)) == 5
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".pt"])
+def test_torchscript_needs_trust_even_when_this_project_wrote_it(cnn, tmp_path, monkeypatch, suffix):
+    save_torchscript(cnn, tmp_path / f"mine{suffix}")
+    opened = []
+    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: opened.append(args))
+    with pytest.raises(CompressError, match=rf"mine\{suffix}: is a TorchScript archive; " + TRUST_REFUSAL):
+        load_model(tmp_path / f"mine{suffix}")
+    assert opened == []
+    monkeypatch.undo()
+    for trust in ({"trust_code": True}, {"trust_pickle": True}):
+        handle = load_model(tmp_path / f"mine{suffix}", **trust)
+        assert handle.kind == "torchscript" and handle.input_spec.shape == (1, 8, 8)
 
 
 def test_npz_data_with_and_without_labels(files, tmp_path, cnn):
@@ -108,11 +134,34 @@ def test_bad_npz_files(files, tmp_path):
     np.savez(tmp_path / "shape.npz", inputs=np.zeros((3, 64), np.float32))
     with pytest.raises(CompressError, match=r"shape.npz: 'inputs' has samples of shape \(64,\), but the model takes \(1, 8, 8\)"):
         load_model(files / "cnn.onnx", data=tmp_path / "shape.npz")
-    np.savez(tmp_path / "labels.npz", inputs=np.zeros((3, 1, 8, 8), np.float32), labels=np.zeros(2))
+    np.savez(tmp_path / "labels.npz", inputs=np.zeros((3, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64))
     with pytest.raises(CompressError, match=r"'labels' has shape \(2,\)"):
         load_model("digits_cnn", data=tmp_path / "labels.npz")
     with pytest.raises(CompressError, match=r"absent.npz: no such data file"):
         load_model("digits_cnn", data=tmp_path / "absent.npz")
+
+
+def test_npz_size_limit_from_argument_and_environment(tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4))
+    assert len(load_npz(tmp_path / "d.npz", None, max_bytes=1024)) == 4  # inputs: exactly 1,024 bytes
+    too_big = r"d.npz: member 'inputs.npy' holds 1,024 bytes \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
+    with pytest.raises(CompressError, match=too_big):
+        load_npz(tmp_path / "d.npz", None, max_bytes=1023)
+    monkeypatch.setenv(MAX_DATA_BYTES_ENV, "1000")
+    with pytest.raises(CompressError, match=r"over the limit of 1,000 bytes; use less data or raise " + MAX_DATA_BYTES_ENV):
+        load_model("digits_cnn", data=tmp_path / "d.npz")
+    monkeypatch.setenv(MAX_DATA_BYTES_ENV, "lots")
+    with pytest.raises(CompressError, match=r"COMPRESS_EXPLORER_MAX_DATA_BYTES='lots' is not a whole number of bytes"):
+        load_model("digits_cnn", data=tmp_path / "d.npz")
+
+
+def test_npz_fortran_order_and_integer_inputs(tmp_path):
+    inputs = np.asfortranarray(np.arange(3 * 64, dtype=np.int16).reshape(3, 1, 8, 8))
+    np.savez(tmp_path / "f.npz", inputs=inputs, labels=np.array([2, 0, 1], np.uint8))
+    data = load_npz(tmp_path / "f.npz", None)
+    assert data.inputs.dtype == np.int64 and data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.inputs, inputs)
+    np.testing.assert_array_equal(data.labels, [2, 0, 1])
 
 
 def test_input_shape_that_does_not_fit(files):
@@ -124,8 +173,8 @@ def test_scripted_module_without_shape_asks_for_one(tmp_path):
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3)))
     scripted.save(str(tmp_path / "s.ts"))
     with pytest.raises(CompressError, match=r"s.ts: the file does not say its input shape.*--input-shape"):
-        load_model(tmp_path / "s.ts")
-    assert load_model(tmp_path / "s.ts", input_shape=(4,)).input_spec.shape == (4,)
+        load_model(tmp_path / "s.ts", trust_code=True)
+    assert load_model(tmp_path / "s.ts", input_shape=(4,), trust_code=True).input_spec.shape == (4,)
 
 
 def test_onnx_weights_in_constant_nodes(tmp_path):

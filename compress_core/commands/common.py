@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import jsonio
 from ..errors import CompressError
+from ..evaldata import MAX_DATA_BYTES, MAX_DATA_BYTES_ENV
 from ..handle import ModelHandle
 from ..loading import load_model
 
@@ -15,10 +16,23 @@ from ..loading import load_model
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """MODEL and the options that say how to load it."""
     parser.add_argument("model", metavar="MODEL", help="a sample name (e.g. digits_cnn) or a model file")
-    parser.add_argument("--data", help=".npz with 'inputs' (and optional 'labels') for evaluation")
+    parser.add_argument(
+        "--data",
+        help=f".npz with 'inputs' (and optional integer 'labels') for evaluation; each array at most "
+        f"{MAX_DATA_BYTES // 2**20} MiB unless {MAX_DATA_BYTES_ENV} says otherwise",
+    )
     parser.add_argument("--input-shape", type=parse_shape, help="one sample's shape without batch, e.g. 1,8,8")
-    parser.add_argument("--architecture", help="built-in architecture a state_dict file fits")
-    parser.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled model (runs its code)")
+    parser.add_argument(
+        "--architecture", help="built-in architecture a state_dict file (.pt/.pth/.bin or .safetensors) fits"
+    )
+    parser.add_argument(
+        "--trust-code",
+        "--trust-pickle",
+        dest="trust_code",
+        action="store_true",
+        help="load a file whose loading runs code stored in it: TorchScript (.ts/.jit, or a TorchScript .pt), "
+        "a .pt2 with pickled parts, a full pickle; only for files you trust (--trust-pickle is the old name)",
+    )
 
 
 def load_from_args(args: argparse.Namespace) -> ModelHandle:
@@ -28,7 +42,7 @@ def load_from_args(args: argparse.Namespace) -> ModelHandle:
         input_shape=args.input_shape,
         data=args.data,
         architecture=args.architecture,
-        trust_pickle=args.trust_pickle,
+        trust_code=args.trust_code,
     )
 
 
