@@ -25,7 +25,7 @@ import torch
 from .errors import CompressError
 
 TRUST_HINT = (
-    "so it is refused unless you say you trust it (CLI: --trust-code; app: 'I trust this file (it may run code)')"
+    "so it is refused unless you say you trust it (CLI: --trust-code; app: tick 'I trust this file: it may run code')"
 )
 # What reading a damaged zip archive (or a member of one) can raise; RuntimeError is an encrypted member.
 ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error)
