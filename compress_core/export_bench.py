@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .artifacts import EVAL_DATA, FP32_ONNX, INT8_ONNX, METRICS, ORIGINAL_ONNX, file_sizes, headline, run_onnx
 from .errors import CompressError
+from .evaldata import load_npz
 from .int8 import quantize_ort_default
 from .latency import measure_latency
 from .metrics import output_fidelity
@@ -48,9 +48,8 @@ def bench_folder(
     if missing:
         raise CompressError(f"{folder}: not an export folder (missing {', '.join(missing)}); write one with: export MODEL --recipe R --out {folder}")
     metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
-    with np.load(folder / EVAL_DATA, allow_pickle=False) as archive:
-        inputs = archive["inputs"]
-        labels = archive["labels"] if "labels" in archive.files else None
+    data = load_npz(folder / EVAL_DATA, None)
+    inputs, labels = data.inputs, data.labels
     layer_nodes = metrics.get("layer_nodes", {})
     with tempfile.TemporaryDirectory() as scratch:
         paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
