@@ -86,9 +86,9 @@ def spectrum_view(weight: np.ndarray, out_axis: int) -> dict[str, Any]:
 
 
 def mask_view(weight: np.ndarray, out_axis: int, ratio: float, kind: str) -> dict[str, Any]:
-    """The keep-mask of unstructured or N:M pruning, as a matrix [out, in * kernel] of 0/1."""
+    """The keep-mask of unstructured or N:M pruning (which ignores ``ratio``), as a matrix [out, in * kernel] of 0/1."""
     try:
-        mask = prune_mask(torch.from_numpy(weight), PruneConfig(ratio=ratio, kind=kind), out_axis)
+        mask = prune_mask(torch.from_numpy(weight), PruneConfig.with_kind(kind, ratio), out_axis)
     except ValueError as exc:  # CompressError is a ValueError too: keep its text either way
         raise CompressError(str(exc)) from exc
     matrix = weight_matrix(mask.float().numpy(), out_axis).numpy()

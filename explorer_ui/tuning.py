@@ -3,17 +3,22 @@
 The table has one row per compressible layer; ``plan_rows`` shows what the plan does to each (by the
 plan's precedence) and ``rows_plan`` turns the rows back into a plan with one exact entry per
 changed layer. Plain functions of ``Plan`` / ``LayerInfo``: no Streamlit.
+
+The rank column is text, so that it round-trips a plan exactly (a number column would turn the
+fraction ``1.0``, full rank, into the rank ``1``): empty for no factorization, a number with a
+decimal point for a fraction of full rank (``0.5``, ``1.0``), an integer for a rank (``8``).
 """
 
 from __future__ import annotations
 
-import re
+import math
 from typing import Any
 
 from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.apply import apply_plan
 from compress_core.metrics import evaluate
-from compress_core.plan import ALLOWED_BITS, NM_PATTERN, LayerConfig, Plan, PruneConfig
+from compress_core.patterns import compile_pattern
+from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig, quoted
 from compress_core.report import ROWS as METRIC_ROWS
 from compress_core.report import format_value
 
@@ -36,9 +41,9 @@ def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
                 "bits": FLOAT if config.bits is None else str(config.bits),
                 "scheme": config.scheme,
                 "granularity": config.granularity,
-                "prune_ratio": 0.0 if config.prune is None else round(config.prune.ratio, 4),
+                "prune_ratio": 0.0 if config.prune is None else config.prune.ratio,
                 "prune_kind": "unstructured" if config.prune is None else config.prune.kind,
-                "rank": config.rank,
+                "rank": rank_text(config.rank),
             }
         )
     return rows
@@ -47,25 +52,50 @@ def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
 def row_config(row: dict[str, Any]) -> LayerConfig:
     """The layer config of one table row (a ``CompressError`` names the layer for a bad value)."""
     try:
-        kind = row["prune_kind"] or "unstructured"
-        ratio = float(row["prune_ratio"] or 0.0)
-        prune = PruneConfig(ratio=ratio, kind=kind) if ratio > 0 or NM_PATTERN.match(kind) else None
         return LayerConfig(
             bits=None if row["bits"] in (None, FLOAT) else int(row["bits"]),
             scheme=row["scheme"] or "symmetric",
             granularity=row["granularity"] or "channel",
-            prune=prune,
-            rank=_rank(row["rank"]),
+            prune=_prune(row["prune_ratio"], row["prune_kind"] or "unstructured"),
+            rank=parse_rank(row["rank"]),
         )
     except CompressError as exc:
         raise CompressError(f"layer '{row['layer']}': {exc}") from exc
 
 
-def _rank(value: Any) -> int | float | None:
-    """Empty: full rank; below 1: a fraction of full rank; 1 or more: a rank."""
-    if value is None or value != value:  # None or NaN from an emptied cell
+def _prune(ratio: Any, kind: str) -> PruneConfig | None:
+    """The row's pruning, None for none: an N:M kind implies its ratio (the ratio cell is then ignored)."""
+    config = PruneConfig.with_kind(kind, 0.0 if _empty(ratio) else ratio)
+    return None if config.ratio == 0 else config
+
+
+def rank_text(rank: int | float | None) -> str | None:
+    """The rank cell of a plan's rank: None (empty), ``"8"`` for a rank, ``"0.5"`` / ``"1.0"`` for a fraction."""
+    return None if rank is None else repr(rank)
+
+
+def parse_rank(cell: Any) -> int | float | None:
+    """The plan's rank of a rank cell (see the module doc); ints and floats pass through as they are.
+
+    Text without a decimal point is a rank, text with one a fraction; anything else is a
+    ``CompressError`` (``LayerConfig`` then refuses out-of-range values, such as ``2.7``).
+    """
+    if _empty(cell):
         return None
-    return float(value) if value < 1 else int(value)
+    if not isinstance(cell, str):
+        return cell
+    text = cell.strip()
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    raise CompressError(f"rank {cell!r} is not allowed; leave it empty, or write a rank like 8 or a fraction of full rank like 0.5")
+
+
+def _empty(cell: Any) -> bool:
+    """An emptied cell: None, blank text, or NaN."""
+    return cell is None or (isinstance(cell, str) and not cell.strip()) or (isinstance(cell, float) and math.isnan(cell))
 
 
 def rows_plan(rows: list[dict[str, Any]]) -> Plan:
@@ -75,19 +105,23 @@ def rows_plan(rows: list[dict[str, Any]]) -> Plan:
 
 
 def edit_rows(rows: list[dict[str, Any]], edited: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with a data editor's ``edited_rows`` (row index -> changed cells) applied."""
-    return [{**row, **{key: value for key, value in edited.get(index, {}).items() if key in EDITABLE}} for index, row in enumerate(rows)]
+    """``rows`` with a data editor's ``edited_rows`` (row index -> changed cells) applied; a number
+    put in the rank cell becomes its text (``rank_text``), keeping int (rank) and float (fraction) apart."""
+    return [{**row, **{key: _cell(key, value) for key, value in edited.get(index, {}).items() if key in EDITABLE}} for index, row in enumerate(rows)]
+
+
+def _cell(key: str, value: Any) -> Any:
+    numeric_rank = key == "rank" and isinstance(value, (int, float)) and not isinstance(value, bool) and not _empty(value)
+    return rank_text(value) if numeric_rank else value
 
 
 def matching_layers(layers: list[LayerInfo], pattern: str) -> list[str]:
-    """Names of the layers the regex matches in full; a bad regex or no match is a ``CompressError``."""
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise CompressError(f"'{pattern}' is not a valid regular expression ({exc})") from exc
+    """Names of the layers the regex (RE2 syntax, linear time) matches in full; a bad regex or no
+    match is a ``CompressError``."""
+    regex = compile_pattern(pattern, f"pattern {quoted(pattern)}")
     names = [layer.name for layer in layers if regex.fullmatch(layer.name)]
     if not names:
-        raise CompressError(f"'{pattern}' matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}")
+        raise CompressError(f"pattern {quoted(pattern)} matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}")
     return names
 
 
@@ -102,9 +136,9 @@ def with_bits(plan: Plan, layers: list[LayerInfo], names: list[str], bits: str) 
     return rows_plan([{**row, "bits": bits} if row["layer"] in names else row for row in rows])
 
 
-def load_recipe(text: str, source: str, layers: list[LayerInfo]) -> Plan:
-    """Parse a recipe, check it against the model, and return it as the table's exact-entry plan."""
-    plan = Plan.from_text(text, source)
+def load_recipe(data: bytes, source: str, layers: list[LayerInfo]) -> Plan:
+    """Parse a recipe file's bytes, check it against the model, and return it as the table's exact-entry plan."""
+    plan = Plan.from_bytes(data, source)
     plan.resolve([layer.name for layer in layers])
     return rows_plan(plan_rows(plan, layers))
 

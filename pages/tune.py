@@ -14,14 +14,15 @@ plan = state.plan(session)
 st.title(f"Tune {handle.name}")
 st.caption(
     "One row per layer. bits: float keeps the layer float; prune ratio with kind unstructured or structured "
-    "(whole output channels), or an N:M kind (its ratio is implied); rank: empty for full rank, below 1 a fraction "
-    "of full rank, 1 or more a rank. Order of application: low rank, pruning, quantization."
+    "(whole output channels), or an N:M kind (its ratio is implied); rank: empty for no factorization, a number with "
+    "a decimal point for a fraction of full rank (0.5; 1.0 is full rank), an integer for a rank (8). "
+    "Order of application: low rank, pruning, quantization."
 )
 
 with st.expander("Bulk edits and recipes", expanded=True):
     bits_column, conv_column, regex_column, match_column, reset_column = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
     bulk_bits = bits_column.selectbox("Bits", tuning.BITS_OPTIONS, index=tuning.BITS_OPTIONS.index("8"))
-    pattern = regex_column.text_input("Layers matching (regex)", placeholder=r"e.g. fc\d|head")
+    pattern = regex_column.text_input("Layers matching (regex)", placeholder=r"e.g. fc\d|head", help="RE2 syntax, matched against the whole name")
     try:
         if conv_column.button("All Conv layers", width="stretch"):
             state.replace_plan(session, tuning.with_bits(plan, layers, tuning.conv_layers(layers), bulk_bits))
@@ -36,8 +37,8 @@ with st.expander("Bulk edits and recipes", expanded=True):
     recipe_file = upload_column.file_uploader("Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload")
     if upload_column.button("Load recipe", disabled=recipe_file is None):
         try:
-            state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue().decode("utf-8"), recipe_file.name, layers))
-        except (CompressError, UnicodeDecodeError) as exc:
+            state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, layers))
+        except CompressError as exc:
             st.error(str(exc))
     plan = state.plan(session)
     download_column.download_button(
@@ -59,7 +60,7 @@ st.data_editor(
         "granularity": st.column_config.SelectboxColumn("granularity", options=GRANULARITIES, required=True),
         "prune_ratio": st.column_config.NumberColumn("prune ratio", min_value=0.0, max_value=0.95, step=0.05),
         "prune_kind": st.column_config.SelectboxColumn("prune kind", options=tuning.PRUNE_KIND_OPTIONS, required=True),
-        "rank": st.column_config.NumberColumn("rank", min_value=0.01, help="empty: full rank; <1: fraction; >=1: rank"),
+        "rank": st.column_config.TextColumn("rank", help="empty: no factorization; 0.5 or 1.0: a fraction of full rank; 8: a rank"),
     },
 )
 

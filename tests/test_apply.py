@@ -111,7 +111,7 @@ def test_reloaded_recipe_gives_identical_weights(cnn, tmp_path):
     [
         (Plan(layers={"fc1": LayerConfig(rank=65)}), r"layer 'fc1': rank=65 is not allowed; an int rank must be in 1..64"),
         (Plan(layers={"conv1": LayerConfig(prune=PruneConfig(0.99, "structured"))}), r"layer 'conv1': prune ratio 0.99 would remove all 16 output channels"),
-        (Plan(layers={"conv1": LayerConfig(prune=PruneConfig(0, "2:4"))}), r"layer 'conv1': 2:4 pruning needs the input size \(9\) to be a multiple of 4"),
+        (Plan(layers={"conv1": LayerConfig(prune=PruneConfig(kind="2:4"))}), r"layer 'conv1': 2:4 pruning needs the input size \(9\) to be a multiple of 4"),
         (Plan(layers={"nope": LayerConfig(bits=8)}), r"layer 'nope' is not a compressible layer"),
     ],
 )

@@ -37,7 +37,7 @@ def test_first_matching_regex_wins():
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_save_and_load_round_trip(tmp_path, suffix):
     plan = Plan.from_text(RECIPE)
-    plan.layers["conv2"] = LayerConfig(bits=3, scheme="kmeans", granularity="tensor", prune=PruneConfig(0, "2:4"))
+    plan.layers["conv2"] = LayerConfig(bits=3, scheme="kmeans", granularity="tensor", prune=PruneConfig(kind="2:4"))
     path = plan.save(tmp_path / f"recipe{suffix}")
     assert Plan.load(path) == plan
     assert Plan.load(path).layers["conv2"].prune.ratio == 0.5
@@ -57,7 +57,7 @@ def test_save_and_load_round_trip(tmp_path, suffix):
         ("version: 1\nlayers: {conv1: {rank: 0}}", r"rank 0 is not allowed; an integer rank must be >= 1"),
         ("version: 1\nlayers: {conv1: {rank: 1.5}}", r"rank 1.5 is not allowed; a fraction of full rank must be in \(0, 1\]"),
         ("version: 1\nlayers: {conv1: {bits: 4, scheme: fancy}}", r"scheme 'fancy' is not allowed"),
-        ("version: 1\nlayers: {'re:(': {bits: 4}}", r"invalid regular expression"),
+        ("version: 1\nlayers: {'re:(': {bits: 4}}", r"layer entry 're:\(': not a valid regular expression \(missing \): \(\); RE2 syntax is required"),
         ("[1, 2", r"not valid YAML or JSON"),
     ],
 )
