@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
 
 Backend = Literal["torch", "onnx"]
 RUN_BATCH = 256
+Batch = TypeVar("Batch", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,39 @@ class ModelHandle:
     task: str = "classification"
     source: str | None = None
     compression: CompressionRecord | None = None
-    fixed_batch: int | None = None
+    fixed_batch: int | None = None  # a torch.export program's static batch size, honoured by ``input_batches``
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> "ModelHandle":
         """A new handle with some fields changed (the ONNX Runtime session is not carried over)."""
         return dataclasses.replace(self, _ort_session=None, **changes)
 
+    def batch_size_for(self, requested: int = RUN_BATCH) -> int:
+        """The batch size to run with: ``fixed_batch`` for a program exported with a static batch, else ``requested``."""
+        return self.fixed_batch or requested
+
+    def padded(self, batch: Batch) -> Batch:
+        """``batch`` (numpy or torch, samples first) filled up to ``fixed_batch`` samples by repeating its
+        last sample, so that a static-batch program takes it; the outputs of the copies are to be dropped
+        (they follow the real ones). Returned unchanged when the batch size is free or already full."""
+        missing = (self.fixed_batch or 0) - len(batch)
+        if missing <= 0:
+            return batch
+        return batch[[*range(len(batch)), *[len(batch) - 1] * missing]]
+
+    def input_batches(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> list[np.ndarray]:
+        """``inputs`` cut into the batches the model takes (``batch_size_for``, the last one ``padded``).
+
+        Every caller that runs the model batches through this; the concatenated outputs hold the
+        ``len(inputs)`` real rows first, then the padding's.
+        """
+        size = self.batch_size_for(batch_size)
+        return [self.padded(inputs[start : start + size]) for start in range(0, len(inputs), size)]
+
     def run(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
         """Run the model on ``inputs`` (N, *shape) in batches and return its first output as numpy."""
-        batch_size = self.fixed_batch or batch_size
-        outputs = [self._run_batch(inputs[start : start + batch_size]) for start in range(0, len(inputs), batch_size)]
-        return np.concatenate(outputs, axis=0)
+        outputs = [self._run_batch(batch) for batch in self.input_batches(inputs, batch_size)]
+        return np.concatenate(outputs, axis=0)[: len(inputs)]
 
     def _run_batch(self, batch: np.ndarray) -> np.ndarray:
         if self.backend == "onnx":

@@ -12,6 +12,7 @@ import numpy as np
 
 from .handle import ModelHandle
 from .inventory import LayerInfo, layer_inventory, total_params
+from .primitives import sqnr_from_energies
 
 FLOAT_BITS = 32
 SCALE_BYTES = 4
@@ -20,7 +21,8 @@ METRIC_KEYS = ("accuracy", "agreement", "cosine", "sqnr_db", "params", "nonzero_
 
 
 def output_fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, task: str) -> dict[str, float | None]:
-    """Accuracy (labels and class outputs), top-1 agreement, mean cosine and SQNR (dB) of ``outputs``."""
+    """Accuracy (labels and class outputs), top-1 agreement, mean cosine and SQNR (dB) of ``outputs``
+    (``primitives.sqnr_from_energies``: ``-inf`` for an all-zero reference that ``outputs`` miss)."""
     reference = reference.reshape(len(reference), -1).astype(np.float64)
     outputs = outputs.reshape(len(outputs), -1).astype(np.float64)
     classes = task == "classification" and outputs.shape[1] > 1
@@ -28,8 +30,7 @@ def output_fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarr
     agreement = float((outputs.argmax(1) == reference.argmax(1)).mean()) if classes else None
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs, axis=1)
     cosine = float(np.mean(np.sum(reference * outputs, axis=1) / np.maximum(norms, 1e-12)))
-    noise = float(np.sum((reference - outputs) ** 2))
-    sqnr = math.inf if noise == 0 else 10 * math.log10(float(np.sum(reference**2)) / noise)
+    sqnr = sqnr_from_energies(float(np.sum(reference**2)), float(np.sum((reference - outputs) ** 2)))
     return {"accuracy": accuracy, "agreement": agreement, "cosine": cosine, "sqnr_db": sqnr}
 
 
@@ -88,16 +89,30 @@ def zip_bytes(handle: ModelHandle) -> int:
     return len(buffer.getvalue())
 
 
+def compression_zeros(handle: ModelHandle) -> int:
+    """Weights the compression left at zero: pruned ones, and quantized ones that round to zero.
+
+    A quantized weight's grid values are the stored weight (pruned entries stay exact zeros), so its
+    zeros are counted there; a weight that is only pruned counts its mask's zeros.
+    """
+    record = handle.compression
+    if record is None:
+        return 0
+    zeros = 0
+    for name in record.masks.keys() | record.quantized.keys():
+        quantized = record.quantized.get(name)
+        zeros += int((quantized.values == 0).sum()) if quantized is not None else int((~record.masks[name]).sum())
+    return zeros
+
+
 def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, with_zip: bool = True) -> dict[str, Any]:
     """Fidelity of ``outputs`` to ``reference`` plus the handle's size and compute."""
     layers = layer_inventory(handle)
-    record = handle.compression
     params = total_params(handle)
-    nonzero = params - sum(int((~mask).sum()) for mask in (record.masks.values() if record else []))
     return {
         **output_fidelity(reference, outputs, handle.data.labels, handle.task),
         "params": params,
-        "nonzero_params": nonzero,
+        "nonzero_params": params - compression_zeros(handle),
         "macs": sum(layer.macs for layer in layers),
         "float_bytes": params * 4,
         "plan_bytes": plan_bytes(handle, layers),

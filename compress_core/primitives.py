@@ -46,6 +46,7 @@ __all__ = [
     "singular_values",
     "split_conv_weight",
     "sqnr_db",
+    "sqnr_from_energies",
     "truncated_svd",
 ]
 
@@ -374,7 +375,7 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio ``10*log10(sum(ref**2) / sum((ref - approx)**2))`` in dB.
 
     ``inf`` when the tensors are identical, ``-inf`` when the reference is all zeros but the
-    approximation is not. Computed in float64.
+    approximation is not (see :func:`sqnr_from_energies`). Computed in float64.
     """
     reference = _check_tensor("reference", reference)
     approximation = _check_tensor("approximation", approximation)
@@ -385,11 +386,22 @@ def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
         )
     ref = reference.detach().double()
     noise = float(((ref - approximation.detach().double()) ** 2).sum())
+    return sqnr_from_energies(float((ref**2).sum()), noise)
+
+
+def sqnr_from_energies(signal: float, noise: float) -> float:
+    """``10*log10(signal / noise)`` in dB, the one SQNR definition of the project (weights and outputs).
+
+    Defined everywhere: ``inf`` when the noise is zero (an exact copy, even of all zeros), ``-inf``
+    when the signal is zero but the noise is not (an all-zero reference approximated by anything
+    else), NaN when either energy is NaN.
+    """
+    if math.isnan(signal) or math.isnan(noise):
+        return math.nan
     if noise == 0.0:
-        return float("inf")
-    signal = float((ref**2).sum())
+        return math.inf
     if signal == 0.0:
-        return float("-inf")
+        return -math.inf
     return 10.0 * math.log10(signal / noise)
 
 

@@ -12,7 +12,10 @@ masks re-applied after every optimizer step, so they stay exactly zero; quantize
 trained with fake quantization and a straight-through estimator (``compress_core.fake_quant``) and
 snapped onto their grid at the end, and the record's ``QuantizedWeight`` entries are replaced by
 the final grids; low-rank factors and every other parameter train as they are. BatchNorm
-statistics are re-estimated on the training data (the student trains in ``train()`` mode).
+statistics are re-estimated on the training data (the student trains in ``train()`` mode), except
+in a ``torch.export`` program, which cannot switch modes and trains in the mode it was exported in.
+A program exported with a static batch trains in batches of that size (``ModelHandle.batch_size_for``;
+the last one padded, its copies left out of the loss).
 
 Digits samples train on their training split (the handle's data is the test split, which stays
 untouched for evaluation); any other model trains on its own evaluation data unless ``data`` is
@@ -31,6 +34,7 @@ from sample_models import digits_split
 from torch import nn
 
 from . import samples
+from .activation_cache import first_tensor
 from .errors import CompressError
 from .fake_quant import snap_to_grids, straight_through
 from .handle import CompressionRecord, EvalData, ModelHandle
@@ -45,6 +49,7 @@ DEFAULT_LR = 1e-3
 DEFAULT_TEMPERATURE = 4.0
 DEFAULT_ALPHA = 0.5
 DEFAULT_BATCH_SIZE = 64
+EXPORTED_KIND = "exported"  # ModelHandle.kind of a torch.export (.pt2) program
 
 
 def finetune(
@@ -81,6 +86,7 @@ def finetune(
             f"training inputs have samples of shape {tuple(train.inputs.shape[1:])}, but the model takes {tuple(compressed.input_spec.shape)}"
         )
     record = compressed.compression or CompressionRecord(plan=None)
+    batch_size = compressed.batch_size_for(batch_size)
     student = copy_module(compressed.model)
     parameters = dict(student.named_parameters())
     for name in (*record.masks, *record.quantized):
@@ -95,21 +101,29 @@ def finetune(
     history: list[float] = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student.train()
+        _set_training(student, compressed, True)
         for epoch in range(epochs):
             loss = _run_epoch(
-                student, parameters, record, optimizer, loss_function, inputs, targets, labels, batch_size, cancel
+                student, parameters, record, optimizer, loss_function, inputs, targets, labels, batch_size, compressed.padded, cancel
             )
             if loss is None:
                 break
             history.append(loss)
             if progress is not None:
                 progress(epoch + 1, epochs, loss)
-        student.eval()
+        _set_training(student, compressed, False)
     stopped = "" if len(history) == epochs else f" (cancelled after {len(history)} of {epochs} epochs)"
     note = f"fine-tuned for {len(history)} epoch{'s' if len(history) != 1 else ''} by distillation from the original{stopped}; {origin_note}"
+    if compressed.kind == EXPORTED_KIND:
+        note += f"; a torch.export program trains in the mode it was exported in, in batches of {batch_size}"
     tuned_record = _tuned_record(record, snap_to_grids(parameters, record.quantized), note)
     return compressed.replace(model=student, compression=tuned_record), history
+
+
+def _set_training(student: nn.Module, handle: ModelHandle, training: bool) -> None:
+    """Train or eval mode; a torch.export program refuses to switch, and keeps the mode it was exported in."""
+    if handle.kind != EXPORTED_KIND:
+        student.train(training)
 
 
 def _tuned_record(record: CompressionRecord, quantized: dict[str, QuantizedWeight], note: str) -> CompressionRecord:
@@ -197,17 +211,20 @@ def _run_epoch(
     targets: torch.Tensor,
     labels: torch.Tensor | None,
     batch_size: int,
+    padded: Callable[[torch.Tensor], torch.Tensor],
     cancel: Callable[[], bool] | None,
 ) -> float | None:
-    """One pass over the data in shuffled batches; the mean loss, or None when cancelled."""
+    """One pass over the data in shuffled batches; the mean loss, or None when cancelled.
+
+    ``padded`` is the handle's: it adds the rows a fixed-batch program needs, whose outputs are dropped.
+    """
     total = 0.0
     for batch in torch.randperm(len(inputs)).split(batch_size):
         if cancel is not None and cancel():
             return None
         optimizer.zero_grad()
         with straight_through(parameters, record.quantized):
-            outputs = student(inputs[batch])
-            outputs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+            outputs = first_tensor(student(inputs[padded(batch)]))[: len(batch)]
             loss = loss_function(outputs, targets[batch], None if labels is None else labels[batch])
             loss.backward()
         _hold_masks(parameters, record.masks, gradients=True)

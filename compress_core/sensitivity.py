@@ -49,7 +49,7 @@ from .primitives import (
     truncated_svd,
 )
 from .transform_torch import copy_module
-from .weights import prune_mask
+from .weights import output_axis, prune_mask
 
 KINDS = ("bits", "prune", "structured", "rank")
 CACHE_VERSION = 1
@@ -260,7 +260,7 @@ class _Runner:
         swappable = handle.backend == "torch" and not isinstance(handle.model, torch.jit.ScriptModule)
         self.work: nn.Module | None = copy_module(handle.model) if swappable else None
         inputs = handle.data.inputs
-        self.batches = [torch.from_numpy(np.array(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+        self.batches = [torch.from_numpy(np.array(batch)) for batch in handle.input_batches(inputs, batch_size)]
         self.staged = StagedModel.build(self.work, self.batches[0]) if self.work is not None and staged else None
         self.strategy = "staged activation cache" if self.staged else ("weight swap, full passes" if self.work else "apply_plan, full passes")
         self.reference = self._run_work(None) if self.work is not None else handle.run(inputs, batch_size)
@@ -321,11 +321,14 @@ class _Runner:
         return None
 
     def _evaluate(self, layer: LayerInfo, kind: str, level: int | float, state: Any) -> tuple[np.ndarray | None, float | None, str | None]:
-        """(outputs, proxy, None), or (None, None, reason) when ``apply_plan`` skipped the change."""
+        """(outputs, proxy, None), or (None, None, reason) when ``apply_plan`` skipped or refused the change."""
         weight = self._parameter(layer).detach() if self.work is not None else _onnx_weight(self.handle, layer)
         perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep)
         if self.work is None or kind == "structured":
-            compressed = apply_plan(self.handle, Plan(layers={layer.name: config_for(kind, level, self.sweep)}), self.layers)
+            try:
+                compressed = apply_plan(self.handle, Plan(layers={layer.name: config_for(kind, level, self.sweep)}), self.layers)
+            except CompressError as exc:  # e.g. structured pruning of a grouped ConvTranspose
+                return None, None, str(exc)
             record = compressed.compression
             if kind == "structured" and record.layer_sqnr.get(layer.name) is not None:
                 return None, None, " ".join(note for note in record.notes if note.startswith(layer.name)) or "structured pruning skipped"
@@ -341,17 +344,20 @@ class _Runner:
                 parameter.copy_(original)
 
     def _run_work(self, state: Any) -> np.ndarray:
-        """The working copy's outputs: from ``state`` (or the input) when staged, else full passes."""
+        """The working copy's outputs: from ``state`` (or the input) when staged, else full passes
+        (without the outputs of a fixed-batch program's padding)."""
         with torch.inference_mode():
             if self.staged is not None:
-                return as_numpy(self.staged.run_from(self.staged.start(self.batches) if state is None else state))
-            return as_numpy([first_tensor(self.work(batch)) for batch in self.batches])
+                outputs = self.staged.run_from(self.staged.start(self.batches) if state is None else state)
+            else:
+                outputs = [first_tensor(self.work(batch)) for batch in self.batches]
+        return as_numpy(outputs)[: len(self.handle.data)]
 
 
 def perturb_weight(weight: torch.Tensor, layer: LayerInfo, kind: str, level: int | float, sweep: Sweep) -> tuple[torch.Tensor, float]:
     """The layer's weight after one cell's change (for ``structured``: its channels zeroed) and the
     cell's proxy (weight SQNR in dB, or energy kept for ``rank``)."""
-    axis = layer.out_axis
+    axis = output_axis(layer)
     with torch.no_grad():
         if kind == "bits":
             changed = quantize_weight(weight, level, sweep.scheme, sweep.granularity, axis=axis).values
@@ -399,7 +405,8 @@ def hessian_traces(handle: ModelHandle, layers: list[LayerInfo] | None = None, s
     labels = handle.data.labels
     generator = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
-        output = first_tensor(work(torch.from_numpy(inputs)))
+        batches = handle.input_batches(inputs, len(inputs))  # one batch, or a fixed-batch program's batches
+        output = torch.cat([first_tensor(work(torch.from_numpy(batch))) for batch in batches])[: len(inputs)]
         if handle.task == "classification" and labels is not None:
             loss = nn.functional.cross_entropy(output, torch.from_numpy(np.array(labels[:max_inputs])))
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -22,9 +23,10 @@ from .primitives import (
     sqnr_db,
     truncated_svd,
 )
-from .weights import prune_mask
+from .weights import output_axis, prune_mask
 
-CONV_TYPES = (nn.Conv1d, nn.Conv2d)
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 def apply_torch(
@@ -50,7 +52,7 @@ def apply_torch(
         if config.prune is not None and config.prune.kind != "structured" and config.prune.ratio > 0:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                mask = prune_mask(parameter.data, config.prune, out_axis=0)
+                mask = prune_mask(parameter.data, config.prune, out_axis=output_axis(layers[name]))
                 parameter.data.mul_(mask)
                 record.masks[weight_name] = mask
                 if config.prune.n_m:
@@ -59,7 +61,7 @@ def apply_torch(
         if config.bits is not None:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                quantized = quantize_weight(parameter.data, config.bits, config.scheme, config.granularity, axis=0)
+                quantized = quantize_weight(parameter.data, config.bits, config.scheme, config.granularity, axis=output_axis(layers[name]))
                 parameter.data.copy_(quantized.values)
                 record.quantized[weight_name] = quantized
     for name in configs:
@@ -109,7 +111,7 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
         first = conv(module.in_channels, r, module.kernel_size, module.stride, module.padding, module.dilation, bias=False, padding_mode=module.padding_mode)
         second = conv(r, module.out_channels, 1, bias=module.bias is not None)
     else:
-        raise CompressError(f"layer '{layer.name}': low-rank applies to Linear and Conv layers, not {type(module).__name__}")
+        raise CompressError(f"layer '{layer.name}': low-rank applies to Linear and Conv1d/2d/3d layers, not {type(module).__name__}")
     with torch.no_grad():
         first.weight.copy_(first_weight)
         second.weight.copy_(second_weight)
@@ -153,12 +155,13 @@ def _prune_structured(
         if name == output_layer:
             record.notes.append(f"{name}: output channels left alone (they are the model's outputs); structured pruning skipped")
             continue
-        planned_channels = layers[name].weight_shape[0] if len(targets[name]) == 1 else module.weight.shape[0]
-        if module.weight.shape[0] < planned_channels:
+        handler = _out_channel_handler(module, name, tp)
+        axis = output_axis(layers[name])  # the last factor of a low-rank layer is a Linear or Conv: axis 0 too
+        planned_channels = layers[name].weight_shape[axis] if len(targets[name]) == 1 else module.weight.shape[axis]
+        if module.weight.shape[axis] < planned_channels:
             record.notes.append(f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again")
             continue
-        handler = tp.prune_conv_out_channels if isinstance(module, CONV_TYPES) else tp.prune_linear_out_channels
-        indices = channels_to_prune(module.weight.detach(), config.prune.ratio).tolist()
+        indices = channels_to_prune(module.weight.detach(), config.prune.ratio, axis=axis).tolist()
         group = graph.get_pruning_group(module, handler, idxs=indices)
         if output_module is not None and _group_touches_outputs(group, output_module, tp):
             record.notes.append(f"{name}: its channels are coupled to the model's outputs; structured pruning skipped")
@@ -167,7 +170,7 @@ def _prune_structured(
             record.notes.append(f"{name}: torch-pruning refused this group (it would empty a coupled layer); skipped")
             continue
         group.prune()
-        record.notes.append(f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[0]} output channels")
+        record.notes.append(f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[axis]} output channels")
     try:
         with torch.no_grad():
             shape = model(example).shape
@@ -179,6 +182,19 @@ def _prune_structured(
         ) from exc
     if shape != expected_shape:
         raise CompressError(f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}")
+
+
+def _out_channel_handler(module: nn.Module, name: str, tp) -> Callable:
+    """torch-pruning's function that removes the module's output channels; other modules are refused."""
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    if isinstance(module, CONV_TYPES) or (isinstance(module, TRANSPOSED_CONV_TYPES) and module.groups == 1):
+        return tp.prune_conv_out_channels
+    grouped = f" with groups={module.groups}" if isinstance(module, TRANSPOSED_CONV_TYPES) else ""
+    raise CompressError(
+        f"layer '{name}': structured pruning applies to Linear, Conv and ungrouped ConvTranspose layers, not {type(module).__name__}{grouped}; "
+        "prune it unstructured or N:M instead"
+    )
 
 
 def _some(names: list[str], limit: int = 4) -> str:
