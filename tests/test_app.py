@@ -208,11 +208,12 @@ def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():
     import urllib.error
     import urllib.request
 
-    from explorer_ui.netron_server import NetronServer
+    from explorer_ui.netron_server import NetronServer, new_token
 
     server = NetronServer()
+    token = new_token()
     try:
-        viewer = server.publish("my model.onnx", b"model bytes")
+        viewer = server.publish("my model.onnx", b"model bytes", token)
         assert viewer.startswith("/?url=model%2F")
         url = server.viewer_url(viewer, "localhost:8501")
         assert url.startswith(f"http://localhost:{server.port}/?url=")
@@ -224,7 +225,8 @@ def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():
         model_path = urllib.parse.unquote(viewer.split("=", 1)[1])
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/{model_path}") as response:
             assert response.read() == b"model bytes"
-        for path in ("/../../etc/passwd", "/__init__.py", "/model/000000000000/other.onnx"):
+        other_session = model_path.replace(token, new_token())
+        for path in ("/../../etc/passwd", "/__init__.py", "/model/000000000000/other.onnx", f"/{other_session}"):
             with pytest.raises(urllib.error.HTTPError, match="404"):
                 urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}")
     finally:
