@@ -21,6 +21,7 @@ from torch.utils.flop_counter import flop_registry
 from .handle import ModelHandle
 from .onnx_graph import WeightUse, compressible_nodes, constant_tensors
 
+TRANSPOSED_CONVOLUTION = "convolution_transposed"
 MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_addmm_activation"}
 RNN_MARKERS = ("rnn", "lstm", "gru")
 
@@ -137,6 +138,8 @@ class _WeightUseRecorder(TorchDispatchMode):
             if name is None:
                 continue
             op = func._overloadpacket.__name__
+            if op == "convolution" and len(args) > 6 and args[6] is True:
+                op = TRANSPOSED_CONVOLUTION
             self.ops.setdefault(name, []).append(op)
             self.macs[name] = self.macs.get(name, 0) + _op_macs(func, op, args, kwargs, out, tensor, tensors)
         return out
@@ -154,6 +157,8 @@ def _op_macs(func, op: str, args, kwargs, out, weight: torch.Tensor, tensors: li
 
 
 def _classify(ops: list[str], weight: torch.Tensor) -> str | None:
+    if TRANSPOSED_CONVOLUTION in ops:
+        return f"ConvTranspose{weight.dim() - 2}d"
     if any("convolution" in op for op in ops):
         return f"Conv{weight.dim() - 2}d"
     if any(any(marker in op for marker in RNN_MARKERS) for op in ops):
@@ -189,7 +194,7 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
         if p.dim() >= 2 and p.is_floating_point()
     }
     recorder = _WeightUseRecorder(candidates)
-    example = torch.from_numpy(np.array(handle.data.inputs[:1]))
+    example = torch.from_numpy(np.array(handle.padded(handle.data.inputs[:1])))
     with torch.no_grad(), recorder:
         model(example)
     module_types = _module_types(model)
@@ -205,7 +210,8 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
         layer_type = module_types.get(module_name, kind)
         if layer_type in ("GraphModule", "InterpreterModule", "Module") or not layer_type:
             layer_type = kind
-        stats = weight_statistics(weight.float().numpy(), 0)
+        out_axis = 1 if kind.startswith("ConvTranspose") else 0  # a transposed conv's weight is [in, out / groups, *k]
+        stats = weight_statistics(weight.float().numpy(), out_axis)
         layers.append(
             LayerInfo(
                 name=name,
@@ -213,8 +219,8 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
                 weight_name=param_name,
                 weight_shape=tuple(weight.shape),
                 params=int(params),
-                macs=int(recorder.macs.get(param_name, 0)),
-                out_axis=0,
+                macs=int(recorder.macs.get(param_name, 0)) // len(example),  # per sample, also when padded
+                out_axis=out_axis,
                 **stats,
             )
         )

@@ -49,7 +49,7 @@ from .primitives import (
     truncated_svd,
 )
 from .transform_torch import copy_module
-from .weights import output_axis, prune_mask
+from .weights import prune_mask
 
 KINDS = ("bits", "prune", "structured", "rank")
 CACHE_VERSION = 1
@@ -357,7 +357,7 @@ class _Runner:
 def perturb_weight(weight: torch.Tensor, layer: LayerInfo, kind: str, level: int | float, sweep: Sweep) -> tuple[torch.Tensor, float]:
     """The layer's weight after one cell's change (for ``structured``: its channels zeroed) and the
     cell's proxy (weight SQNR in dB, or energy kept for ``rank``)."""
-    axis = output_axis(layer)
+    axis = layer.out_axis
     with torch.no_grad():
         if kind == "bits":
             changed = quantize_weight(weight, level, sweep.scheme, sweep.granularity, axis=axis).values

@@ -33,6 +33,7 @@ from .primitives import (
     quantize_weight,
     singular_values,
     sqnr_db,
+    sqnr_from_energies,
 )
 from .recover import distillation_loss
 from .weights import prune_mask
@@ -166,7 +167,7 @@ def pruning_mask_2d(weight: torch.Tensor, kind: str, ratio: float = 0.5) -> dict
     ``kind``: ``unstructured`` (smallest magnitudes), ``structured`` (whole output channels, the
     lowest L2 norms: zero rows) or an N:M pattern such as ``"2:4"`` (``ratio`` is then 1 - N/M).
     """
-    config = PruneConfig(ratio=ratio, kind=kind)
+    config = PruneConfig.with_kind(kind, ratio)
     matrix = weight.reshape(weight.shape[0], -1)
     try:
         if kind == "structured":
@@ -283,7 +284,7 @@ def calibration_ranges(activations: np.ndarray, bits: int = 8, percentiles: tupl
                 "range": [-threshold, threshold],
                 "clipped": float(np.mean(magnitudes > threshold)),
                 "mse": noise / len(values),
-                "sqnr_db": math.inf if noise == 0 else 10 * math.log10(signal / noise),
+                "sqnr_db": sqnr_from_energies(signal, noise),
             }
         )
     return {"bits": bits, "samples": int(len(values)), "histogram": _histogram(values, bins=100), "methods": methods}

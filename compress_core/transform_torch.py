@@ -23,7 +23,7 @@ from .primitives import (
     sqnr_db,
     truncated_svd,
 )
-from .weights import output_axis, prune_mask
+from .weights import prune_mask
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -52,7 +52,7 @@ def apply_torch(
         if config.prune is not None and config.prune.kind != "structured" and config.prune.ratio > 0:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                mask = prune_mask(parameter.data, config.prune, out_axis=output_axis(layers[name]))
+                mask = prune_mask(parameter.data, config.prune, out_axis=layers[name].out_axis)
                 parameter.data.mul_(mask)
                 record.masks[weight_name] = mask
                 if config.prune.n_m:
@@ -61,7 +61,7 @@ def apply_torch(
         if config.bits is not None:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                quantized = quantize_weight(parameter.data, config.bits, config.scheme, config.granularity, axis=output_axis(layers[name]))
+                quantized = quantize_weight(parameter.data, config.bits, config.scheme, config.granularity, axis=layers[name].out_axis)
                 parameter.data.copy_(quantized.values)
                 record.quantized[weight_name] = quantized
     for name in configs:
@@ -156,7 +156,7 @@ def _prune_structured(
             record.notes.append(f"{name}: output channels left alone (they are the model's outputs); structured pruning skipped")
             continue
         handler = _out_channel_handler(module, name, tp)
-        axis = output_axis(layers[name])  # the last factor of a low-rank layer is a Linear or Conv: axis 0 too
+        axis = layers[name].out_axis  # the last factor of a low-rank layer is a Linear or Conv: axis 0 too
         planned_channels = layers[name].weight_shape[axis] if len(targets[name]) == 1 else module.weight.shape[axis]
         if module.weight.shape[axis] < planned_channels:
             record.notes.append(f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again")

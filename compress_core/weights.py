@@ -2,26 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .plan import PruneConfig
 from .primitives import magnitude_mask, n_m_mask
-
-if TYPE_CHECKING:  # the inventory may use this module, so no import at run time
-    from .inventory import LayerInfo
-
-TRANSPOSED_CONV_PREFIX = "ConvTranspose"
-
-
-def output_axis(layer: LayerInfo) -> int:
-    """The axis of the layer's weight that holds its output channels.
-
-    A torch ``ConvTranspose*`` weight is ``[in, out / groups, *kernel]``: axis 1. Every other layer
-    takes ``layer.out_axis`` (0 for torch weights; 0 or 1 for an ONNX Gemm / MatMul).
-    """
-    return 1 if layer.type.startswith(TRANSPOSED_CONV_PREFIX) else layer.out_axis
 
 
 def prune_mask(weight: torch.Tensor, prune: PruneConfig, out_axis: int) -> torch.Tensor:

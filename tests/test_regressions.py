@@ -100,13 +100,18 @@ def programs(tmp_path_factory):
     return fixed, free
 
 
-@pytest.fixture
-def layers(programs, monkeypatch):
-    """The layers, read from the dynamic twin: ``layer_inventory`` probes with one sample, which a
-    static-batch program refuses (compress_core/inventory.py; not part of this change)."""
-    found = layer_inventory(programs[1])
-    monkeypatch.setattr("compress_core.sensitivity.layer_inventory", lambda handle: found)
-    return found
+@pytest.fixture(scope="module")
+def layers(programs):
+    """The static-batch program's own inventory (its probe batch is padded to the program's batch)."""
+    return layer_inventory(programs[0])
+
+
+def test_the_inventory_of_a_static_batch_program_matches_its_dynamic_twin(programs, layers):
+    expected = layer_inventory(programs[1])
+    assert [(layer.name, layer.weight_shape, layer.macs) for layer in layers] == [
+        (layer.name, layer.weight_shape, layer.macs) for layer in expected
+    ]
+    assert all(layer.macs > 0 for layer in layers)  # MACs per sample, not per padded batch
 
 
 def test_a_static_batch_program_runs_any_number_of_samples(programs):
@@ -165,6 +170,12 @@ class _VolumeNet(nn.Module):
 def _volume_handle(groups: int = 1) -> ModelHandle:
     spec = InputSpec((2, 4, 8, 8))
     return ModelHandle("volume", "torch", _VolumeNet(groups).eval(), spec, generated_data(spec), kind="sample")
+
+
+def test_the_inventory_gives_a_conv_transpose_its_output_axis():
+    layers = {layer.name: layer for layer in layer_inventory(_volume_handle())}
+    assert (layers["up"].type, layers["up"].out_axis, len(layers["up"].channel_max)) == ("ConvTranspose2d", 1, 12)
+    assert (layers["conv3d"].type, layers["conv3d"].out_axis, len(layers["conv3d"].channel_max)) == ("Conv3d", 0, 8)
 
 
 def test_conv_transpose_weights_are_quantized_and_n_m_pruned_per_output_channel():
