@@ -15,6 +15,7 @@ from .handle import ModelHandle
 from .inventory import LayerInfo, layer_inventory
 from .plan import LayerConfig, Plan
 from .primitives import resolve_rank
+from .weights import check_n_m_fits
 
 REWRITABLE_KINDS = ("sample", "state_dict", "pickle")
 RNN_TYPES = ("LSTM", "GRU", "RNN")
@@ -82,8 +83,4 @@ def check_layer_config(handle: ModelHandle, layer: LayerInfo, config: LayerConfi
                 f"{where}: prune ratio {config.prune.ratio} would remove all {channels} output channels; "
                 f"use a ratio below {1 - 0.5 / channels:.3f}"
             )
-    nm = config.prune.n_m
-    if nm is not None:
-        in_size = math.prod(layer.weight_shape) // layer.weight_shape[layer.out_axis]
-        if in_size % nm[1]:
-            raise CompressError(f"{where}: {config.prune.kind} pruning needs the input size ({in_size}) to be a multiple of {nm[1]}")
+    check_n_m_fits(where, config.prune, layer.weight_shape, layer.out_axis)

@@ -23,7 +23,7 @@ from .primitives import (
     sqnr_db,
     truncated_svd,
 )
-from .weights import prune_mask
+from .weights import check_n_m_fits, prune_mask
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -52,6 +52,8 @@ def apply_torch(
         if config.prune is not None and config.prune.kind != "structured" and config.prune.ratio > 0:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
+                where = f"layer '{name}' (weight '{weight_name}' of shape {tuple(parameter.shape)} after low-rank / structured pruning)"
+                check_n_m_fits(where, config.prune, tuple(parameter.shape), layers[name].out_axis)
                 mask = prune_mask(parameter.data, config.prune, out_axis=layers[name].out_axis)
                 parameter.data.mul_(mask)
                 record.masks[weight_name] = mask

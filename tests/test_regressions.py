@@ -216,3 +216,21 @@ def test_an_n_m_kind_refuses_a_ratio_it_does_not_prune():
         PruneConfig(ratio=0.3, kind="2:4")
     assert PruneConfig(kind="1:4").ratio == PruneConfig(ratio=0.75, kind="1:4").ratio == 0.75
     assert PruneConfig(ratio=0.667, kind="1:3").ratio == pytest.approx(2 / 3)  # rounded as people write it
+
+
+@pytest.mark.parametrize(
+    "recipe,message",
+    [
+        (
+            {"version": 1, "default": {"prune": {"kind": "1:2"}, "rank": 1}, "layers": {}},
+            r"^layer 'fc1' \(weight 'fc1.1.weight' of shape \(128, 1\) after low-rank / structured pruning\): 1:2 pruning needs the input size \(1\) to be a multiple of 2$",
+        ),
+        (
+            {"version": 1, "default": {"prune": {"kind": "1:2"}}, "layers": {"fc3": {"prune": {"ratio": 0.78125, "kind": "structured"}}}},
+            r"^layer 'head' \(weight 'head.weight' of shape \(10, 7\) after low-rank / structured pruning\): 1:2 pruning needs the input size \(7\) to be a multiple of 2$",
+        ),
+    ],
+)
+def test_n_m_pruning_checks_the_shape_that_low_rank_or_structured_pruning_left(recipe, message):
+    with pytest.raises(CompressError, match=message):
+        apply_plan(load_model("digits_mlp"), Plan.from_dict(recipe))
