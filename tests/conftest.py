@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import tempfile
 from pathlib import Path
 
@@ -44,22 +43,14 @@ def cpu_has_vnni() -> bool:
 
 @pytest.fixture
 def private_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Uploads, exports and the sensitivity cache of the app under this test's own ``tmp_path``.
+    """The app's working files and the sensitivity cache under this test's own ``tmp_path``.
 
-    The app writes uploads and export folders under fixed folders and the sensitivity cache under
-    ``$XDG_CACHE_HOME``: tests running side by side (or a user's earlier run) would share them.
+    The app keeps uploads and exports in a private folder made under the temp folder of the moment
+    (``explorer_ui.sources.private_dir``), and the sensitivity cache under ``$XDG_CACHE_HOME``: tests
+    running side by side (or a user's earlier run) would otherwise share them.
     """
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # for folders derived from gettempdir() at call time
-    targets = {
-        "explorer_ui.sources": {"UPLOAD_DIR": tmp_path / "uploads"},
-        "explorer_ui.exporting": {"EXPORT_DIR": tmp_path / "exports"},
-    }
-    for module_name, attributes in targets.items():
-        module = importlib.import_module(module_name)
-        for name, folder in attributes.items():
-            if hasattr(module, name):  # the app may compute these folders differently one day
-                monkeypatch.setattr(module, name, folder)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     return tmp_path

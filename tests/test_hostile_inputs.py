@@ -1,5 +1,9 @@
 """Hostile model and data files, built here: each is one `error:` line with exit code 2 and runs nothing.
 
+The rest of the hostile inputs live beside this file: recipes and regexes in
+``test_hostile_plan.py``; uploads, the graph server (``/%00``, other sessions' tokens), failing
+background jobs and private working files in ``test_hostile_app.py``.
+
 A payload that would run proves it by creating the file ``pwned`` (pickles) or printing a line
 (TorchScript ``__setstate__``); the tests check both are absent, and that the payloads do fire
 once the user says they trust the file, so the refusals are not vacuous.
