@@ -23,19 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import compress_core as cc  # noqa: E402
 from compress_core import jsonio  # noqa: E402
-from compress_core.apply import apply_plan  # noqa: E402
-from compress_core.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
-from compress_core.int8 import Int8Options, quantize_ort_default  # noqa: E402
-from compress_core.latency import measure_latency  # noqa: E402
+from compress_core.transform.apply import apply_plan  # noqa: E402
+from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
+from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
+from compress_core.ort.latency import measure_latency  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
-from compress_core.recover import finetune  # noqa: E402
+from compress_core.analysis.recover import finetune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 ALL_8BIT = "version: 1\ndefault: {bits: 8}\n"
 PRUNED = "version: 1\ndefault: {prune: {ratio: 0.5, kind: structured}}\n"
 PRUNED_8BIT = "version: 1\ndefault: {bits: 8, prune: {ratio: 0.5, kind: structured}}\n"
-RECOVER_EPOCHS = 8  # fine-tuning against the original (compress_core.recover) wins back the pruned accuracy
+RECOVER_EPOCHS = 8  # fine-tuning against the original (compress_core.analysis.recover) wins back the pruned accuracy
 MINILM_RECIPE = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
 
 

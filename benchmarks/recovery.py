@@ -1,7 +1,7 @@
 """Recovery benchmark: how much of an aggressive plan's accuracy drop distillation wins back, and how fast.
 
 On ``digits_cnn`` with 3-bit weights and 70 % unstructured pruning in every layer, fine-tune with the
-default settings of ``compress_core.recover.finetune`` under a budget of 60 s of CPU time (the run is
+default settings of ``compress_core.analysis.recover.finetune`` under a budget of 60 s of CPU time (the run is
 cancelled when the budget is spent). Writes ``benchmarks/results/recovery.md`` and ``recovery.json``.
 
     python benchmarks/recovery.py
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from compress_core import jsonio, load_model
-from compress_core.apply import apply_plan
+from compress_core.transform.apply import apply_plan
 from compress_core.atomic import atomic_write_text
-from compress_core.metrics import evaluate
+from compress_core.analysis.metrics import evaluate
 from compress_core.plan import Plan
-from compress_core.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
+from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 
 MODEL = "digits_cnn"
 RECIPE = "{version: 1, default: {bits: 3, prune: {ratio: 0.7}}}"

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from compress_core import CompressError, jsonio, load_model
-from compress_core.apply import apply_plan
-from compress_core.metrics import evaluate
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import evaluate
 from compress_core.plan import Plan
-from compress_core.samples import sample_names
+from compress_core.models.samples import sample_names
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMON_PLANS = {

@@ -3,10 +3,10 @@
 Pure Python, no Streamlit. The public API is re-exported here.
 """
 
-from .errors import CompressError
-from .handle import EvalData, InputSpec, ModelHandle
-from .inventory import LayerInfo, layer_inventory, total_params
-from .loading import load_model, save_torchscript
+from compress_core.errors import CompressError
+from compress_core.models.handle import EvalData, InputSpec, ModelHandle
+from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
+from compress_core.models.loading import load_model, save_torchscript
 
 __all__ = [
     "CompressError",

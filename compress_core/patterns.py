@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re2
 
-from .errors import CompressError
+from compress_core.errors import CompressError
 
 RE2_SYNTAX = "RE2 syntax is required: no backreferences (\\1), lookarounds ((?=, (?!, (?<=) or possessive quantifiers"
 

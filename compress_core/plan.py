@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
-from .atomic import atomic_write_text
-from .errors import CompressError, first_line
-from .patterns import Pattern, compile_pattern
+from compress_core.atomic import atomic_write_text
+from compress_core.errors import CompressError, first_line
+from compress_core.patterns import Pattern, compile_pattern
 
 RECIPE_VERSION = 1
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16)

@@ -14,9 +14,9 @@ from typing import Any
 import streamlit as st
 
 from compress_core import LayerInfo, ModelHandle, layer_inventory, load_model
-from compress_core.metrics import evaluate
-from compress_core.onnx_export import to_onnx
-from compress_core.onnx_layers import layer_targets
+from compress_core.analysis.metrics import evaluate
+from compress_core.ort.export import to_onnx
+from compress_core.ort.layer_map import layer_targets
 
 from . import layer_data
 from .netron_server import NetronServer, SessionViewer, new_token

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.apply import apply_plan
-from compress_core.artifacts import export_artifacts, file_sizes
-from compress_core.export_bench import UNASSIGNED, bench_folder, layer_comparison
-from compress_core.int8 import Int8Options
+from compress_core.transform.apply import apply_plan
+from compress_core.ort.artifacts import export_artifacts, file_sizes
+from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
+from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
 
 from .sources import private_dir

@@ -1,4 +1,4 @@
-"""What the Layers page draws, computed from one layer's weight with ``compress_core.primitives``.
+"""What the Layers page draws, computed from one layer's weight with ``compress_core.ops.primitives``.
 
 Plain functions of arrays and ``LayerInfo``: no Streamlit (``cache`` wraps them). Bad settings
 (for example 2:4 pruning of a weight whose input size is 9) raise ``CompressError``.
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.inventory import layer_weight_array
+from compress_core.models.inventory import layer_weight_array
 from compress_core.plan import PruneConfig
-from compress_core.primitives import (
+from compress_core.ops.primitives import (
     break_even_rank,
     conv_as_matrix,
     energy_kept,
@@ -22,7 +22,7 @@ from compress_core.primitives import (
     singular_values,
     sqnr_db,
 )
-from compress_core.weights import prune_mask
+from compress_core.ops.weights import prune_mask
 
 OUTLIER_FACTOR = 3.0
 """A channel whose range exceeds this many times the median channel range is an outlier (as AIMET marks them)."""

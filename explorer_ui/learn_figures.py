@@ -1,4 +1,4 @@
-"""Plotly figures of the Learn page, each a pure function of ``compress_core.teaching``'s plain data.
+"""Plotly figures of the Learn page, each a pure function of ``compress_core.analysis.teaching``'s plain data.
 
 No Streamlit and no engine calls: the page computes the teaching data (cached) and draws what these
 functions build. Shared layout and colours come from ``figures``.

@@ -1,7 +1,7 @@
 """The Tune page's Recover panel, and the current compressed model that other pages use.
 
 Recovery fine-tunes the model of the last applied plan with the original as its teacher
-(``compress_core.recover.finetune``), in a ``BackgroundJob`` so the page keeps a progress bar and a
+(``compress_core.analysis.recover.finetune``), in a ``BackgroundJob`` so the page keeps a progress bar and a
 Stop button. The fine-tuned model is kept in ``st.session_state`` under ``RECOVERED`` (a
 ``ModelHandle``, the one non-plain value besides running jobs), tied to the history entry it was
 trained from: applying another plan makes it stale, and ``compressed_model`` falls back to the
@@ -17,10 +17,10 @@ from typing import Any
 import streamlit as st
 
 from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.apply import apply_plan
-from compress_core.metrics import evaluate
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import evaluate
 from compress_core.plan import Plan
-from compress_core.recover import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
+from compress_core.analysis.recover import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 
 from . import cache, figures, state, tuning
 from .jobs import BackgroundJob, Report

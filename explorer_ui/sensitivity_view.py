@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from compress_core import ModelHandle
-from compress_core.sensitivity import Progress, SensitivityResult, Sweep, run_sensitivity
+from compress_core.analysis.sensitivity import Progress, SensitivityResult, Sweep, run_sensitivity
 
 from .jobs import BackgroundJob, Report
 

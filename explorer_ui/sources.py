@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from compress_core import CompressError
-from compress_core.samples import sample_names
+from compress_core.models.samples import sample_names
 
 PRIVATE_PREFIX = "compress-explorer-"
 PRIVATE_MODE = 0o700

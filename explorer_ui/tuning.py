@@ -15,12 +15,12 @@ import math
 from typing import Any
 
 from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.apply import apply_plan
-from compress_core.metrics import evaluate
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import evaluate
 from compress_core.patterns import compile_pattern
 from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig, quoted
-from compress_core.report import ROWS as METRIC_ROWS
-from compress_core.report import format_value
+from compress_core.analysis.report import ROWS as METRIC_ROWS
+from compress_core.analysis.report import format_value
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))

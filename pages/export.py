@@ -5,7 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from compress_core import CompressError
-from compress_core.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options
+from compress_core.ort.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options
 from explorer_ui import cache, exporting, figures, recover_panel, state
 
 session = st.session_state

@@ -5,9 +5,11 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from compress_core import CompressError, ModelHandle, teaching
+from compress_core import CompressError, ModelHandle
+
+from compress_core.analysis import teaching
 from compress_core.plan import LayerConfig, Plan
-from compress_core.primitives import SCHEMES
+from compress_core.ops.primitives import SCHEMES
 from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivity_view, state
 
 NM_PATTERNS = ("2:4", "4:8", "1:4")

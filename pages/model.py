@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from compress_core.samples import digits_names
+from compress_core.models.samples import digits_names
 from explorer_ui import cache, layer_data, state
 from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
 

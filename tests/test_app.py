@@ -9,7 +9,7 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from compress_core.samples import digits_names
+from compress_core.models.samples import digits_names
 from apptest_helpers import RUN_TIMEOUT, button, finish_job, first_run
 from explorer_ui import sensitivity_view, state
 
@@ -62,7 +62,7 @@ def test_state_dict_upload_needs_an_architecture_and_then_loads(app, tmp_path):
 
     import torch
 
-    from compress_core.samples import build_architecture
+    from compress_core.models.samples import build_architecture
 
     buffer = io.BytesIO()
     torch.save(build_architecture("digits_mlp").state_dict(), buffer)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from compress_core import CompressError, layer_inventory, load_model
-from compress_core.apply import apply_plan
-from compress_core.metrics import evaluate
-from compress_core.onnx_export import to_onnx
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import evaluate
+from compress_core.ort.export import to_onnx
 from compress_core.plan import LayerConfig, Plan, PruneConfig
 
 

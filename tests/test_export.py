@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 import compress_core as cc
-from compress_core import artifacts, atomic
-from compress_core.apply import apply_plan
-from compress_core.artifacts import export_artifacts
+from compress_core import atomic
+from compress_core.ort import artifacts
+from compress_core.transform.apply import apply_plan
+from compress_core.ort.artifacts import export_artifacts
 from compress_core.cli import main
 from compress_core.errors import CompressError
-from compress_core.export_bench import bench_folder, layer_comparison
-from compress_core.int8 import Int8Options
+from compress_core.ort.bench import bench_folder, layer_comparison
+from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
 
 RECIPE = "version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"

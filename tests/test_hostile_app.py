@@ -45,7 +45,7 @@ def server():
 def mlp_onnx() -> bytes:
     """digits_mlp as an ONNX file's bytes (input: 64 floats per sample)."""
     import compress_core as cc
-    from compress_core.onnx_export import to_onnx
+    from compress_core.ort.export import to_onnx
 
     return to_onnx(cc.load_model("digits_mlp")).SerializeToString()
 
@@ -146,7 +146,7 @@ def test_the_export_page_asks_for_a_rebuild_when_its_folder_was_removed(app, pri
 def test_untrusted_torchscript_is_refused_and_the_previous_model_stays(app):
     import torch
 
-    from compress_core.samples import build_architecture
+    from compress_core.models.samples import build_architecture
 
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.trace(build_architecture("digits_mlp").eval(), torch.zeros(1, 64)), buffer)

@@ -9,12 +9,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import compress_core as cc
-from compress_core.apply import apply_plan
+from compress_core.transform.apply import apply_plan
 from compress_core.errors import CompressError
-from compress_core.int8 import Int8Options, quantize_int8
-from compress_core.onnx_export import to_onnx
-from compress_core.onnx_layers import layer_targets, module_scope
-from compress_core.onnx_prep import prepare_for_quantization
+from compress_core.ort.int8 import Int8Options, quantize_int8
+from compress_core.ort.export import to_onnx
+from compress_core.ort.layer_map import layer_targets, module_scope
+from compress_core.ort.prep import prepare_for_quantization
 from compress_core.plan import Plan
 
 MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"

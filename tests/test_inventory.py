@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from compress_core import layer_inventory, load_model, total_params
-from compress_core.handle import EvalData, InputSpec, ModelHandle
-from compress_core.inventory import weight_statistics
-from compress_core.onnx_export import to_onnx
+from compress_core.models.handle import EvalData, InputSpec, ModelHandle
+from compress_core.models.inventory import weight_statistics
+from compress_core.ort.export import to_onnx
 
 
 class Small(nn.Module):

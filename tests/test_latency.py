@@ -9,15 +9,15 @@ import onnx
 import pytest
 
 import compress_core as cc
-from compress_core import latency
-from compress_core.apply import apply_plan
+from compress_core.ort import latency
+from compress_core.transform.apply import apply_plan
 from compress_core.errors import CompressError
-from compress_core.int8 import Int8Options, quantize_int8
-from compress_core.latency import batch_of, measure_latency
-from compress_core.onnx_export import to_onnx
-from compress_core.onnx_layers import layer_targets
+from compress_core.ort.int8 import Int8Options, quantize_int8
+from compress_core.ort.latency import batch_of, measure_latency
+from compress_core.ort.export import to_onnx
+from compress_core.ort.layer_map import layer_targets
 from compress_core.plan import Plan
-from compress_core.profiling import FLOAT_COMPUTE_OPS, layer_of, op_census, profile_nodes
+from compress_core.ort.profiling import FLOAT_COMPUTE_OPS, layer_of, op_census, profile_nodes
 
 
 @pytest.fixture(scope="module")

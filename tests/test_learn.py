@@ -77,7 +77,7 @@ def _widget(at: AppTest, key: str):
 
 def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> None:
     from compress_core import load_model
-    from compress_core.onnx_export import to_onnx
+    from compress_core.ort.export import to_onnx
 
     onnx_bytes = to_onnx(load_model("digits_cnn")).SerializeToString()
     app.file_uploader(key=state.UPLOAD_MODEL).set_value(("cnn.onnx", onnx_bytes, "application/octet-stream"))

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from compress_core import CompressError, layer_inventory, load_model, save_torchscript, total_params
-from compress_core.evaldata import MAX_DATA_BYTES_ENV, load_npz
-from compress_core.onnx_export import to_onnx
+from compress_core.models.evaldata import MAX_DATA_BYTES_ENV, load_npz
+from compress_core.ort.export import to_onnx
 
 TRUST_REFUSAL = r"loading it runs code stored in the file, so it is refused unless you say you trust it \(CLI: --trust-code"
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from compress_core import load_model
-from compress_core.apply import apply_plan
-from compress_core.metrics import METRIC_KEYS, evaluate, output_fidelity
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import METRIC_KEYS, evaluate, output_fidelity
 from compress_core.plan import LayerConfig, Plan, PruneConfig
 
 

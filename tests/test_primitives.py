@@ -1,4 +1,4 @@
-"""Exact-reference tests for compress_core.primitives (pure tensor functions)."""
+"""Exact-reference tests for compress_core.ops.primitives (pure tensor functions)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress_core.primitives import (
+from compress_core.ops.primitives import (
     QuantizedWeight,
     break_even_rank,
     channel_scores,

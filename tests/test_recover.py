@@ -11,11 +11,11 @@ import torch
 
 from compress_core import CompressError, load_model
 from compress_core.cli import main
-from compress_core.apply import apply_plan
-from compress_core.handle import EvalData, ModelHandle
-from compress_core.metrics import evaluate, output_fidelity
+from compress_core.transform.apply import apply_plan
+from compress_core.models.handle import EvalData, ModelHandle
+from compress_core.analysis.metrics import evaluate, output_fidelity
 from compress_core.plan import Plan
-from compress_core.recover import finetune, training_data
+from compress_core.analysis.recover import finetune, training_data
 from sample_models import digits_split
 
 AGGRESSIVE = "{version: 1, default: {bits: 3, prune: {ratio: 0.7}}}"

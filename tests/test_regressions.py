@@ -12,15 +12,15 @@ import torch
 from torch import nn
 
 from compress_core import CompressError, layer_inventory, load_model
-from compress_core.apply import apply_plan
-from compress_core.evaldata import generated_data
-from compress_core.handle import InputSpec, ModelHandle
-from compress_core.metrics import evaluate, output_fidelity
-from compress_core.onnx_export import to_onnx
+from compress_core.transform.apply import apply_plan
+from compress_core.models.evaldata import generated_data
+from compress_core.models.handle import InputSpec, ModelHandle
+from compress_core.analysis.metrics import evaluate, output_fidelity
+from compress_core.ort.export import to_onnx
 from compress_core.plan import LayerConfig, Plan, PruneConfig
-from compress_core.primitives import sqnr_db
-from compress_core.recover import finetune
-from compress_core.sensitivity import Sweep, hessian_traces, run_sensitivity
+from compress_core.ops.primitives import sqnr_db
+from compress_core.analysis.recover import finetune
+from compress_core.analysis.sensitivity import Sweep, hessian_traces, run_sensitivity
 from explorer_ui import tuning
 
 FIXED_BATCH = 4

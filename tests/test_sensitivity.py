@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from compress_core import CompressError, load_model
-from compress_core.activation_cache import StagedModel, as_numpy
-from compress_core.handle import RUN_BATCH
+from compress_core.analysis.activation_cache import StagedModel, as_numpy
+from compress_core.models.handle import RUN_BATCH
 from compress_core.cli import main
-from compress_core.sensitivity import CSV_COLUMNS, Sweep, run_sensitivity
-from compress_core.transform_torch import copy_module
+from compress_core.analysis.sensitivity import CSV_COLUMNS, Sweep, run_sensitivity
+from compress_core.transform.torch_backend import copy_module
 
 BITS = Sweep(kinds=("bits",))
 
@@ -108,7 +108,7 @@ def test_untraceable_model_falls_back_to_full_passes():
 
 def test_cached_repeat_reads_the_disk_cache_and_evaluates_nothing(mlp, tmp_path, monkeypatch):
     # Whether the repeat is fast is for the benchmarks; here: it measures no cell and runs no model.
-    from compress_core import sensitivity
+    from compress_core.analysis import sensitivity
 
     runners = []
     real_runner = sensitivity._Runner

@@ -7,8 +7,8 @@ import pytest
 from compress_core import CompressError, load_model
 from compress_core.cli import main
 from compress_core.plan import LayerConfig, Plan
-from compress_core.sensitivity import Sweep, run_sensitivity
-from compress_core.suggest import measure_plan, suggest_plan, uniform_plan
+from compress_core.analysis.sensitivity import Sweep, run_sensitivity
+from compress_core.analysis.suggest import measure_plan, suggest_plan, uniform_plan
 
 SWEEP = Sweep(kinds=("bits", "prune"))
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from compress_core import CompressError, load_model
-from compress_core.apply import apply_plan
-from compress_core.handle import ModelHandle
+from compress_core.transform.apply import apply_plan
+from compress_core.models.handle import ModelHandle
 from compress_core.plan import Plan
-from compress_core.teaching import (
+from compress_core.analysis.teaching import (
     binarize,
     calibration_ranges,
     distillation_view,

@@ -1,0 +1,45 @@
+"""``apply MODEL --recipe R --out DIR``: write the compressed model and its metrics."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import onnx
+
+from compress_core import jsonio
+from compress_core.transform.apply import apply_plan
+from compress_core.atomic import atomic_write_bytes, atomic_write_text
+from compress_core.models.loading import save_torchscript
+from compress_core.analysis.metrics import evaluate
+from compress_core.ort.export import to_onnx
+from compress_core.plan import Plan
+from compress_core.analysis.report import metrics_markdown
+from compress_core.cli.common import add_model_arguments, load_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("apply", help="apply a recipe and write the compressed model and metrics")
+    add_model_arguments(parser)
+    parser.add_argument("--recipe", required=True, help="recipe file (YAML or JSON)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    plan = Plan.load(args.recipe)
+    compressed = apply_plan(handle, plan)
+    metrics = evaluate(handle, compressed)
+    out = Path(args.out)
+    written = [atomic_write_bytes(out / "model.onnx", to_onnx(compressed).SerializeToString())]
+    if compressed.backend == "torch":
+        save_torchscript(compressed, out / "model.ts")
+        written.append(out / "model.ts")
+    written.append(plan.save(out / "recipe.yaml"))
+    written.append(atomic_write_text(out / "metrics.json", jsonio.dumps(metrics)))
+    written.append(atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed")))
+    onnx.checker.check_model(str(out / "model.onnx"))
+    for path in written:
+        print(path)
+    return 0

@@ -1,0 +1,86 @@
+"""Options shared by the subcommands that load a model, and plain-text table printing."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from compress_core import jsonio
+from compress_core.errors import CompressError
+from compress_core.models.evaldata import MAX_DATA_BYTES, MAX_DATA_BYTES_ENV
+from compress_core.models.handle import ModelHandle
+from compress_core.models.loading import load_model
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL and the options that say how to load it."""
+    parser.add_argument("model", metavar="MODEL", help="a sample name (e.g. digits_cnn) or a model file")
+    parser.add_argument(
+        "--data",
+        help=f".npz with 'inputs' (and optional integer 'labels') for evaluation; each array at most "
+        f"{MAX_DATA_BYTES // 2**20} MiB unless {MAX_DATA_BYTES_ENV} says otherwise",
+    )
+    parser.add_argument("--input-shape", type=parse_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    parser.add_argument(
+        "--architecture", help="built-in architecture a state_dict file (.pt/.pth/.bin or .safetensors) fits"
+    )
+    parser.add_argument(
+        "--trust-code",
+        "--trust-pickle",
+        dest="trust_code",
+        action="store_true",
+        help="load a file whose loading runs code stored in it: TorchScript (.ts/.jit, or a TorchScript .pt), "
+        "a .pt2 with pickled parts, a full pickle; only for files you trust (--trust-pickle is the old name)",
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> ModelHandle:
+    """Load the model the common arguments describe."""
+    return load_model(
+        args.model,
+        input_shape=args.input_shape,
+        data=args.data,
+        architecture=args.architecture,
+        trust_code=args.trust_code,
+    )
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,8,8"`` -> ``(1, 8, 8)``; anything else is a one-line error."""
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"input shape '{text}' is not a comma-separated list of integers") from exc
+    if not shape or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"input shape '{text}' must be positive integers, e.g. 1,8,8")
+    return shape
+
+
+def print_json(payload: Any) -> None:
+    """JSON on stdout, indented."""
+    print(jsonio.dumps(payload))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with right-aligned numbers."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) if rows else False for i in range(len(headers))]
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ``CompressError`` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise CompressError(message)

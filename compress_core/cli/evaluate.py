@@ -1,0 +1,36 @@
+"""``evaluate MODEL [--recipe R]``: original and compressed metrics side by side."""
+
+from __future__ import annotations
+
+import argparse
+
+from compress_core.transform.apply import apply_plan
+from compress_core.analysis.metrics import evaluate
+from compress_core.plan import Plan
+from compress_core.analysis.report import ROWS, format_value
+from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="accuracy, fidelity, size and MACs, before and after a recipe")
+    add_model_arguments(parser)
+    parser.add_argument("--recipe", help="recipe file (YAML or JSON); without it only the original is measured")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {original, compressed}")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    compressed = apply_plan(handle, Plan.load(args.recipe)) if args.recipe else None
+    metrics = evaluate(handle, compressed)
+    if args.json:
+        print_json(metrics)
+        return 0
+    columns = [key for key in ("original", "compressed") if key in metrics]
+    rows = [[label, *(format_value(metrics[c][key], kind) for c in columns)] for key, label, kind in ROWS]
+    print(format_table(["metric", *columns], rows))
+    for note in metrics.get("compressed", {}).get("notes", []):
+        print(f"note: {note}")
+    if handle.data.generated:
+        print("note: no evaluation data was given; inputs were generated, so only fidelity to the original is meaningful")
+    return 0

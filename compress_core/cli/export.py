@@ -1,0 +1,46 @@
+"""``export MODEL --recipe R --out DIR``: the compressed model's files, recipe, metrics and report."""
+
+from __future__ import annotations
+
+import argparse
+
+from compress_core.transform.apply import apply_plan
+from compress_core.ort.artifacts import export_artifacts, headline
+from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
+from compress_core.plan import Plan
+from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="write ONNX (fp32, optional int8), torch weights, recipe, metrics and report")
+    add_model_arguments(parser)
+    parser.add_argument("--recipe", required=True, help="the plan: a YAML or JSON recipe file")
+    parser.add_argument("--out", required=True, help="destination folder (created; existing files of the same name are replaced)")
+    parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx through ONNX Runtime's quantizer")
+    parser.add_argument("--calibration", type=int, default=Int8Options.calibration_samples, metavar="N", help="calibration samples (static int8)")
+    parser.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default=Int8Options.method, help="activation range calibration")
+    parser.add_argument("--activations", choices=("uint8", "int8"), default=Int8Options.activations, help="activation type (uint8 = U8S8, fastest on x86)")
+    parser.add_argument("--dynamic", action="store_true", help="dynamic int8 (weights only; for transformers) instead of static")
+    parser.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    plan = Plan.load(args.recipe)
+    options = None
+    if args.int8 or args.dynamic:
+        options = Int8Options(args.calibrate_method, args.calibration, args.activations, args.dynamic)
+    result = export_artifacts(handle, apply_plan(handle, plan), args.out, options)
+    if args.json:
+        print_json(result.metrics)
+        return 0
+    task = result.metrics["task"]
+    rows = [
+        [name, entry["bytes"], entry["zip_bytes"], headline(entry, task)[1] if "cosine" in entry else None]
+        for name, entry in result.metrics["artifacts"].items()
+    ]
+    key = headline(result.metrics["pytorch"]["original"], task)[0]
+    print(format_table(("file", "bytes", "zip_bytes", f"{key} (ORT)"), rows))
+    print(f"\nwrote {len(result.files)} files to {result.folder} (report: {result.folder / 'report.md'})")
+    return 0

@@ -1,0 +1,79 @@
+"""``sensitivity MODEL``: the per-layer sensitivity table, written as CSV (and printed in short)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from compress_core.atomic import atomic_write_text
+from compress_core.errors import CompressError
+from compress_core.analysis.sensitivity import CSV_COLUMNS, KINDS, Progress, Sweep, run_sensitivity
+from compress_core.cli.common import add_model_arguments, format_table, load_from_args
+
+SHOWN_LAYERS = 10
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``sensitivity`` subcommand."""
+    parser = subparsers.add_parser("sensitivity", help="measure each layer's sensitivity to bits, pruning and rank")
+    add_model_arguments(parser)
+    add_sweep_arguments(parser, default_kinds=",".join(KINDS))
+    parser.add_argument("--hessian", action="store_true", help="add Hutchinson Hessian-trace rows (kind 'hessian')")
+    parser.add_argument("--out", type=Path, required=True, help="CSV file: layer,kind,level,metric,drop,proxy")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(func=run)
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser, default_kinds: str) -> None:
+    """The sweep's kinds and levels, and the result cache."""
+    parser.add_argument("--kinds", default=default_kinds, help=f"comma-separated, of {', '.join(KINDS)} (default {default_kinds})")
+    parser.add_argument("--bits", default="8,6,4,3,2", help="bit widths to try (default 8,6,4,3,2)")
+    parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="prune ratios to try")
+    parser.add_argument("--ranks", default="0.75,0.5,0.25,0.1", help="ranks to try, as fractions of full rank")
+    parser.add_argument("--cache-dir", type=Path, help="folder for cached results (default ~/.cache/compress_explorer/sensitivity)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached results")
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    """The ``Sweep`` the arguments describe; bad values are one-line errors."""
+    return Sweep(
+        bits=_levels(args.bits, "--bits"),
+        prune=_levels(args.ratios, "--ratios"),
+        ranks=_levels(args.ranks, "--ranks"),
+        kinds=tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip()),
+    )
+
+
+def cache_from_args(args: argparse.Namespace) -> bool | Path:
+    """The ``cache`` argument of ``run_sensitivity``: False, a folder, or True (the default folder)."""
+    return False if args.no_cache else (args.cache_dir or True)
+
+
+def _levels(text: str, option: str) -> tuple[int | float, ...]:
+    """``"8,4"`` -> ``(8, 4)``, ``"0.5,0.25"`` -> ``(0.5, 0.25)``: integers stay integers."""
+    try:
+        return tuple(int(part) if part.strip().isdigit() else float(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise CompressError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
+
+
+def _print_progress(step: Progress) -> None:
+    print(f"\rlayer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}", end="", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    sweep = sweep_from_args(args)
+    result = run_sensitivity(handle, sweep, hessian=args.hessian, cache=cache_from_args(args), progress=None if args.quiet else _print_progress)
+    atomic_write_text(args.out, result.to_csv())
+    if not args.quiet:
+        print(file=sys.stderr)
+    rows = result.ranked_rows(sweep.kinds[0])[:SHOWN_LAYERS]
+    print(format_table(CSV_COLUMNS, [[getattr(row, column) for column in CSV_COLUMNS] for row in rows]))
+    source = "cache" if result.cached else result.strategy
+    print(
+        f"\n{len(result.rows)} cells measured, {len(result.skipped)} skipped; original {result.metric_name} {result.baseline:.2f}%; "
+        f"{result.seconds:.2f} s ({source}); table written to {args.out}"
+    )
+    return 0

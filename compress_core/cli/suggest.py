@@ -1,0 +1,42 @@
+"""``suggest MODEL --target-size R``: a per-layer plan from the sensitivity table, saved as a recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compress_core.analysis.suggest import suggest_plan, uniform_plan
+from compress_core.cli.common import add_model_arguments, format_table, load_from_args
+from compress_core.cli.sensitivity import add_sweep_arguments, cache_from_args, sweep_from_args
+
+SHOWN = ("metric", "drop", "output_sqnr_db", "size_ratio", "macs_ratio", "plan_bytes")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``suggest`` subcommand."""
+    parser = subparsers.add_parser("suggest", help="suggest a per-layer plan for a size / MACs / drop budget")
+    add_model_arguments(parser)
+    parser.add_argument("--target-size", type=float, help="plan bytes / float bytes to reach, e.g. 0.15")
+    parser.add_argument("--target-macs", type=float, help="compressed / original MACs to reach, e.g. 0.7 (needs structured or rank kinds)")
+    parser.add_argument("--max-drop", type=float, help="largest allowed drop of the metric, in points, e.g. 1.0")
+    parser.add_argument("--out", type=Path, required=True, help="recipe file to write (.yaml, or .json)")
+    parser.add_argument("--compare-uniform", action="store_true", help="also measure the widest uniform bit width within the size target")
+    add_sweep_arguments(parser, default_kinds="bits,prune")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handle = load_from_args(args)
+    sweep = sweep_from_args(args)
+    suggestion = suggest_plan(
+        handle, target_size=args.target_size, target_macs=args.target_macs, max_drop=args.max_drop, sweep=sweep, cache=cache_from_args(args)
+    )
+    suggestion.plan.save(args.out)
+    rows = [["suggested", *(suggestion.metrics[key] for key in SHOWN)]]
+    if args.compare_uniform and args.target_size is not None:
+        plan, metrics = uniform_plan(handle, args.target_size, sweep)
+        rows.append([f"uniform {plan.default.bits}-bit", *(metrics[key] for key in SHOWN)])
+    print(format_table(("plan", *SHOWN), rows))
+    status = "all budgets met" if suggestion.met else "; ".join(suggestion.notes)
+    print(f"\n{len(suggestion.plan.layers)} layers planned; {status}; recipe written to {args.out}")
+    return 0 if suggestion.met else 1

@@ -1,1 +1,0 @@
-"""CLI subcommands; each module registers one (see ``compress_core.cli``)."""

@@ -1,0 +1,222 @@
+"""The export folder: ONNX and torch files of a compressed model, its recipe, metrics and a report.
+
+Everything is first written into a hidden staging folder next to the destination; every ONNX file
+is loaded and run once in ONNX Runtime on the evaluation data (its accuracy or fidelity is what the
+report shows); only then is each file moved into place with an atomic rename. A failure at any step
+removes the staging folder, so the destination never holds a partial file. A rebuild into the same
+folder removes the files it does not make (``model_int8.onnx`` of an earlier build with int8), so
+``bench`` never measures a stale file.
+
+Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model.pt``
+(torch handles: the compressed ``state_dict``), ``recipe.yaml``, ``metrics.json``, ``report.md``,
+and what ``bench`` needs: ``original_fp32.onnx`` and ``eval_data.npz``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from compress_core import jsonio
+from compress_core.atomic import sanitize_filename
+from compress_core.errors import CompressError, first_line
+from compress_core.models.handle import ModelHandle
+from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
+from compress_core.models.inventory import layer_inventory
+from compress_core.analysis.metrics import evaluate, output_fidelity
+from compress_core.ort.export import to_onnx
+from compress_core.ort.layer_map import layer_targets
+from compress_core.analysis.report import metrics_markdown
+
+ORIGINAL_ONNX = "original_fp32.onnx"
+FP32_ONNX = "model_fp32.onnx"
+INT8_ONNX = "model_int8.onnx"
+TORCH_WEIGHTS = "model.pt"
+RECIPE = "recipe.yaml"
+METRICS = "metrics.json"
+REPORT = "report.md"
+EVAL_DATA = "eval_data.npz"
+FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX, TORCH_WEIGHTS, RECIPE, EVAL_DATA, METRICS, REPORT)
+ONNX_FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX)
+RUN_BATCH = 256
+
+
+@dataclass
+class ExportResult:
+    """The destination folder, the files written (by name) and the content of ``metrics.json``."""
+
+    folder: Path
+    files: dict[str, Path]
+    metrics: dict[str, Any]
+
+
+def export_artifacts(
+    original: ModelHandle,
+    compressed: ModelHandle,
+    folder: str | Path,
+    int8: Int8Options | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Write the export folder for ``compressed`` (from ``apply_plan(original, plan)``).
+
+    ``int8`` adds ``model_int8.onnx`` made with those options. ``progress`` receives a short
+    description of each step (for a status line). Raises ``CompressError`` for any bad input; the
+    destination then holds no new file.
+    """
+    if compressed.compression is None:
+        raise CompressError(f"model '{compressed.name}' carries no plan; apply a plan before exporting it")
+    say = progress or (lambda step: None)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CompressError(f"{folder}: exists and is not a folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{sanitize_filename(original.name)}.", suffix=".partial", dir=folder.parent))
+    try:
+        say("exporting ONNX")
+        fp32 = to_onnx(compressed)
+        onnx.save(to_onnx(original), staging / ORIGINAL_ONNX)
+        onnx.save(fp32, staging / FP32_ONNX)
+        if compressed.backend == "torch":
+            torch.save(compressed.model.state_dict(), staging / TORCH_WEIGHTS)
+        compressed.compression.plan.save(staging / RECIPE)
+        data = original.data
+        arrays = {"inputs": data.inputs} if data.labels is None else {"inputs": data.inputs, "labels": data.labels}
+        np.savez_compressed(staging / EVAL_DATA, **arrays)
+        quantized = None
+        if int8 is not None:
+            say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
+            quantized = quantize_int8(compressed, staging / INT8_ONNX, int8, fp32)
+        say("running every ONNX file in ONNX Runtime")
+        metrics = _metrics(original, compressed, fp32, staging, int8, quantized)
+        (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
+        (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
+        folder.mkdir(exist_ok=True)
+        files = {}
+        for name in FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, folder / name)
+                files[name] = folder / name
+            else:
+                (folder / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(folder, files, metrics)
+
+
+def file_sizes(path: Path) -> dict[str, int]:
+    """Bytes on disk, raw and zip-compressed (``ZIP_DEFLATED``)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(path, path.name)
+    return {"bytes": path.stat().st_size, "zip_bytes": len(buffer.getvalue())}
+
+
+def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
+    """The first output of the ONNX file on ``inputs``, run in ONNX Runtime in batches."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.concatenate(
+            [session.run(None, {name: inputs[i : i + RUN_BATCH]})[0] for i in range(0, len(inputs), RUN_BATCH)]
+        )
+    except Exception as exc:  # ORT's errors carry no common type
+        first = first_line(exc, 200)
+        raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
+
+
+def headline(fidelity: dict[str, Any], task: str) -> tuple[str, float | None]:
+    """The one figure to show: accuracy where labels exist, cosine for embeddings, else agreement."""
+    key = "cosine" if task == "embedding" else ("accuracy" if fidelity.get("accuracy") is not None else "agreement")
+    return key, fidelity.get(key)
+
+
+def _metrics(
+    original: ModelHandle,
+    compressed: ModelHandle,
+    fp32: onnx.ModelProto,
+    staging: Path,
+    int8: Int8Options | None,
+    quantized: Int8Result | None,
+) -> dict[str, Any]:
+    reference = original.run(original.data.inputs)
+    artifacts = {}
+    for name in FILES:
+        path = staging / name
+        if name in (METRICS, REPORT) or not path.exists():
+            continue
+        entry: dict[str, Any] = file_sizes(path)
+        if name in ONNX_FILES:
+            outputs = run_onnx(path, original.data.inputs)
+            entry.update(output_fidelity(reference, outputs, original.data.labels, original.task))
+        artifacts[name] = entry
+    targets = layer_targets(compressed, fp32, layer_inventory(compressed))
+    return {
+        "model": original.name,
+        "task": original.task,
+        "data": {"origin": original.data.origin, "samples": len(original.data)},
+        "pytorch": evaluate(original, compressed),
+        "artifacts": artifacts,
+        "int8": None
+        if quantized is None or int8 is None
+        else {
+            "mode": quantized.mode,
+            "method": None if int8.dynamic else int8.method,
+            "calibration_samples": None if int8.dynamic else int8.calibration_samples,
+            "activations": None if int8.dynamic else int8.activations,
+            "layers": [vars(row) for row in quantized.layers],
+            "notes": quantized.notes,
+        },
+        "layer_nodes": {layer: target.node for layer, target in targets.items()},
+    }
+
+
+def report_markdown(metrics: dict[str, Any]) -> str:
+    """The export report: each file's size and ORT-measured quality next to the PyTorch simulation."""
+    task = metrics["task"]
+    simulated = metrics["pytorch"]
+    key, _ = headline(simulated["compressed"], task)
+    lines = [
+        f"# Export of {metrics['model']}",
+        "",
+        f"Evaluation data: {metrics['data']['origin']} ({metrics['data']['samples']} samples). "
+        f"Quality is {key}, measured with ONNX Runtime on each file; PyTorch-simulated figures follow.",
+        "",
+        f"| file | bytes | zip bytes | {key} (ONNX Runtime) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, entry in metrics["artifacts"].items():
+        value = headline(entry, task)[1] if "cosine" in entry else None
+        lines.append(f"| {name} | {entry['bytes']:,} | {entry['zip_bytes']:,} | {_percent(value)} |")
+    lines += ["", f"PyTorch simulation: original {_percent(headline(simulated['original'], task)[1])}, "
+              f"compressed {_percent(headline(simulated['compressed'], task)[1])}."]
+    quantized = metrics["int8"]
+    if quantized:
+        setup = "dynamic (weights int8, activations quantized at run time)" if quantized["mode"] == "dynamic" else (
+            f"static QDQ, {quantized['method']} calibration on {quantized['calibration_samples']} samples, "
+            f"{'U8S8' if quantized['activations'] == 'uint8' else 'S8S8'} (activations {quantized['activations']})"
+        )
+        lines += ["", "## Integer model", "", f"Quantization: {setup}.", "", "| layer | node | planned bits | stored as |", "|---|---|---:|---|"]
+        lines += [f"| {row['layer']} | `{row['node']}` | {row['bits'] or 'float'} | {row['storage']} |" for row in quantized["layers"]]
+        if quantized["notes"]:
+            lines += ["", *(f"- {note}" for note in quantized["notes"])]
+    lines += ["", metrics_markdown(simulated, title="PyTorch-simulated metrics").replace("# ", "## ", 1)]
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"

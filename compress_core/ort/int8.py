@@ -1,0 +1,306 @@
+"""Integer ONNX models from a compressed handle, through ONNX Runtime's own quantizer.
+
+The plan maps onto ORT's controls, layer by layer (``onnx_layers`` gives each layer's node and
+weight tensor):
+
+- a layer kept float (``bits: null``) goes to ``nodes_to_exclude``;
+- 8-bit weights are stored as ``QInt8``, 4-bit as ``QInt4`` and 16-bit as ``QInt16`` through
+  ``extra_options["TensorQuantOverrides"]``, per channel where the plan says ``granularity: channel``;
+- 2, 3, 5, 6 and 7 bits are stored in ``QInt8`` holding the plan's grid.
+
+For the uniform schemes (symmetric, asymmetric) the override carries the plan's own scale and zero
+point, rescaled by whatever the exporter folded into the weight (BatchNorm), so that the integers
+ORT stores are exactly the plan's levels. ``pow2`` and ``kmeans`` grids are not uniform: ORT picks
+a uniform grid of the storage type, which approximates them (the result's notes say so).
+
+Static quantization (QDQ, activations calibrated on the evaluation data) is the default;
+``dynamic=True`` uses ``quantize_dynamic`` (weights only, activations quantized at run time), the
+usual choice for transformers: exactly the planned layers are quantized, their weights per channel
+or per tensor as the plan says.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compress_core.atomic import atomic_write
+from compress_core.errors import CompressError, first_line
+from compress_core.models.handle import ModelHandle
+from compress_core.models.inventory import layer_inventory
+from compress_core.ort.export import INPUT_NAME, to_onnx
+from compress_core.models.onnx_graph import compressible_nodes
+from compress_core.ort.layer_map import LayerTarget, layer_targets
+from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES = ("uint8", "int8")
+CALIBRATION_BATCH = 16
+STORAGE_BITS = {4: "QInt4", 16: "QInt16"}  # every other bit width is stored in QInt8
+UNIFORM_SCHEMES = ("symmetric", "asymmetric")
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How to quantize: calibration ``method`` and ``calibration_samples`` (static only), the
+    activation type (``uint8``: U8S8, the fast path on x86; ``int8``: S8S8, ORT's default), and
+    ``dynamic`` for ``quantize_dynamic``."""
+
+    method: str = "minmax"
+    calibration_samples: int = 64
+    activations: str = "uint8"
+    dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise CompressError(f"calibration method '{self.method}' is not allowed; use one of {', '.join(CALIBRATION_METHODS)}")
+        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise CompressError(f"calibration samples {self.calibration_samples!r} is not allowed; use an integer >= 1")
+        if self.activations not in ACTIVATION_TYPES:
+            raise CompressError(f"activation type '{self.activations}' is not allowed; use uint8 or int8")
+
+
+@dataclass(frozen=True)
+class Int8Layer:
+    """What happened to one layer: its node, planned bits and ONNX storage (``float`` when excluded)."""
+
+    layer: str
+    node: str
+    bits: int | None
+    storage: str
+
+
+@dataclass
+class Int8Result:
+    """The written model's path, one ``Int8Layer`` per mapped layer, and sentences for the report."""
+
+    path: Path
+    mode: str
+    layers: list[Int8Layer]
+    notes: list[str] = field(default_factory=list)
+
+
+class EvalDataReader:
+    """ORT's ``CalibrationDataReader`` protocol over evaluation inputs: ``get_next()`` -> ``{name: batch}``."""
+
+    def __init__(self, inputs: np.ndarray, input_name: str = INPUT_NAME, batch: int = CALIBRATION_BATCH) -> None:
+        self.batches = [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
+        self.input_name = input_name
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def calibration_inputs(inputs: np.ndarray, samples: int) -> np.ndarray:
+    """``samples`` inputs spread evenly over the evaluation data (all of it when it is smaller)."""
+    if samples >= len(inputs):
+        return inputs
+    return inputs[np.linspace(0, len(inputs) - 1, samples).round().astype(int)]
+
+
+def quantize_int8(
+    compressed: ModelHandle,
+    path: str | Path,
+    options: Int8Options = Int8Options(),
+    fp32_model: onnx.ModelProto | None = None,
+) -> Int8Result:
+    """Write the integer ONNX model of ``compressed`` (a handle from ``apply_plan``) to ``path``.
+
+    ``fp32_model`` is the handle's ONNX export when the caller already has it. Raises
+    ``CompressError`` naming the op and layer when a planned layer cannot be quantized.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    if compressed.compression is None:
+        raise CompressError(f"model '{compressed.name}' carries no plan; apply a plan (apply_plan) before int8 export")
+    fp32_model = fp32_model if fp32_model is not None else to_onnx(compressed)
+    layers = layer_inventory(compressed)
+    targets = layer_targets(compressed, fp32_model, layers)
+    quantized = compressed.compression.quantized
+    wide = not options.dynamic and any(grid.bits in STORAGE_BITS for grid in quantized.values())
+    model, notes = prepare_for_quantization(fp32_model, INT4_OPSET if wide else MIN_OPSET)
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    out_axes = {use.node_name: use.out_axis for use in compressible_nodes(model)}
+    unmapped = [layer.name for layer in layers if layer.name not in targets]
+    if unmapped:
+        notes.append(f"no ONNX node for {', '.join(unmapped)} (the export dropped it: its output is unused)")
+    excluded, overrides, report = [], {}, []
+    dynamic_nodes: dict[bool, list[str]] = {True: [], False: []}  # per channel? -> nodes
+    for layer in layers:
+        target = targets.get(layer.name)
+        if target is None:
+            continue
+        grid = quantized.get(layer.weight_name, quantized.get(layer.name))
+        if grid is None:
+            excluded.append(target.node)
+            report.append(Int8Layer(layer.name, target.node, None, "float"))
+            continue
+        storage = STORAGE_BITS.get(grid.bits, "QInt8")
+        report.append(Int8Layer(layer.name, target.node, grid.bits, storage))
+        if options.dynamic:
+            dynamic_nodes[grid.granularity == "channel"].append(target.node)
+            continue
+        _check_static_support(target, out_axes)
+        override, exact = weight_override(weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage))
+        overrides[target.weight_tensor] = override
+        if not exact:
+            notes.append(f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)")
+        elif storage == "QInt8" and grid.bits != 8:
+            notes.append(f"{layer.name}: {grid.bits}-bit weights are stored in int8, holding the plan's {2 ** grid.bits}-level grid exactly")
+    if options.dynamic:
+        notes.extend(_dynamic_notes(report, model, weights))
+
+    def write(temporary: Path) -> None:
+        try:
+            if options.dynamic:
+                quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
+            else:
+                reader = EvalDataReader(calibration_inputs(compressed.data.inputs, options.calibration_samples), _input_name(model))
+                quantize_static(
+                    model,
+                    temporary,
+                    reader,
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=excluded,
+                    calibrate_method=_calibration_method(options.method),
+                    extra_options={"TensorQuantOverrides": overrides},
+                )
+        except Exception as exc:  # ORT raises many types; the message names where it failed
+            raise CompressError(_failure_message(exc, model, targets)) from exc
+
+    written = atomic_write(path, write)
+    _check_weights_quantized(onnx.load(str(written)), targets, report)
+    return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes)
+
+
+def quantize_dynamic_by_granularity(model: onnx.ModelProto, path: Path, per_channel: list[str], per_tensor: list[str]) -> None:
+    """``quantize_dynamic`` of exactly the named nodes, weights per channel or per tensor as listed.
+
+    ORT's ``per_channel`` flag holds for a whole call, so a plan that mixes both takes two passes:
+    the per-channel nodes first, then the per-tensor ones of that result. Nodes in neither list
+    stay float.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    passes = [(nodes, flag) for nodes, flag in ((per_channel, True), (per_tensor, False)) if nodes]
+    if not passes:
+        onnx.save(model, str(path))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        source: onnx.ModelProto | str = model
+        for index, (nodes, flag) in enumerate(passes):
+            target = path if index == len(passes) - 1 else Path(scratch) / "first_pass.onnx"
+            quantize_dynamic(source, target, per_channel=flag, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+            source = str(target)
+
+
+def quantize_ort_default(fp32_path: str | Path, path: str | Path, inputs: np.ndarray, samples: int = 64) -> Path:
+    """ORT's ``quantize_static`` with its defaults (QDQ, S8S8, per-tensor, MinMax): the reference to beat."""
+    from onnxruntime.quantization import quantize_static
+
+    model, _ = prepare_for_quantization(onnx.load(str(fp32_path)))
+    reader = EvalDataReader(calibration_inputs(inputs, samples), _input_name(model))
+    return atomic_write(path, lambda temporary: quantize_static(model, temporary, reader))
+
+
+def weight_override(weight: np.ndarray, out_axis: int, grid: Any, quant_type: Any) -> tuple[list[dict[str, Any]], bool]:
+    """The ``TensorQuantOverrides`` entry for one exported weight and whether it keeps the plan's grid exactly.
+
+    ``grid`` is the layer's ``QuantizedWeight`` (output channels on ``grid.axis``). The exported
+    weight may be transposed (MatMul) and scaled per output channel (BatchNorm folding); the scale
+    of each channel is recovered as the least-squares factor between the two.
+    """
+    per_channel = grid.granularity == "channel"
+    if grid.scheme not in UNIFORM_SCHEMES:
+        return ([{"quant_type": quant_type, "axis": out_axis}] if per_channel else [{"quant_type": quant_type}]), False
+    exported = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1).astype(np.float64)
+    planned = np.moveaxis(grid.values.detach().double().numpy(), grid.axis, 0).reshape(exported.shape[0], -1)
+    energy = (planned**2).sum(axis=1)
+    factor = np.where(energy > 0, (exported * planned).sum(axis=1) / np.where(energy > 0, energy, 1.0), 1.0)
+    scale = np.broadcast_to(grid.scale.double().numpy(), factor.shape) * np.abs(factor)
+    scale = np.where(scale > 0, scale, 1.0)
+    if grid.scheme == "asymmetric":
+        zero = np.broadcast_to(grid.zero_point.numpy(), factor.shape).astype(np.int64)
+        zero = np.where(factor < 0, 2**grid.bits - 1 - zero, zero) - 2 ** (grid.bits - 1)
+    else:
+        zero = np.zeros(factor.shape, dtype=np.int64)
+    if not per_channel and np.allclose(scale, scale[0], rtol=1e-6) and (zero == zero[0]).all():
+        return [{"quant_type": quant_type, "scale": float(scale[0]), "zero_point": int(zero[0])}], True
+    return [
+        {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)} for s, z in zip(scale, zero)
+    ], True
+
+
+def _check_static_support(target: LayerTarget, out_axes: dict[str, int]) -> None:
+    if target.node not in out_axes:
+        raise CompressError(
+            f"layer '{target.layer}': ONNX Runtime's static quantizer does not quantize {target.op_type} weights "
+            f"(node '{target.node}'); keep the layer float in the recipe (layers: {{{target.layer}: null}}) "
+            "or use dynamic quantization"
+        )
+
+
+def _dynamic_notes(report: list[Int8Layer], model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> list[str]:
+    """What dynamic quantization stores differently from the plan, and the weights it leaves float."""
+    notes = []
+    odd = [f"{row.layer} ({row.bits}-bit)" for row in report if row.bits not in (None, 8)]
+    if odd:
+        notes.append(f"dynamic quantization stores every weight in int8 on ORT's grid: {', '.join(odd)} approximated")
+    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather" and node.input[0] in weights}
+    table_bytes = sum(weights[name].nbytes for name in tables if weights[name].dtype == np.float32)
+    if table_bytes:
+        notes.append(f"embedding tables stay float32 ({table_bytes / 2**20:.1f} MiB): they are not layers of the plan")
+    return notes
+
+
+def _calibration_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[name]
+
+
+def _input_name(model: onnx.ModelProto) -> str:
+    initializers = {init.name for init in model.graph.initializer}
+    return next(value.name for value in model.graph.input if value.name not in initializers)
+
+
+def _failure_message(exc: Exception, model: onnx.ModelProto, targets: dict[str, LayerTarget]) -> str:
+    """One line naming the op and layer the quantizer choked on (when its message names a node or tensor)."""
+    text = first_line(exc, 200)
+    for target in targets.values():
+        if target.node in text or target.weight_tensor in text:
+            return (
+                f"int8 quantization failed at {target.op_type} node '{target.node}' (layer '{target.layer}'): {text}; "
+                f"keep the layer float in the recipe (layers: {{{target.layer}: null}})"
+            )
+    for node in model.graph.node:
+        if node.name and node.name in text:
+            return f"int8 quantization failed at {node.op_type} node '{node.name}': {text}; keep the layers around it float in the recipe"
+    return f"int8 quantization failed: {text}; keep the layers whose ops ORT cannot quantize float in the recipe (layers: {{NAME: null}})"
+
+
+def _check_weights_quantized(model: onnx.ModelProto, targets: dict[str, LayerTarget], report: list[Int8Layer]) -> None:
+    """Every layer planned with bits must have its weight stored as integers: ORT skips some ops silently."""
+    initializers = {init.name for init in model.graph.initializer}
+    for row in report:
+        target = targets[row.layer]
+        if row.bits is not None and f"{target.weight_tensor}_quantized" not in initializers:
+            raise CompressError(
+                f"layer '{row.layer}': ONNX Runtime left {target.op_type} node '{target.node}' unquantized; "
+                f"keep the layer float in the recipe (layers: {{{row.layer}: null}})"
+            )
