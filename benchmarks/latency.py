@@ -23,12 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import compress_core as cc  # noqa: E402
 from compress_core import jsonio  # noqa: E402
-from compress_core.transform.apply import apply_plan  # noqa: E402
+from compress_core.analysis.recover import finetune  # noqa: E402
 from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
-from compress_core.analysis.recover import finetune  # noqa: E402
+from compress_core.transform.pipeline import compress  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
@@ -41,10 +41,10 @@ MINILM_RECIPE = Path(__file__).resolve().parents[1] / "sample_models" / "recipes
 
 def export(handle: cc.ModelHandle, recipe: str, folder: Path, options: Int8Options | None, recover_epochs: int = 0) -> Path:
     """Apply the recipe (then fine-tune against the original when ``recover_epochs``) and export."""
-    compressed = apply_plan(handle, Plan.from_text(recipe))
+    model = compress(handle, Plan.from_text(recipe))
     if recover_epochs:
-        compressed, _ = finetune(handle, compressed, epochs=recover_epochs)
-    export_artifacts(handle, compressed, folder, options)
+        model = model.fine_tuned(finetune(handle, model.compressed.handle, epochs=recover_epochs)[0])
+    export_artifacts(model, folder, options)
     return folder
 
 

@@ -1,22 +1,26 @@
 """The engine calls the app repeats, cached: models with ``st.cache_resource``, numbers with ``st.cache_data``.
 
 Cached models are shared by every session and never mutated (``apply_plan`` copies). Functions that
-take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument is not hashed. The
-netron server is shared too, but each session publishes its graphs under its own token
-(``VIEWER_TOKEN`` in ``st.session_state``).
+take a model key it on ``key`` (``ModelSource.key``); the ``_handle`` argument is not hashed. Each
+model has one ``PreparedModel`` (``original``: its inventory, ONNX export and baseline, computed
+once), and each (model, plan) one ``CompressedModel`` (``compressed``), which Apply builds and
+Recover and Export reuse. The netron server is shared too, but each session publishes its graphs
+under its own token (``VIEWER_TOKEN`` in ``st.session_state``).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 from typing import Any
 
 import streamlit as st
 
-from compress_core import LayerInfo, ModelHandle, layer_inventory, load_model
-from compress_core.analysis.metrics import evaluate
+from compress_core import LayerInfo, ModelHandle, load_model
 from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import CompressedModel, PreparedModel, compress
 
 from . import layer_data
 from .netron_server import NetronServer, SessionViewer, new_token
@@ -37,16 +41,33 @@ def load_handle(source: ModelSource) -> ModelHandle:
     return _load(source.source, source.input_shape, source.data, source.architecture, source.trust_code)
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def original(key: str, _handle: ModelHandle) -> PreparedModel:
+    """The model named by ``key`` with its inventory, ONNX export and baseline, each computed once (shared)."""
+    return PreparedModel(_handle)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _compressed(key: str, plan_json: str, _handle: ModelHandle) -> CompressedModel:
+    return compress(original(key, _handle), Plan.from_dict(json.loads(plan_json), "plan"))
+
+
+def compressed(key: str, plan: Plan, handle: ModelHandle) -> CompressedModel:
+    """The model named by ``key`` with ``plan`` applied, built once per (model, plan) and shared; a
+    ``CompressError`` for a plan the model cannot take (never cached)."""
+    return _compressed(key, json.dumps(plan.to_dict(), sort_keys=True), handle)
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def inventory(key: str, _handle: ModelHandle) -> list[LayerInfo]:
-    """The layer inventory of the model named by ``key``."""
-    return layer_inventory(_handle)
+    """The layer inventory of the model named by ``key`` (a copy of ``original``'s)."""
+    return original(key, _handle).inventory
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def baseline_metrics(key: str, _handle: ModelHandle) -> dict[str, Any]:
-    """Accuracy, fidelity, size and compute of the uncompressed model."""
-    return evaluate(_handle)["original"]
+    """Accuracy, fidelity, size and compute of the uncompressed model (a copy of ``original``'s)."""
+    return original(key, _handle).baseline().metrics
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

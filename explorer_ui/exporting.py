@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.transform.apply import apply_plan
-from compress_core.ort.artifacts import export_artifacts, file_sizes
+from compress_core import CompressError, LayerInfo
+from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
+from compress_core.transform.pipeline import CompressedModel
 
 from .sources import private_dir
 
@@ -37,24 +37,13 @@ def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:
     return private_dir(EXPORTS) / digest
 
 
-def build(
-    handle: ModelHandle,
-    plan: Plan,
-    layers: list[LayerInfo],
-    folder: Path,
-    int8: Int8Options | None,
-    say: Callable[[str], None],
-    compressed: ModelHandle | None = None,
-) -> dict[str, Any]:
-    """Write the export folder for ``compressed`` (by default the plan applied now) and return its
-    files (name -> path, sizes) and metrics."""
-    if compressed is None:
-        say("applying the plan")
-        compressed = apply_plan(handle, plan, layers)
-    result = export_artifacts(handle, compressed, folder, int8=int8, progress=say)
+def build(model: CompressedModel, folder: Path, int8: Int8Options | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """Write the export folder of ``model`` (``cache.compressed``, or the Recover panel's fine-tuned
+    model) and return its files (name -> path, sizes) and metrics."""
+    result = export_artifacts(model, folder, int8=int8, progress=say)
     os.utime(result.folder)
     remove_old_exports(result.folder.parent)
-    files = {name: {"path": str(path), **file_sizes(path)} for name, path in result.files.items()}
+    files = {name: {"path": str(path), **result.sizes[name]} for name, path in result.files.items()}
     return {"folder": str(result.folder), "files": files, "metrics": result.metrics}
 
 

@@ -1,39 +1,31 @@
 """The Tune page's Recover panel, and the current compressed model that other pages use.
 
-Recovery fine-tunes the model of the last applied plan with the original as its teacher
-(``compress_core.analysis.recover.finetune``), in a ``BackgroundJob`` so the page keeps a progress bar and a
-Stop button. The fine-tuned model is kept in ``st.session_state`` under ``RECOVERED`` (a
-``ModelHandle``, the one non-plain value besides running jobs), tied to the history entry it was
-trained from: applying another plan makes it stale, and ``compressed_model`` falls back to the
-plan applied afresh.
+Recovery fine-tunes the model of the last applied plan (``cache.compressed``, built by Apply) with
+the original as its teacher (``compress_core.analysis.recover.finetune``), in a ``BackgroundJob`` so
+the page keeps a progress bar and a Stop button. The fine-tuned model is kept in
+``st.session_state`` under ``RECOVERED`` as a ``CompressedModel`` (``CompressedModel.fine_tuned``:
+the one non-plain value besides running jobs), tied to the history entry it was trained from:
+applying another plan makes it stale, and ``compressed_model`` falls back to the plan's model.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 import streamlit as st
 
-from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.transform.apply import apply_plan
-from compress_core.analysis.metrics import evaluate
-from compress_core.plan import Plan
+from compress_core import CompressError, ModelHandle
 from compress_core.analysis.recover import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import CompressedModel
 
 from . import cache, figures, state, tuning
 from .jobs import BackgroundJob, Report
 
 RECOVER_JOB = "recover_job"  # {"label", "entry", "job": BackgroundJob} while a fine-tuning runs
-RECOVERED = "recovered"  # label -> {"entry", "settings", "losses", "after", "handle": ModelHandle}
+RECOVERED = "recovered"  # label -> {"entry", "settings", "losses", "after", "model": CompressedModel}
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _applied(key: str, plan_json: str, _handle: ModelHandle, _layers: list[LayerInfo]) -> ModelHandle:
-    """The model named by ``key`` with the plan applied (shared: never mutate it)."""
-    return apply_plan(_handle, Plan.from_dict(json.loads(plan_json), "plan"), _layers)
 
 
 def _fresh_recovery(session: state.State) -> dict[str, Any] | None:
@@ -45,12 +37,12 @@ def _fresh_recovery(session: state.State) -> dict[str, Any] | None:
     return recovered
 
 
-def fine_tuned_for(session: state.State, plan: Plan) -> ModelHandle | None:
+def fine_tuned_for(session: state.State, plan: Plan) -> CompressedModel | None:
     """The fine-tuned model when the Recover panel trained one from exactly ``plan``, else None."""
     recovered = _fresh_recovery(session)
     if recovered is None or Plan.from_dict(state.history(session)[-1]["plan"], "plan") != plan:
         return None
-    return recovered["handle"]
+    return recovered["model"]
 
 
 def compressed_model(session: state.State) -> tuple[ModelHandle, str] | None:
@@ -65,30 +57,37 @@ def compressed_model(session: state.State) -> tuple[ModelHandle, str] | None:
     recovered = _fresh_recovery(session)
     if recovered is not None:
         epochs = len(recovered["losses"])
-        return recovered["handle"], f"plan {entries[-1]['label']}, fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}"
+        return recovered["model"].compressed.handle, f"plan {entries[-1]['label']}, fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}"
     return applied_model(session, entries[-1]["plan"]), f"plan {entries[-1]['label']}"
 
 
-def applied_model(session: state.State, plan: dict[str, Any]) -> ModelHandle:
-    """A plan (``Plan.to_dict()``) applied to the current model (cached)."""
+def applied(session: state.State, plan: dict[str, Any]) -> CompressedModel:
+    """A plan (``Plan.to_dict()``) applied to the current model: ``cache.compressed``, shared with Apply and Export."""
     source, handle = state.current_source(session), state.current_handle(session)
-    return _applied(source.key, json.dumps(plan, sort_keys=True), handle, cache.inventory(source.key, handle))
+    return cache.compressed(source.key, Plan.from_dict(plan, "plan"), handle)
 
 
-def start(original: ModelHandle, compressed: ModelHandle, settings: dict[str, Any]) -> BackgroundJob:
-    """Fine-tune ``compressed`` towards ``original`` in the background, then measure it.
+def applied_model(session: state.State, plan: dict[str, Any]) -> ModelHandle:
+    """The compressed handle of ``applied``."""
+    return applied(session, plan).compressed.handle
+
+
+def start(model: CompressedModel, settings: dict[str, Any]) -> BackgroundJob:
+    """Fine-tune ``model``'s compressed model towards its original in the background, then measure it.
 
     The job's result has the ``settings``, the ``losses`` per epoch, the ``after`` metrics
-    (``evaluate``'s compressed metrics) and the fine-tuned ``handle``.
+    (``CompressedModel.evaluate``'s compressed metrics) and the fine-tuned ``model``
+    (``CompressedModel.fine_tuned``: its export reuses what it measured).
     """
 
     def work(report: Report, cancel: threading.Event) -> dict[str, Any]:
         def progress(epoch: int, epochs: int, loss: float) -> None:
             report(epoch / epochs, f"epoch {epoch}/{epochs}, loss {loss:.4f}")
 
-        tuned, losses = finetune(original, compressed, progress=progress, cancel=cancel.is_set, **settings)
+        tuned, losses = finetune(model.original.handle, model.compressed.handle, progress=progress, cancel=cancel.is_set, **settings)
         report(1.0, "measuring the fine-tuned model")
-        return {"settings": settings, "losses": losses, "after": evaluate(original, tuned)["compressed"], "handle": tuned}
+        tuned_model = model.fine_tuned(tuned)
+        return {"settings": settings, "losses": losses, "after": tuned_model.evaluate()["compressed"], "model": tuned_model}
 
     return BackgroundJob(work)
 
@@ -148,9 +147,9 @@ def render_recover_panel() -> None:
     running = session.get(RECOVER_JOB)
     if running is None and st.button("Recover", type="primary"):
         try:
-            compressed = applied_model(session, entry["plan"])
+            model = applied(session, entry["plan"])
             settings = {"epochs": int(epochs), "lr": float(lr), "temperature": float(temperature)}
-            running = session[RECOVER_JOB] = {"label": session[state.CURRENT], "entry": entry["label"], "job": start(handle, compressed, settings)}
+            running = session[RECOVER_JOB] = {"label": session[state.CURRENT], "entry": entry["label"], "job": start(model, settings)}
         except CompressError as exc:
             st.error(str(exc))
     if running is not None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from compress_core import CompressError, LayerInfo, ModelHandle
-from compress_core.transform.apply import apply_plan
-from compress_core.analysis.metrics import evaluate
-from compress_core.patterns import compile_pattern
-from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig, quoted
+from compress_core import CompressError, LayerInfo
 from compress_core.analysis.report import ROWS as METRIC_ROWS
 from compress_core.analysis.report import format_value
+from compress_core.patterns import compile_pattern
+from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig, quoted
+from compress_core.transform.pipeline import CompressedModel
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
@@ -143,10 +142,9 @@ def load_recipe(data: bytes, source: str, layers: list[LayerInfo]) -> Plan:
     return rows_plan(plan_rows(plan, layers))
 
 
-def apply_and_measure(handle: ModelHandle, plan: Plan, layers: list[LayerInfo]) -> dict[str, Any]:
-    """Apply the plan to a copy of the model and measure it against the original: plain data."""
-    compressed = apply_plan(handle, plan, layers)
-    return {"plan": plan.to_dict(), "metrics": evaluate(handle, compressed)["compressed"]}
+def apply_and_measure(model: CompressedModel) -> dict[str, Any]:
+    """The applied plan and the compressed model's metrics against the original: plain data."""
+    return {"plan": model.plan.to_dict(), "metrics": model.evaluate()["compressed"]}
 
 
 def summary_table(columns: dict[str, dict[str, Any]]) -> list[dict[str, str]]:

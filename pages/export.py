@@ -36,7 +36,8 @@ if st.button("Build artifacts", type="primary"):
         options = Int8Options(method=method, activations=activations, dynamic=dynamic) if with_int8 else None
         with st.status("Building artifacts ...", expanded=True) as status:
             folder = exporting.export_folder(source.key, plan, fine_tuned=fine_tuned is not None)
-            built = exporting.build(handle, plan, layers, folder, options, status.write, compressed=fine_tuned)
+            model = fine_tuned if fine_tuned is not None else cache.compressed(source.key, plan, handle)
+            built = exporting.build(model, folder, options, status.write)
             status.update(label="Artifacts built", state="complete", expanded=False)
         session[state.EXPORTS][label] = built
         session[state.LATENCY].pop(label, None)

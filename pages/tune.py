@@ -67,7 +67,7 @@ st.data_editor(
 if st.button("Apply", type="primary", disabled=not plan.layers):
     try:
         with st.spinner(f"Applying the plan and measuring on {len(handle.data)} samples ..."):
-            result = tuning.apply_and_measure(handle, plan, layers)
+            result = tuning.apply_and_measure(cache.compressed(source.key, plan, handle))
         state.add_history(session, tuning.history_entry(state.history(session), result))
     except CompressError as exc:
         st.error(str(exc))

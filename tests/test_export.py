@@ -12,13 +12,13 @@ import pytest
 import compress_core as cc
 from compress_core import atomic
 from compress_core.ort import artifacts
-from compress_core.transform.apply import apply_plan
 from compress_core.ort.artifacts import export_artifacts
 from compress_core.cli import main
 from compress_core.errors import CompressError
 from compress_core.ort.bench import bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
+from compress_core.transform.pipeline import compress
 
 RECIPE = "version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"
 BENCH_KEYS = {"name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes"}
@@ -32,7 +32,7 @@ def cnn() -> cc.ModelHandle:
 @pytest.fixture(scope="module")
 def exported(cnn, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("export") / "cnn out"
-    export_artifacts(cnn, apply_plan(cnn, Plan.from_text(RECIPE)), folder, Int8Options(calibration_samples=32))
+    export_artifacts(compress(cnn, Plan.from_text(RECIPE)), folder, Int8Options(calibration_samples=32))
     return folder
 
 
@@ -59,13 +59,13 @@ def test_failure_leaves_nothing_behind(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "quantize_int8", broken)
     folder = tmp_path / "out"
     with pytest.raises(CompressError, match="simulated failure"):
-        export_artifacts(cnn, apply_plan(cnn, Plan.from_text(RECIPE)), folder, Int8Options())
+        export_artifacts(compress(cnn, Plan.from_text(RECIPE)), folder, Int8Options())
     assert list(tmp_path.iterdir()) == []
 
 
-def test_uncompressed_handle_is_refused(cnn, tmp_path):
+def test_uncompressed_handle_is_refused(cnn):
     with pytest.raises(CompressError, match="carries no plan"):
-        export_artifacts(cnn, cnn, tmp_path / "out")
+        compress(cnn, Plan.from_text(RECIPE)).fine_tuned(cnn)
 
 
 def test_cli_export_and_bench(tmp_path, capsys):
@@ -129,11 +129,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 def test_a_rebuild_without_int8_removes_the_old_int8_file(tmp_path):
     mlp = cc.load_model("digits_mlp")
-    compressed = apply_plan(mlp, Plan.from_text(RECIPE))
+    model = compress(mlp, Plan.from_text(RECIPE))
     folder = tmp_path / "out"
-    export_artifacts(mlp, compressed, folder, Int8Options(calibration_samples=16))
+    export_artifacts(model, folder, Int8Options(calibration_samples=16))
     assert (folder / artifacts.INT8_ONNX).is_file()
-    result = export_artifacts(mlp, compressed, folder)
+    result = export_artifacts(model, folder)
     assert not (folder / artifacts.INT8_ONNX).exists() and artifacts.INT8_ONNX not in result.files
     assert sorted(path.name for path in folder.iterdir()) == sorted(result.files)
     rows = bench_folder(folder, runs=1, warmup=0, batch=8)

@@ -9,13 +9,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import compress_core as cc
-from compress_core.transform.apply import apply_plan
 from compress_core.errors import CompressError
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets, module_scope
 from compress_core.ort.prep import prepare_for_quantization
 from compress_core.plan import Plan
+from compress_core.transform.pipeline import compress
 
 MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"
 OPTIONS = Int8Options(calibration_samples=32)
@@ -28,9 +28,9 @@ def cnn() -> cc.ModelHandle:
 
 @pytest.fixture(scope="module")
 def mixed(cnn, tmp_path_factory):
-    compressed = apply_plan(cnn, Plan.from_text(MIXED))
+    compressed = compress(cnn, Plan.from_text(MIXED)).compressed
     result = quantize_int8(compressed, tmp_path_factory.mktemp("int8") / "mixed.onnx", OPTIONS)
-    return compressed, result, onnx.load(str(result.path))
+    return compressed.handle, result, onnx.load(str(result.path))
 
 
 def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -92,7 +92,7 @@ def test_integers_hold_the_plans_grid_exactly(mixed):
 
 
 def test_int8_accuracy_within_one_point_of_fp32(cnn, tmp_path):
-    compressed = apply_plan(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
+    compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
     result = quantize_int8(compressed, tmp_path / "int8.onnx", OPTIONS)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     int8 = (session.run(None, {"input": cnn.data.inputs})[0].argmax(1) == cnn.data.labels).mean()
@@ -155,8 +155,8 @@ def test_opset11_with_constant_weights_is_converted_and_quantized(tmp_path):
     path = tmp_path / "old.onnx"
     onnx.save(raw, path)
     handle = cc.load_model(path)
-    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
-    result = quantize_int8(compressed, tmp_path / "old_int8.onnx", Int8Options(calibration_samples=8), fp32_model=raw)
+    compressed = compress(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
+    result = quantize_int8(compressed, tmp_path / "old_int8.onnx", Int8Options(calibration_samples=8))
     model = onnx.load(str(result.path))
     assert model.opset_import[0].version >= 13
     per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "W_quantized"]
@@ -167,17 +167,17 @@ def test_opset11_with_constant_weights_is_converted_and_quantized(tmp_path):
 
 def test_op_ort_cannot_quantize_names_op_layer_and_fallback(tmp_path):
     lstm = cc.load_model("digits_lstm")
-    compressed = apply_plan(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\n"))
+    compressed = compress(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
     with pytest.raises(CompressError, match=r"layer 'lstm.weight_ih_l0'.*LSTM.*/lstm/LSTM.*lstm.weight_ih_l0: null"):
         quantize_int8(compressed, tmp_path / "lstm.onnx", OPTIONS)
     assert not list(tmp_path.iterdir())
-    kept = apply_plan(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  're:lstm.*': null\n"))
+    kept = compress(lstm, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  're:lstm.*': null\n")).compressed
     assert quantize_int8(kept, tmp_path / "lstm.onnx", OPTIONS).path.exists()
 
 
 def test_dynamic_quantization_of_a_transformer(tmp_path):
     handle = cc.load_model("digits_transformer")
-    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"))
+    compressed = compress(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n")).compressed
     result = quantize_int8(compressed, tmp_path / "dyn.onnx", Int8Options(dynamic=True))
     ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
     assert result.mode == "dynamic" and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
@@ -189,11 +189,11 @@ def test_dynamic_quantization_of_a_transformer(tmp_path):
 def test_dynamic_quantization_follows_the_plans_granularity_per_layer(tmp_path):
     handle = cc.load_model("digits_transformer")
     recipe = "version: 1\ndefault: {bits: 8}\nlayers:\n  're:.*mlp.*': {bits: 8, granularity: tensor}\n  head: null\n"
-    compressed = apply_plan(handle, Plan.from_text(recipe))
+    compressed = compress(handle, Plan.from_text(recipe)).compressed
     result = quantize_int8(compressed, tmp_path / "dyn.onnx", Int8Options(dynamic=True))
     model = onnx.load(str(result.path))
     scales = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_scale")}
-    targets = layer_targets(compressed, to_onnx(compressed))
+    targets = compressed.layer_targets
     for layer in ("blocks.0.attn.q_proj", "blocks.1.attn.out_proj"):
         assert scales[f"{targets[layer].weight_tensor}_scale"].shape == (32,), layer
     for layer in ("blocks.0.mlp.fc1", "blocks.1.mlp.fc2"):
@@ -209,7 +209,7 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
 
     minilm = cc.load_model("minilm")
     recipe = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
-    result = quantize_int8(apply_plan(minilm, Plan.load(recipe)), tmp_path / "minilm.onnx", Int8Options(dynamic=True))
+    result = quantize_int8(compress(minilm, Plan.load(recipe)).compressed, tmp_path / "minilm.onnx", Int8Options(dynamic=True))
     inputs = minilm.data.inputs
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     int8, reference = session.run(None, {"input": inputs})[0], minilm.run(inputs)

@@ -78,11 +78,8 @@ def _grid_bytes(q) -> int:
     return scales + zero_points + codebook
 
 
-def zip_bytes(handle: ModelHandle) -> int:
-    """Size of the model's ONNX file after zip (deflate) compression: sparse weights compress."""
-    from compress_core.ort.export import to_onnx
-
-    payload = to_onnx(handle).SerializeToString()
+def zip_size(payload: bytes) -> int:
+    """Size of a serialized ONNX model after zip (deflate) compression: sparse weights compress."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("model.onnx", payload)
@@ -106,8 +103,22 @@ def compression_zeros(handle: ModelHandle) -> int:
 
 
 def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, with_zip: bool = True) -> dict[str, Any]:
-    """Fidelity of ``outputs`` to ``reference`` plus the handle's size and compute."""
-    layers = layer_inventory(handle)
+    """Fidelity of ``outputs`` to ``reference`` plus the handle's size and compute.
+
+    Takes the handle's inventory, and exports it to ONNX for ``zip_bytes`` unless ``with_zip=False``;
+    ``measure`` takes both from a caller that has them (``transform.pipeline``).
+    """
+    zipped = None
+    if with_zip:
+        from compress_core.ort.export import to_onnx
+
+        zipped = zip_size(to_onnx(handle).SerializeToString())
+    return measure(handle, reference, outputs, layer_inventory(handle), zipped)
+
+
+def measure(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, layers: list[LayerInfo], zipped: int | None) -> dict[str, Any]:
+    """``model_metrics`` from the handle's inventory ``layers`` and the zip size of its ONNX export
+    (``zipped``, None to leave ``zip_bytes`` out)."""
     params = total_params(handle)
     return {
         **output_fidelity(reference, outputs, handle.data.labels, handle.task),
@@ -116,8 +127,14 @@ def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarra
         "macs": sum(layer.macs for layer in layers),
         "float_bytes": params * 4,
         "plan_bytes": plan_bytes(handle, layers),
-        "zip_bytes": zip_bytes(handle) if with_zip else None,
+        "zip_bytes": zipped,
     }
+
+
+def compression_details(handle: ModelHandle) -> dict[str, Any]:
+    """What a compressed model reports besides its metrics: ``layer_sqnr`` (per planned layer, dB) and ``notes``."""
+    record = handle.compression
+    return {"layer_sqnr": dict(record.layer_sqnr) if record else {}, "notes": list(record.notes) if record else []}
 
 
 @dataclass(frozen=True)
@@ -148,8 +165,5 @@ def evaluate(
     result = {"original": dict(base.metrics)}
     if compressed is not None:
         metrics = model_metrics(compressed, base.reference, compressed.run(original.data.inputs), with_zip)
-        record = compressed.compression
-        metrics["layer_sqnr"] = dict(record.layer_sqnr) if record else {}
-        metrics["notes"] = list(record.notes) if record else []
-        result["compressed"] = metrics
+        result["compressed"] = {**metrics, **compression_details(compressed)}
     return result

@@ -8,14 +8,12 @@ from pathlib import Path
 import onnx
 
 from compress_core import jsonio
-from compress_core.transform.apply import apply_plan
-from compress_core.atomic import atomic_write_bytes, atomic_write_text
-from compress_core.models.loading import save_torchscript
-from compress_core.analysis.metrics import evaluate
-from compress_core.ort.export import to_onnx
-from compress_core.plan import Plan
 from compress_core.analysis.report import metrics_markdown
+from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, load_from_args
+from compress_core.models.loading import save_torchscript
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,10 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     plan = Plan.load(args.recipe)
-    compressed = apply_plan(handle, plan)
-    metrics = evaluate(handle, compressed)
+    model = compress(handle, plan)
+    metrics = model.evaluate()
+    compressed = model.compressed.handle
     out = Path(args.out)
-    written = [atomic_write_bytes(out / "model.onnx", to_onnx(compressed).SerializeToString())]
+    written = [atomic_write_bytes(out / "model.onnx", model.compressed.onnx_model.SerializeToString())]
     if compressed.backend == "torch":
         save_torchscript(compressed, out / "model.ts")
         written.append(out / "model.ts")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.transform.apply import apply_plan
-from compress_core.analysis.metrics import evaluate
-from compress_core.plan import Plan
 from compress_core.analysis.report import ROWS, format_value
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import PreparedModel, compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
-    compressed = apply_plan(handle, Plan.load(args.recipe)) if args.recipe else None
-    metrics = evaluate(handle, compressed)
+    if args.recipe:
+        metrics = compress(handle, Plan.load(args.recipe)).evaluate()
+    else:
+        metrics = {"original": PreparedModel(handle).baseline().metrics}
     if args.json:
         print_json(metrics)
         return 0

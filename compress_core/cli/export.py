@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.transform.apply import apply_plan
+from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.ort.artifacts import export_artifacts, headline
 from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
 from compress_core.plan import Plan
-from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+from compress_core.transform.pipeline import compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     options = None
     if args.int8 or args.dynamic:
         options = Int8Options(args.calibrate_method, args.calibration, args.activations, args.dynamic)
-    result = export_artifacts(handle, apply_plan(handle, plan), args.out, options)
+    result = export_artifacts(compress(handle, plan), args.out, options)
     if args.json:
         print_json(result.metrics)
         return 0

@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 
 from compress_core import jsonio
-from compress_core.transform.apply import apply_plan
-from compress_core.atomic import atomic_write_bytes, atomic_write_text
-from compress_core.models.evaldata import load_npz
-from compress_core.analysis.metrics import evaluate
-from compress_core.plan import Plan
 from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 from compress_core.analysis.report import ROWS, format_value
+from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
+from compress_core.models.evaldata import load_npz
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     """Compress, fine-tune, write the three files and print before/after."""
     plan = Plan.load(args.recipe)
     original = load_from_args(args)
-    compressed = apply_plan(original, plan)
+    model = compress(original, plan)
     train = load_npz(args.train_data, original.input_spec) if args.train_data else None
     tuned, history = finetune(
         original,
-        compressed,
+        model.compressed.handle,
         epochs=args.epochs,
         lr=args.lr,
         temperature=args.temperature,
@@ -57,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda epoch, epochs, loss: print(f"epoch {epoch}/{epochs}: loss {loss:.4f}", file=sys.stderr),
         data=train,
     )
-    before = evaluate(original, compressed, with_zip=False)
-    after = evaluate(original, tuned, with_zip=False)
+    before = model.evaluate(with_zip=False)
+    after = model.fine_tuned(tuned).evaluate(with_zip=False)
     settings = {"epochs": args.epochs, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha, "batch_size": args.batch_size}
     buffer = io.BytesIO()
     torch.save(tuned.model.state_dict(), buffer)

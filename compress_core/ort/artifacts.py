@@ -29,15 +29,12 @@ import onnx
 import torch
 
 from compress_core import jsonio
+from compress_core.analysis.metrics import output_fidelity
+from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import ModelHandle
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
-from compress_core.models.inventory import layer_inventory
-from compress_core.analysis.metrics import evaluate, output_fidelity
-from compress_core.ort.export import to_onnx
-from compress_core.ort.layer_map import layer_targets
-from compress_core.analysis.report import metrics_markdown
+from compress_core.transform.pipeline import CompressedModel
 
 ORIGINAL_ONNX = "original_fp32.onnx"
 FP32_ONNX = "model_fp32.onnx"
@@ -54,29 +51,30 @@ RUN_BATCH = 256
 
 @dataclass
 class ExportResult:
-    """The destination folder, the files written (by name) and the content of ``metrics.json``."""
+    """The destination folder, the files written (by name), the content of ``metrics.json``, and
+    each file's ``file_sizes`` (by name)."""
 
     folder: Path
     files: dict[str, Path]
     metrics: dict[str, Any]
+    sizes: dict[str, dict[str, int]]
 
 
 def export_artifacts(
-    original: ModelHandle,
-    compressed: ModelHandle,
+    model: CompressedModel,
     folder: str | Path,
     int8: Int8Options | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Write the export folder for ``compressed`` (from ``apply_plan(original, plan)``).
+    """Write the export folder of ``model`` (from ``compress(original, plan)``).
 
-    ``int8`` adds ``model_int8.onnx`` made with those options. ``progress`` receives a short
-    description of each step (for a status line). Raises ``CompressError`` for any bad input; the
-    destination then holds no new file.
+    The ONNX files, layer map, reference outputs and PyTorch metrics are the pipeline object's
+    (computed once, shared with whoever asked before). ``int8`` adds ``model_int8.onnx`` made with
+    those options. ``progress`` receives a short description of each step (for a status line).
+    Raises ``CompressError`` for any bad input; the destination then holds no new file.
     """
-    if compressed.compression is None:
-        raise CompressError(f"model '{compressed.name}' carries no plan; apply a plan before exporting it")
     say = progress or (lambda step: None)
+    original, compressed = model.original.handle, model.compressed.handle
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise CompressError(f"{folder}: exists and is not a folder")
@@ -84,23 +82,24 @@ def export_artifacts(
     staging = Path(tempfile.mkdtemp(prefix=f".{sanitize_filename(original.name)}.", suffix=".partial", dir=folder.parent))
     try:
         say("exporting ONNX")
-        fp32 = to_onnx(compressed)
-        onnx.save(to_onnx(original), staging / ORIGINAL_ONNX)
-        onnx.save(fp32, staging / FP32_ONNX)
+        onnx.save(model.original.onnx_model, staging / ORIGINAL_ONNX)
+        onnx.save(model.compressed.onnx_model, staging / FP32_ONNX)
         if compressed.backend == "torch":
             torch.save(compressed.model.state_dict(), staging / TORCH_WEIGHTS)
-        compressed.compression.plan.save(staging / RECIPE)
+        model.plan.save(staging / RECIPE)
         data = original.data
         arrays = {"inputs": data.inputs} if data.labels is None else {"inputs": data.inputs, "labels": data.labels}
         np.savez_compressed(staging / EVAL_DATA, **arrays)
         quantized = None
         if int8 is not None:
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
-            quantized = quantize_int8(compressed, staging / INT8_ONNX, int8, fp32)
+            quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8)
         say("running every ONNX file in ONNX Runtime")
-        metrics = _metrics(original, compressed, fp32, staging, int8, quantized)
+        metrics = _metrics(model, staging, int8, quantized)
         (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
         (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
+        sizes = {name: {key: entry[key] for key in ("bytes", "zip_bytes")} for name, entry in metrics["artifacts"].items()}
+        sizes.update({name: file_sizes(staging / name) for name in (METRICS, REPORT)})
         folder.mkdir(exist_ok=True)
         files = {}
         for name in FILES:
@@ -111,7 +110,7 @@ def export_artifacts(
                 (folder / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(folder, files, metrics)
+    return ExportResult(folder, files, metrics, sizes)
 
 
 def file_sizes(path: Path) -> dict[str, int]:
@@ -145,15 +144,9 @@ def headline(fidelity: dict[str, Any], task: str) -> tuple[str, float | None]:
     return key, fidelity.get(key)
 
 
-def _metrics(
-    original: ModelHandle,
-    compressed: ModelHandle,
-    fp32: onnx.ModelProto,
-    staging: Path,
-    int8: Int8Options | None,
-    quantized: Int8Result | None,
-) -> dict[str, Any]:
-    reference = original.run(original.data.inputs)
+def _metrics(model: CompressedModel, staging: Path, int8: Int8Options | None, quantized: Int8Result | None) -> dict[str, Any]:
+    original = model.original.handle
+    reference = model.original.baseline().reference
     artifacts = {}
     for name in FILES:
         path = staging / name
@@ -164,12 +157,11 @@ def _metrics(
             outputs = run_onnx(path, original.data.inputs)
             entry.update(output_fidelity(reference, outputs, original.data.labels, original.task))
         artifacts[name] = entry
-    targets = layer_targets(compressed, fp32, layer_inventory(compressed))
     return {
         "model": original.name,
         "task": original.task,
         "data": {"origin": original.data.origin, "samples": len(original.data)},
-        "pytorch": evaluate(original, compressed),
+        "pytorch": model.evaluate(),
         "artifacts": artifacts,
         "int8": None
         if quantized is None or int8 is None
@@ -181,7 +173,7 @@ def _metrics(
             "layers": [vars(row) for row in quantized.layers],
             "notes": quantized.notes,
         },
-        "layer_nodes": {layer: target.node for layer, target in targets.items()},
+        "layer_nodes": {layer: target.node for layer, target in model.compressed.layer_targets.items()},
     }
 
 

@@ -1,7 +1,7 @@
 """Integer ONNX models from a compressed handle, through ONNX Runtime's own quantizer.
 
-The plan maps onto ORT's controls, layer by layer (``onnx_layers`` gives each layer's node and
-weight tensor):
+The plan maps onto ORT's controls, layer by layer (the pipeline's layer map, ``ort.layer_map``,
+gives each layer's node and weight tensor in the fp32 export):
 
 - a layer kept float (``bits: null``) goes to ``nodes_to_exclude``;
 - 8-bit weights are stored as ``QInt8``, 4-bit as ``QInt4`` and 16-bit as ``QInt16`` through
@@ -32,12 +32,11 @@ from onnx import numpy_helper
 
 from compress_core.atomic import atomic_write
 from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import ModelHandle
-from compress_core.models.inventory import layer_inventory
-from compress_core.ort.export import INPUT_NAME, to_onnx
 from compress_core.models.onnx_graph import compressible_nodes
-from compress_core.ort.layer_map import LayerTarget, layer_targets
+from compress_core.ort.export import INPUT_NAME
+from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
+from compress_core.transform.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")
@@ -111,27 +110,21 @@ def calibration_inputs(inputs: np.ndarray, samples: int) -> np.ndarray:
     return inputs[np.linspace(0, len(inputs) - 1, samples).round().astype(int)]
 
 
-def quantize_int8(
-    compressed: ModelHandle,
-    path: str | Path,
-    options: Int8Options = Int8Options(),
-    fp32_model: onnx.ModelProto | None = None,
-) -> Int8Result:
-    """Write the integer ONNX model of ``compressed`` (a handle from ``apply_plan``) to ``path``.
+def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Options = Int8Options()) -> Int8Result:
+    """Write the integer ONNX model of ``compressed`` (``CompressedModel.compressed``) to ``path``.
 
-    ``fp32_model`` is the handle's ONNX export when the caller already has it. Raises
+    Quantizes the model's cached fp32 export, with its cached inventory and layer map. Raises
     ``CompressError`` naming the op and layer when a planned layer cannot be quantized.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    if compressed.compression is None:
-        raise CompressError(f"model '{compressed.name}' carries no plan; apply a plan (apply_plan) before int8 export")
-    fp32_model = fp32_model if fp32_model is not None else to_onnx(compressed)
-    layers = layer_inventory(compressed)
-    targets = layer_targets(compressed, fp32_model, layers)
-    quantized = compressed.compression.quantized
+    handle = compressed.handle
+    if handle.compression is None:
+        raise CompressError(f"model '{handle.name}' carries no plan; apply a plan (compress) before int8 export")
+    layers, targets = compressed.inventory, compressed.layer_targets
+    quantized = handle.compression.quantized
     wide = not options.dynamic and any(grid.bits in STORAGE_BITS for grid in quantized.values())
-    model, notes = prepare_for_quantization(fp32_model, INT4_OPSET if wide else MIN_OPSET)
+    model, notes = prepare_for_quantization(compressed.onnx_model, INT4_OPSET if wide else MIN_OPSET)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     out_axes = {use.node_name: use.out_axis for use in compressible_nodes(model)}
     unmapped = [layer.name for layer in layers if layer.name not in targets]
@@ -168,7 +161,7 @@ def quantize_int8(
             if options.dynamic:
                 quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
             else:
-                reader = EvalDataReader(calibration_inputs(compressed.data.inputs, options.calibration_samples), _input_name(model))
+                reader = EvalDataReader(calibration_inputs(handle.data.inputs, options.calibration_samples), _input_name(model))
                 quantize_static(
                     model,
                     temporary,

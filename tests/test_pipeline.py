@@ -1,0 +1,136 @@
+"""The compressed-model pipeline: one inventory, one ONNX export and one run per model, from Apply to the int8 file."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import streamlit as st
+
+import compress_core as cc
+from apptest_helpers import button, first_run
+from compress_core.analysis.metrics import evaluate
+from compress_core.models.handle import ModelHandle
+from compress_core.models.inventory import layer_inventory
+from compress_core.ort.artifacts import INT8_ONNX, export_artifacts
+from compress_core.ort.export import to_onnx
+from compress_core.ort.int8 import Int8Options
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
+from compress_core.transform.pipeline import compress
+from explorer_ui import exporting, recover_panel, state  # noqa: F401 - imported before counting, so that Calls patches them
+
+CONV_8_BITS = "version: 1\nlayers:\n  're:.*conv.*': {bits: 8}\n"
+
+
+class Calls:
+    """Counts calls of engine functions per model handle, wherever the engine and the app look them up."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.counts: dict[str, Counter[int]] = {}
+        self.handles: dict[int, ModelHandle] = {}
+        for function in (layer_inventory, to_onnx, apply_plan):
+            self._patch_everywhere(monkeypatch, function)
+        original_run = ModelHandle.run
+
+        def run(handle: ModelHandle, *args: Any, **kwargs: Any) -> Any:
+            self._count("run", handle)
+            return original_run(handle, *args, **kwargs)
+
+        monkeypatch.setattr(ModelHandle, "run", run)
+
+    def _patch_everywhere(self, monkeypatch: pytest.MonkeyPatch, function: Callable[..., Any]) -> None:
+        def counting(handle: ModelHandle, *args: Any, **kwargs: Any) -> Any:
+            self._count(function.__name__, handle)
+            return function(handle, *args, **kwargs)
+
+        modules = [module for name, module in list(sys.modules.items()) if name.split(".")[0] in ("compress_core", "explorer_ui")]
+        patched = [module for module in modules if getattr(module, function.__name__, None) is function]
+        assert patched, function.__name__
+        for module in patched:
+            monkeypatch.setattr(module, function.__name__, counting)
+
+    def _count(self, name: str, handle: ModelHandle) -> None:
+        self.handles[id(handle)] = handle  # keeps the handle alive, so its id stays its own
+        self.counts.setdefault(name, Counter())[id(handle)] += 1
+
+    def of(self, name: str, handle: ModelHandle) -> int:
+        """How often ``name`` was called on ``handle``."""
+        return self.counts.get(name, Counter())[id(handle)]
+
+    def on(self, name: str, predicate: Callable[[ModelHandle], bool]) -> int:
+        """How often ``name`` was called on handles for which ``predicate`` holds."""
+        return sum(count for key, count in self.counts.get(name, Counter()).items() if predicate(self.handles[key]))
+
+
+@pytest.fixture(scope="module")
+def resnet() -> cc.ModelHandle:
+    return cc.load_model("digits_resnet")
+
+
+def test_export_with_int8_takes_one_inventory_one_export_per_model_and_one_run_of_the_original(resnet, tmp_path, monkeypatch):
+    calls = Calls(monkeypatch)
+    model = compress(resnet, Plan.from_text(CONV_8_BITS))
+    result = export_artifacts(model, tmp_path / "out", Int8Options())  # what the Export page builds by default
+    compressed = model.compressed.handle
+    assert INT8_ONNX in result.files and result.metrics["int8"]["layers"]
+    assert (calls.of("layer_inventory", resnet), calls.of("layer_inventory", compressed)) == (1, 1)
+    assert (calls.of("to_onnx", resnet), calls.of("to_onnx", compressed)) == (1, 1)
+    assert (calls.of("run", resnet), calls.of("run", compressed)) == (1, 1)
+    assert calls.of("apply_plan", resnet) == 1
+
+
+def test_a_second_plan_and_a_fine_tuned_model_reuse_the_originals_work(resnet, monkeypatch):
+    calls = Calls(monkeypatch)
+    first = compress(resnet, Plan.from_text(CONV_8_BITS))
+    first.evaluate()
+    second = compress(first.original, Plan.from_text("version: 1\ndefault: {bits: 4}\n"))
+    second.evaluate()
+    tuned = first.fine_tuned(second.compressed.handle)  # any compressed handle stands in for a fine-tuned one
+    assert tuned.original is first.original and tuned.plan is first.plan
+    assert tuned.evaluate()["compressed"] == second.evaluate()["compressed"]
+    assert (calls.of("run", resnet), calls.of("to_onnx", resnet), calls.of("layer_inventory", resnet)) == (1, 1, 1)
+    assert calls.of("run", second.compressed.handle) == 2  # the stand-in measured twice: once per pipeline object
+
+
+def test_evaluate_matches_the_uncached_evaluate_and_hands_out_copies(resnet):
+    model = compress(resnet, Plan.from_text(CONV_8_BITS))
+    result = model.evaluate()
+    assert result == evaluate(resnet, model.compressed.handle)
+    result["compressed"]["notes"].append("changed by the caller")
+    result["original"]["params"] = -1
+    assert model.evaluate() == evaluate(resnet, model.compressed.handle)
+    assert model.evaluate(with_zip=False)["compressed"]["zip_bytes"] is None
+
+
+def test_a_handle_without_a_plan_is_no_compressed_model(resnet):
+    with pytest.raises(cc.CompressError, match="carries no plan"):
+        compress(resnet, Plan.from_text(CONV_8_BITS)).fine_tuned(resnet)
+
+
+def test_the_app_builds_the_compressed_model_once_for_apply_and_export(private_dirs, monkeypatch):
+    st.cache_resource.clear()  # the app's cached models are shared by the whole process: start from none
+    st.cache_data.clear()
+    calls = Calls(monkeypatch)
+    app = first_run()
+    app.switch_page("pages/tune.py").run()
+    button(app, "All Conv layers").click().run()
+    button(app, "Apply").click().run()
+    app.switch_page("pages/export.py").run()
+    button(app, "Build artifacts").click().run()
+    assert not app.exception and not app.error
+    assert {"model_fp32.onnx", "model_int8.onnx"} <= set(app.session_state[state.EXPORTS]["digits_cnn"]["files"])
+    assert calls.on("apply_plan", lambda handle: True) == 1
+
+    def is_compressed(handle: ModelHandle) -> bool:
+        return handle.compression is not None
+
+    def is_original(handle: ModelHandle) -> bool:
+        return handle.compression is None
+
+    assert (calls.on("layer_inventory", is_original), calls.on("layer_inventory", is_compressed)) == (1, 1)
+    assert (calls.on("to_onnx", is_original), calls.on("to_onnx", is_compressed)) == (1, 1)
+    assert (calls.on("run", is_original), calls.on("run", is_compressed)) == (1, 1)
