@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress_core import load_model  # noqa: E402
-from compress_core.analysis.sensitivity import Sweep, run_sensitivity  # noqa: E402
+from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
+from compress_core.analysis.sweep import Sweep  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE_TARGET = 1 / 6

@@ -1,4 +1,4 @@
-"""What the Layers page draws, computed from one layer's weight with ``compress_core.ops.primitives``.
+"""What the Layers page draws, computed from one layer's weight with ``compress_core.ops`` and ``analysis.teaching``.
 
 Plain functions of arrays and ``LayerInfo``: no Streamlit (``cache`` wraps them). Bad settings
 (for example 2:4 pruning of a weight whose input size is 9) raise ``CompressError``.
@@ -12,16 +12,10 @@ import numpy as np
 import torch
 
 from compress_core import CompressError, LayerInfo, ModelHandle
+from compress_core.analysis.teaching import grid_view
+from compress_core.layer_config import PruneConfig
 from compress_core.models.inventory import layer_weight_array
-from compress_core.plan import PruneConfig
-from compress_core.ops.primitives import (
-    break_even_rank,
-    conv_as_matrix,
-    energy_kept,
-    quantize_weight,
-    singular_values,
-    sqnr_db,
-)
+from compress_core.ops.lowrank import break_even_rank, conv_as_matrix, energy_kept, singular_values
 from compress_core.ops.weights import prune_mask
 
 OUTLIER_FACTOR = 3.0
@@ -34,27 +28,12 @@ def layer_weight(handle: ModelHandle, layer: LayerInfo) -> np.ndarray:
 
 
 def quantization_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int) -> dict[str, Any]:
-    """The weights to histogram, the quantization levels over them, and the rounding errors.
-
-    With per-channel granularity each output channel has its own grid, so the histogram and the
-    levels are those of output channel ``channel``; per tensor they cover the whole weight.
-    ``errors`` (quantized - original) and ``sqnr_db`` always cover the whole weight.
+    """``teaching.grid_view`` as the Layers page shows it: the weights and levels of output channel
+    ``channel`` with per-channel granularity (each channel has its own grid), of the whole weight per
+    tensor; ``errors`` (quantized - original, flat) and ``sqnr_db`` always cover the whole weight.
     """
-    tensor = torch.from_numpy(weight)
-    try:
-        quantized = quantize_weight(tensor, bits, scheme, granularity, axis=out_axis)
-        per_channel = granularity == "channel"
-        levels = quantized.levels(channel if per_channel else None)
-    except ValueError as exc:
-        raise CompressError(str(exc)) from exc
-    shown = np.take(weight, channel, axis=out_axis) if per_channel else weight
-    return {
-        "values": shown.ravel(),
-        "levels": levels.numpy(),
-        "errors": (quantized.values - tensor).numpy().ravel(),
-        "sqnr_db": sqnr_db(tensor, quantized.values),
-        "scope": f"output channel {channel}" if per_channel else "whole tensor",
-    }
+    view = grid_view(weight, out_axis, bits, scheme, granularity, channel if granularity == "channel" else None)
+    return {**view, "errors": view["errors"].ravel()}
 
 
 def channel_view(layer: LayerInfo) -> dict[str, Any]:

@@ -6,7 +6,8 @@ import threading
 from typing import Any
 
 from compress_core import ModelHandle
-from compress_core.analysis.sensitivity import Progress, SensitivityResult, Sweep, run_sensitivity
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import Progress, SensitivityResult, Sweep
 
 from .jobs import BackgroundJob, Report
 

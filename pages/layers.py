@@ -3,7 +3,7 @@
 import streamlit as st
 
 from compress_core import CompressError
-from compress_core.plan import ALLOWED_BITS, GRANULARITIES, SCHEMES
+from compress_core.ops.quantize import ALLOWED_BITS, GRANULARITIES, SCHEMES
 from explorer_ui import cache, figures, layer_data, state
 
 PRUNE_KINDS = ("unstructured", "2:4", "4:8", "1:4")

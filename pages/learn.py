@@ -6,10 +6,11 @@ import numpy as np
 import streamlit as st
 
 from compress_core import CompressError, ModelHandle
-
 from compress_core.analysis import teaching
-from compress_core.plan import LayerConfig, Plan
-from compress_core.ops.primitives import SCHEMES
+from compress_core.analysis.calibration import PERCENTILES, calibration_ranges, layer_input_activations
+from compress_core.layer_config import LayerConfig
+from compress_core.ops.quantize import SCHEMES
+from compress_core.plan import Plan
 from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivity_view, state
 
 NM_PATTERNS = ("2:4", "4:8", "1:4")
@@ -28,13 +29,13 @@ def _weight_demo(key: str, _handle: ModelHandle, layer: str, demo: str, **option
 @st.cache_data(show_spinner=False, max_entries=8)
 def _activations(key: str, _handle: ModelHandle, layer: str) -> np.ndarray:
     """The values reaching ``layer``'s input on the evaluation data."""
-    return teaching.layer_input_activations(_handle, layer)
+    return layer_input_activations(_handle, layer)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _calibration(key: str, _handle: ModelHandle, layer: str, bits: int, percentiles: tuple[float, ...]) -> dict[str, Any]:
-    """``teaching.calibration_ranges`` of ``layer``'s input activations."""
-    return teaching.calibration_ranges(_activations(key, _handle, layer), bits, percentiles)
+    """``calibration_ranges`` of ``layer``'s input activations."""
+    return calibration_ranges(_activations(key, _handle, layer), bits, percentiles)
 
 
 session = st.session_state
@@ -156,7 +157,7 @@ with calibration:
     )
     bits_column, percentile_column = st.columns(2)
     activation_bits = bits_column.slider("Activation bits", 4, 8, 8, key="learn_calibration_bits")
-    percentiles = percentile_column.multiselect("Percentiles", PERCENTILE_OPTIONS, default=list(teaching.PERCENTILES), key="learn_percentiles")
+    percentiles = percentile_column.multiselect("Percentiles", PERCENTILE_OPTIONS, default=list(PERCENTILES), key="learn_percentiles")
     try:
         with st.spinner(f"Collecting the inputs of {name} on {len(handle.data)} samples ..."):
             ranges = _calibration(source.key, handle, name, activation_bits, tuple(sorted(percentiles)))

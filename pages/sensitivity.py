@@ -3,8 +3,8 @@
 import streamlit as st
 
 from compress_core import CompressError
-from compress_core.plan import ALLOWED_BITS
-from compress_core.analysis.sensitivity import KINDS, Sweep
+from compress_core.analysis.sweep import KINDS, Sweep
+from compress_core.ops.quantize import ALLOWED_BITS
 from explorer_ui import figures, sensitivity_view, state
 
 PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)

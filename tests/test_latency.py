@@ -9,15 +9,15 @@ import onnx
 import pytest
 
 import compress_core as cc
-from compress_core.ort import latency
-from compress_core.transform.apply import apply_plan
 from compress_core.errors import CompressError
+from compress_core.ort import latency, sessions
+from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.latency import batch_of, measure_latency
-from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets
-from compress_core.plan import Plan
 from compress_core.ort.profiling import FLOAT_COMPUTE_OPS, layer_of, op_census, profile_nodes
+from compress_core.plan import Plan
+from compress_core.transform.pipeline import compress
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def files(tmp_path_factory):
     handle = cc.load_model("digits_cnn")
     folder = tmp_path_factory.mktemp("latency")
     onnx.save(to_onnx(handle), folder / "fp32.onnx")
-    compressed = apply_plan(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"))
+    compressed = compress(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n")).compressed
     quantize_int8(compressed, folder / "int8.onnx", Int8Options(calibration_samples=16))
     nodes = {name: target.node for name, target in layer_targets(handle, to_onnx(handle)).items()}
     return handle, {"fp32": folder / "fp32.onnx", "int8": folder / "int8.onnx"}, nodes
@@ -66,9 +66,21 @@ def test_measure_latency_interleaves_and_reports(files, monkeypatch):
 def test_sessions_do_not_spin_between_interleaved_runs(files):
     # An idle session whose threads spin steals the cores of the next candidate's run.
     _, paths, _ = files
-    options = latency.make_session(paths["fp32"], threads=2).get_session_options()
+    options = sessions.make_session(paths["fp32"], threads=2).get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+def test_a_session_that_is_not_timed_keeps_ort_thread_defaults_and_names_a_bad_model(files, tmp_path):
+    _, paths, _ = files
+    options = sessions.make_session(onnx.load(str(paths["fp32"]))).get_session_options()
+    with pytest.raises(Exception, match="does not have configuration"):
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+    assert options.log_severity_level == sessions.LOG_ERRORS_ONLY
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(CompressError, match="broken.onnx: ONNX Runtime could not load it"):
+        sessions.make_session(broken)
 
 
 def test_measure_latency_rejects_bad_arguments(files):
@@ -104,7 +116,7 @@ def test_profile_maps_nodes_to_layers(files):
 
 def _optimized_graph(path: Path, folder: Path) -> onnx.ModelProto:
     """The graph this build of ONNX Runtime actually runs for ``path`` (its optimizations differ by CPU)."""
-    latency.make_session(path, threads=1, optimized_path=folder / "optimized.onnx")
+    sessions.make_session(path, threads=1, optimized_path=folder / "optimized.onnx")
     return onnx.load(str(folder / "optimized.onnx"), load_external_data=False)
 
 

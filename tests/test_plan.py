@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from compress_core import CompressError
-from compress_core.plan import LayerConfig, Plan, PruneConfig
+from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan import Plan
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2", "head"]
 RECIPE = """
@@ -78,3 +79,24 @@ def test_direct_construction_is_validated():
         LayerConfig(bits=12)
     with pytest.raises(CompressError, match="prune ratio -0.1"):
         PruneConfig(ratio=-0.1)
+
+
+def test_the_plan_takes_exactly_the_settings_the_quantizer_takes():
+    # One definition: a recipe the plan accepts never fails in quantize_weight, and the reverse.
+    import torch
+
+    from compress_core.ops.quantize import ALLOWED_BITS, GRANULARITIES, SCHEMES, quantize_weight
+
+    weight = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    for bits in ALLOWED_BITS:
+        for scheme in SCHEMES:
+            for granularity in GRANULARITIES:
+                try:
+                    quantize_weight(weight, bits, scheme, granularity)
+                except ValueError:
+                    with pytest.raises(CompressError, match=f"bits {bits} is not allowed with scheme {scheme}; use 2..8"):
+                        LayerConfig(bits=bits, scheme=scheme, granularity=granularity)
+                else:
+                    LayerConfig(bits=bits, scheme=scheme, granularity=granularity)
+    with pytest.raises(CompressError, match="layer 'conv1': bits 16 is not allowed with scheme kmeans"):
+        Plan.from_text("version: 1\nlayers: {conv1: {bits: 16, scheme: kmeans}}")

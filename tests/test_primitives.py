@@ -1,4 +1,4 @@
-"""Exact-reference tests for compress_core.ops.primitives (pure tensor functions)."""
+"""Exact-reference tests for the tensor primitives of compress_core.ops (quantize, prune, lowrank, sqnr)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compress_core.ops.primitives import (
-    QuantizedWeight,
+from compress_core.ops.lowrank import (
     break_even_rank,
-    channel_scores,
-    channels_to_prune,
     conv_as_matrix,
     energy_kept,
-    magnitude_mask,
-    n_m_mask,
-    quantize_weight,
     resolve_rank,
     singular_values,
     split_conv_weight,
-    sqnr_db,
     truncated_svd,
 )
-
-SCHEMES = ["symmetric", "asymmetric", "pow2", "kmeans"]
+from compress_core.ops.prune import channel_scores, channels_to_prune, magnitude_mask, n_m_mask
+from compress_core.ops.quantize import SCHEMES, QuantizedWeight, quantize_weight
+from compress_core.ops.sqnr import sqnr_db
 
 
 def _gaussian(*shape: int, seed: int = 0) -> torch.Tensor:

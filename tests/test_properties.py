@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
 from compress_core import CompressError, load_model
-from compress_core.transform.apply import apply_plan
 from compress_core.models.evaldata import load_npz
 from compress_core.models.handle import InputSpec
+from compress_core.ops.quantize import quantize_weight
 from compress_core.plan import Plan
-from compress_core.ops.primitives import quantize_weight
+from compress_core.transform.apply import apply_plan
 
 # The same examples on every run (derandomize), none stored in the repository (database=None): the
 # suite cannot pass on one run and fail on the next. Explore more with --hypothesis-seed=random.

@@ -12,15 +12,18 @@ import torch
 from torch import nn
 
 from compress_core import CompressError, layer_inventory, load_model
-from compress_core.transform.apply import apply_plan
+from compress_core.analysis.hessian import hessian_traces
+from compress_core.analysis.metrics import evaluate, output_fidelity
+from compress_core.analysis.recover import finetune
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import Sweep
+from compress_core.layer_config import LayerConfig, PruneConfig
 from compress_core.models.evaldata import generated_data
 from compress_core.models.handle import InputSpec, ModelHandle
-from compress_core.analysis.metrics import evaluate, output_fidelity
+from compress_core.ops.sqnr import sqnr_db
 from compress_core.ort.export import to_onnx
-from compress_core.plan import LayerConfig, Plan, PruneConfig
-from compress_core.ops.primitives import sqnr_db
-from compress_core.analysis.recover import finetune
-from compress_core.analysis.sensitivity import Sweep, hessian_traces, run_sensitivity
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
 from explorer_ui import tuning
 
 FIXED_BATCH = 4
@@ -234,3 +237,28 @@ def test_an_n_m_kind_refuses_a_ratio_it_does_not_prune():
 def test_n_m_pruning_checks_the_shape_that_low_rank_or_structured_pruning_left(recipe, message):
     with pytest.raises(CompressError, match=message):
         apply_plan(load_model("digits_mlp"), Plan.from_dict(recipe))
+
+
+# ---------------------------------------------------------------- model outputs
+
+
+class _NestedOutputs(nn.Module):
+    """Returns ((logits, features), aux): the first leaf is the output everything measures."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        logits = self.fc(x)
+        return (logits, x), logits.sum(dim=1)
+
+
+def test_a_model_with_nested_outputs_is_run_and_swept_on_its_first_leaf():
+    # One unwrapping: ModelHandle.run took one level of tuple while the sensitivity sweep took every level.
+    spec = InputSpec((4,))
+    handle = ModelHandle("nested", "torch", _NestedOutputs().eval(), spec, generated_data(spec, samples=16), kind="sample")
+    expected = handle.model.fc(torch.from_numpy(handle.data.inputs)).detach().numpy()
+    np.testing.assert_allclose(handle.run(handle.data.inputs), expected, rtol=1e-6)
+    table = run_sensitivity(handle, Sweep(bits=(8,), kinds=("bits",)), cache=False)
+    assert [row.layer for row in table.rows] == ["fc"] and table.rows[0].drop == pytest.approx(0.0, abs=1.0)

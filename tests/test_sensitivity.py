@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from compress_core import CompressError, load_model
-from compress_core.analysis.activation_cache import StagedModel, as_numpy
-from compress_core.models.handle import RUN_BATCH
+from compress_core.analysis.activation_cache import StagedModel
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import CSV_COLUMNS, Sweep
 from compress_core.cli import main
-from compress_core.analysis.sensitivity import CSV_COLUMNS, Sweep, run_sensitivity
+from compress_core.models.handle import RUN_BATCH, as_numpy
 from compress_core.transform.torch_backend import copy_module
 
 BITS = Sweep(kinds=("bits",))

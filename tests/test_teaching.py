@@ -7,16 +7,11 @@ import pytest
 import torch
 
 from compress_core import CompressError, load_model
-from compress_core.transform.apply import apply_plan
-from compress_core.models.handle import ModelHandle
-from compress_core.plan import Plan
+from compress_core.analysis.calibration import calibration_ranges, entropy_threshold, layer_input_activations
 from compress_core.analysis.teaching import (
     binarize,
-    calibration_ranges,
     distillation_view,
-    entropy_threshold,
     extreme_quantization,
-    layer_input_activations,
     layer_weight,
     low_rank_profile,
     pruning_mask_2d,
@@ -26,6 +21,9 @@ from compress_core.analysis.teaching import (
     sqnr_by_bits,
     ternarize,
 )
+from compress_core.models.handle import ModelHandle
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +150,17 @@ def test_distillation_probabilities_sum_to_one_and_flatten_with_temperature(cnn:
     assert softened_probabilities(np.array([2.0, 0.0]), 1e6) == pytest.approx([0.5, 0.5])
     with pytest.raises(CompressError, match="temperature 0 is not allowed"):
         softened_probabilities(np.zeros(3), 0)
+
+
+def test_the_learn_and_layers_pages_quantize_through_one_view(conv2: torch.Tensor) -> None:
+    from explorer_ui import layer_data
+
+    learn = quantization_view(conv2, bits=4, scheme="asymmetric", granularity="channel", channel=3)
+    layers = layer_data.quantization_view(conv2.numpy(), 0, 4, "asymmetric", "channel", 3)
+    assert learn["levels"] == layers["levels"].tolist() and learn["sqnr_db"] == layers["sqnr_db"]
+    assert layers["scope"] == "output channel 3" and len(layers["values"]) == 16 * 9
+    assert len(layers["errors"]) == conv2.numel()  # the Layers page's errors cover the whole weight
+    whole = layer_data.quantization_view(conv2.numpy(), 0, 4, "asymmetric", "tensor", 3)
+    assert whole["scope"] == "whole tensor" and len(whole["values"]) == conv2.numel()
+    with pytest.raises(CompressError, match="bits=16 is not allowed with scheme=.kmeans."):
+        layer_data.quantization_view(conv2.numpy(), 0, 16, "kmeans", "tensor", 0)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import fx, nn
+
+from compress_core.models.handle import first_tensor
 
 INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 MATCH_RTOL = 1e-4
@@ -135,17 +136,5 @@ class StagedModel:
         return node.op == "call_function" and node.target in INPLACE_FUNCTIONS
 
 
-def first_tensor(output: object) -> torch.Tensor:
-    """The first output, as the project's ``ModelHandle.run`` takes it."""
-    while isinstance(output, (tuple, list)):
-        output = output[0]
-    return output  # type: ignore[return-value]
-
-
 def _clone(value: object) -> object:
     return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def as_numpy(outputs: list[torch.Tensor]) -> np.ndarray:
-    """Concatenated batch outputs as float numpy, like ``ModelHandle.run``."""
-    return torch.cat([output.detach().float() for output in outputs]).numpy()

@@ -10,20 +10,15 @@ Speed: for torch ``nn.Module`` models, weight-only changes (bits, unstructured p
 low-rank weight in place) are swapped into one working copy and restored afterwards; where the model
 traces into stages (``activation_cache.StagedModel``) the unchanged prefix runs once per layer.
 Structured pruning, ONNX models and TorchScript go through ``apply_plan`` and full passes. Results
-are cached on disk, keyed by a hash of the weights, the data and the sweep.
+are cached on disk (``sweep_cache``), keyed by a hash of the weights, the data and the sweep. The
+sweep and the table are ``sweep``'s; Hessian traces are ``hessian``'s.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,186 +26,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress_core.analysis.activation_cache import StagedModel, as_numpy, first_tensor
-from compress_core.transform.apply import apply_plan, check_layer_config, full_rank
-from compress_core.atomic import atomic_write_text
-from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import RUN_BATCH, ModelHandle
-from compress_core.models.inventory import LayerInfo, layer_inventory
+from compress_core.analysis.activation_cache import StagedModel
+from compress_core.analysis.hessian import hessian_traces
 from compress_core.analysis.metrics import output_fidelity, quality_metric
-from compress_core.plan import ALLOWED_BITS, GRANULARITIES, SCHEMES, LayerConfig, Plan, PruneConfig
-from compress_core.ops.primitives import (
-    channels_to_prune,
-    energy_kept,
-    quantize_weight,
-    resolve_rank,
-    singular_values,
-    sqnr_db,
-    truncated_svd,
-)
-from compress_core.transform.torch_backend import copy_module
+from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
+from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
+from compress_core.errors import CompressError
+from compress_core.layer_config import PruneConfig
+from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy, first_tensor
+from compress_core.models.inventory import LayerInfo, layer_inventory
+from compress_core.ops.lowrank import energy_kept, resolve_rank, singular_values, truncated_svd
+from compress_core.ops.prune import channels_to_prune
+from compress_core.ops.quantize import quantize_weight
+from compress_core.ops.sqnr import sqnr_db
 from compress_core.ops.weights import prune_mask
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan, check_layer_config, full_rank
+from compress_core.transform.torch_backend import copy_module
 
-KINDS = ("bits", "prune", "structured", "rank")
-CACHE_VERSION = 1
-CSV_COLUMNS = ("layer", "kind", "level", "metric", "drop", "proxy")
-HESSIAN_KIND = "hessian"
 Cancel = Callable[[], bool] | threading.Event | None
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """The levels to try. ``prune`` ratios serve both unstructured (``prune``) and ``structured``
-    pruning; ``ranks`` are fractions of full rank (floats) or ranks (ints); ``kinds`` selects which
-    of ``bits``, ``prune``, ``structured`` and ``rank`` run. Bits use ``scheme`` and ``granularity``."""
-
-    bits: tuple[int, ...] = (8, 6, 4, 3, 2)
-    prune: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    ranks: tuple[int | float, ...] = (0.75, 0.5, 0.25, 0.1)
-    kinds: tuple[str, ...] = KINDS
-    scheme: str = "symmetric"
-    granularity: str = "channel"
-
-    def __post_init__(self) -> None:
-        for name in ("bits", "prune", "ranks", "kinds"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        unknown = [kind for kind in self.kinds if kind not in KINDS]
-        if unknown or not self.kinds:
-            raise CompressError(f"unknown sensitivity kind '{(unknown or [''])[0]}'; use one or more of {', '.join(KINDS)}")
-        if self.scheme not in SCHEMES or self.granularity not in GRANULARITIES:
-            raise CompressError(f"scheme '{self.scheme}' / granularity '{self.granularity}' is not allowed; use {', '.join(SCHEMES)} / {', '.join(GRANULARITIES)}")
-        for kind in self.kinds:
-            if not self.levels(kind):
-                raise CompressError(f"sensitivity kind '{kind}' has no levels to try")
-            for level in self.levels(kind):
-                config_for(kind, level, self)
-
-    def levels(self, kind: str) -> tuple[int | float, ...]:
-        """The levels of one kind."""
-        return {"bits": self.bits, "prune": self.prune, "structured": self.prune, "rank": self.ranks}[kind]
-
-    def cells(self) -> list[tuple[str, int | float]]:
-        """Every (kind, level) of the sweep, kinds in ``KINDS`` order."""
-        return [(kind, level) for kind in KINDS if kind in self.kinds for level in self.levels(kind)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def config_for(kind: str, level: int | float, sweep: Sweep) -> LayerConfig:
-    """The one-layer config of a cell; a bad level is a one-line ``CompressError``."""
-    try:
-        if kind == "bits":
-            return LayerConfig(bits=level, scheme=sweep.scheme, granularity=sweep.granularity)
-        if kind == "rank":
-            return LayerConfig(rank=level)
-        if isinstance(level, bool) or not isinstance(level, (int, float)) or level <= 0:
-            raise CompressError(f"prune ratio {level!r} is not allowed; use a number in (0, 1)")
-        return LayerConfig(prune=PruneConfig(ratio=level, kind="structured" if kind == "structured" else "unstructured"))
-    except CompressError as exc:
-        raise CompressError(f"sensitivity level for '{kind}': {exc}") from exc
-
-
-@dataclass(frozen=True)
-class SensitivityRow:
-    """One measured cell: ``metric`` in %, ``drop`` = original metric - metric (points), ``proxy``
-    (dB of weight SQNR, or energy kept for rank; Hessian trace for ``kind == "hessian"``)."""
-
-    layer: str
-    kind: str
-    level: int | float | None
-    metric: float | None
-    drop: float | None
-    proxy: float | None
-
-
-@dataclass(frozen=True)
-class SkippedCell:
-    """A cell the layer or the model cannot take, and why."""
-
-    layer: str
-    kind: str
-    level: int | float
-    reason: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a sweep is: layer ``layer_index`` (1-based) of ``layer_count``, cell ``cell`` of ``cell_count``."""
-
-    layer: str
-    layer_index: int
-    layer_count: int
-    cell: int
-    cell_count: int
-
-
-@dataclass
-class SensitivityResult:
-    """The sensitivity table of one model (rows in the model's layer order) and how it was made."""
-
-    model: str
-    metric_name: str
-    baseline: float
-    sweep: Sweep
-    rows: list[SensitivityRow] = field(default_factory=list)
-    skipped: list[SkippedCell] = field(default_factory=list)
-    hessian: dict[str, float] | None = None
-    seconds: float = 0.0
-    strategy: str = ""
-    evaluations: int = 0
-    cancelled: bool = False
-    cached: bool = False
-
-    def ranking(self, kind: str = "bits", level: int | float | None = None) -> list[str]:
-        """Layer names, most sensitive first (see ``ranked_rows``; ``hessian``: largest trace first)."""
-        if kind == HESSIAN_KIND:
-            if self.hessian is None:
-                raise CompressError("this sensitivity table has no Hessian traces; run it with hessian=True")
-            return sorted(self.hessian, key=lambda name: -self.hessian[name])
-        return [row.layer for row in self.ranked_rows(kind, level)]
-
-    def ranked_rows(self, kind: str = "bits", level: int | float | None = None) -> list[SensitivityRow]:
-        """The rows of ``kind`` at ``level`` (default: its harshest level), largest drop first,
-        ties broken by the lower proxy."""
-        rows = [row for row in self.rows if row.kind == kind]
-        if not rows:
-            found = ", ".join(sorted({row.kind for row in self.rows})) or "none"
-            raise CompressError(f"this sensitivity table has no '{kind}' rows; it has {found}")
-        harshest = max if kind in ("prune", "structured") else min
-        level = harshest(row.level for row in rows) if level is None else level
-        return sorted((row for row in rows if row.level == level), key=lambda row: (-row.drop, row.proxy))
-
-    def table(self) -> list[SensitivityRow]:
-        """The measured rows, then one ``hessian`` row per layer when traces were computed."""
-        traces = [SensitivityRow(name, HESSIAN_KIND, None, None, None, trace) for name, trace in (self.hessian or {}).items()]
-        return [*self.rows, *traces]
-
-    def to_csv(self) -> str:
-        """The table as CSV text with the columns ``layer,kind,level,metric,drop,proxy``."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for row in self.table():
-            writer.writerow(["" if value is None else value for value in (getattr(row, c) for c in CSV_COLUMNS)])
-        return buffer.getvalue()
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (``from_dict`` reads it back)."""
-        data = asdict(self)
-        data["sweep"] = self.sweep.to_dict()
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SensitivityResult":
-        return cls(
-            **{
-                **data,
-                "sweep": Sweep(**data["sweep"]),
-                "rows": [SensitivityRow(**row) for row in data["rows"]],
-                "skipped": [SkippedCell(**cell) for cell in data["skipped"]],
-            }
-        )
 
 
 def run_sensitivity(
@@ -228,27 +62,23 @@ def run_sensitivity(
 
     ``progress`` is called after every cell; ``cancel`` (a callable returning True, or a
     ``threading.Event``) is checked before every evaluation, and a cancelled run returns the rows so
-    far with ``cancelled=True``. ``cache``: True for ``default_cache_dir()``, a folder, or False.
+    far with ``cancelled=True``. ``cache``: True for ``sweep_cache.default_cache_dir()``, a folder, or False.
     ``staged=False`` forces full passes (for comparison). ``hessian=True`` adds Hutchinson traces.
     """
     sweep = sweep or Sweep()
     started = time.perf_counter()
-    cache_file = None
-    if cache is not False:
-        folder = default_cache_dir() if cache is True else Path(cache)
-        cache_file = folder / f"{cache_key(handle, sweep, hessian)}.json"
-        if cache_file.is_file():
-            result = SensitivityResult.from_dict(json.loads(cache_file.read_text(encoding="utf-8")))
-            result.cached, result.seconds = True, time.perf_counter() - started
-            return result
+    path = cache_file(handle, sweep, hessian, cache)
+    cached = read_cached(path)
+    if cached is not None:
+        cached.seconds = time.perf_counter() - started
+        return cached
     layers = layer_inventory(handle)
     runner = _Runner(handle, layers, sweep, batch_size, staged)
     result = runner.sweep_all(progress, cancel)
     if hessian and not result.cancelled:
         result.hessian = hessian_traces(handle, layers)
     result.seconds = time.perf_counter() - started
-    if cache_file is not None and not result.cancelled:
-        atomic_write_text(cache_file, json.dumps(result.to_dict()))
+    write_cached(path, result)
     return result
 
 
@@ -385,62 +215,3 @@ def _is_cancelled(cancel: Cancel) -> bool:
         return False
     return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
 
-
-def hessian_traces(handle: ModelHandle, layers: list[LayerInfo] | None = None, samples: int = 8, max_inputs: int = 256, seed: int = 0) -> dict[str, float]:
-    """Hutchinson estimate of the trace of the loss Hessian for each layer's weight.
-
-    The loss is cross-entropy to the labels for a classification model with labels, else the mean
-    squared error to the original outputs; ``samples`` Rademacher probes on the first
-    ``max_inputs`` inputs. A larger trace means a more sensitive layer.
-    """
-    if handle.backend != "torch" or isinstance(handle.model, torch.jit.ScriptModule):
-        raise CompressError(f"Hessian traces need a torch nn.Module; '{handle.name}' is a {handle.kind} model")
-    layers = layers if layers is not None else layer_inventory(handle)
-    work = copy_module(handle.model)
-    named = dict(work.named_parameters())
-    for parameter in named.values():
-        parameter.requires_grad_(False)
-    weights = [named[layer.weight_name].requires_grad_(True) for layer in layers]
-    inputs = np.array(handle.data.inputs[:max_inputs])
-    labels = handle.data.labels
-    generator = torch.Generator().manual_seed(seed)
-    with torch.enable_grad():
-        batches = handle.input_batches(inputs, len(inputs))  # one batch, or a fixed-batch program's batches
-        output = torch.cat([first_tensor(work(torch.from_numpy(batch))) for batch in batches])[: len(inputs)]
-        if handle.task == "classification" and labels is not None:
-            loss = nn.functional.cross_entropy(output, torch.from_numpy(np.array(labels[:max_inputs])))
-        else:
-            loss = nn.functional.mse_loss(output, torch.from_numpy(handle.run(inputs)))
-        try:
-            gradients = torch.autograd.grad(loss, weights, create_graph=True)
-            traces = torch.zeros(len(weights), dtype=torch.float64)
-            for _ in range(samples):
-                probes = [torch.randint(0, 2, w.shape, generator=generator).to(w.dtype) * 2 - 1 for w in weights]
-                products = torch.autograd.grad(gradients, weights, grad_outputs=probes, retain_graph=True)
-                traces += torch.stack([(p * v).sum().double() for p, v in zip(products, probes)])
-        except RuntimeError as exc:
-            raise CompressError(f"Hessian traces are not available for '{handle.name}': {first_line(exc)}") from exc
-    return {layer.name: float(trace) / samples for layer, trace in zip(layers, traces)}
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/compress_explorer/sensitivity`` (``~/.cache/...`` by default)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compress_explorer" / "sensitivity"
-
-
-def cache_key(handle: ModelHandle, sweep: Sweep, hessian: bool) -> str:
-    """A hash of the model's weights, the evaluation data, the sweep and the options."""
-    digest = hashlib.sha256()
-    options = {"version": CACHE_VERSION, "backend": handle.backend, "task": handle.task, "sweep": sweep.to_dict(), "hessian": hessian}
-    digest.update(json.dumps(options, sort_keys=True).encode())
-    if handle.backend == "onnx":
-        digest.update(handle.model.SerializeToString())
-    else:
-        for name, tensor in handle.model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    for array in (handle.data.inputs, handle.data.labels):
-        if array is not None:
-            digest.update(str((array.shape, array.dtype)).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:32]

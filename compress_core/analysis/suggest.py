@@ -19,14 +19,18 @@ from typing import Any
 
 import numpy as np
 
-from compress_core.transform.apply import apply_plan, full_rank
+from compress_core.analysis.metrics import model_metrics, quality_metric
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
 from compress_core.errors import CompressError
+from compress_core.layer_config import LayerConfig, PruneConfig
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
-from compress_core.analysis.metrics import FLOAT_BITS, SCALE_BYTES, ZERO_POINT_BYTES, model_metrics, quality_metric
-from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig
-from compress_core.ops.primitives import resolve_rank
-from compress_core.analysis.sensitivity import SensitivityResult, SensitivityRow, Sweep, run_sensitivity
+from compress_core.ops.lowrank import resolve_rank
+from compress_core.ops.quantize import ALLOWED_BITS
+from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan, full_rank
 
 TIE_BREAK = 0.01
 """Points of estimated drop per unit of relative weight noise (noise power / signal power)."""
@@ -182,24 +186,22 @@ class _Greedy:
         return self._drop(layer, option) + TIE_BREAK * noise
 
     def _bits(self, layer: LayerInfo, option: Option) -> float:
-        """Stored bits of the layer's weight, as ``metrics.plan_bytes`` counts them."""
+        """Stored bits of the layer's weight (two factors after low-rank), by ``ops.storage`` as
+        ``metrics.plan_bytes`` counts them."""
         numel = math.prod(layer.weight_shape)
         channels = layer.weight_shape[layer.out_axis]
-        scales = channels
+        weights, channel_groups, index = 1, channels, 0
         if option.rank is not None:
             rank = resolve_rank(option.rank, full_rank(layer))
-            numel, scales = rank * (channels + numel // channels), rank + channels
-        index = 0
+            numel, weights, channel_groups = rank * (channels + numel // channels), 2, rank + channels
         if option.prune_kind == "structured":
             kept_channels = channels - round(option.ratio * channels)
-            numel, scales = numel * kept_channels // channels, kept_channels
+            numel, channel_groups = numel * kept_channels // channels, kept_channels
         elif option.prune_kind == "prune":
-            index, numel = numel, numel - round(option.ratio * numel)
-        if option.bits is None:
-            return numel * FLOAT_BITS + index
-        scale_count = scales if self.sweep.granularity == "channel" else 1
-        scale_bytes = SCALE_BYTES + (ZERO_POINT_BYTES if self.sweep.scheme == "asymmetric" else 0)
-        return numel * option.bits + index + 8 * scale_count * scale_bytes
+            kept = numel - round(option.ratio * numel)
+            numel, index = kept, index_bits(numel, kept)
+        groups = channel_groups if self.sweep.granularity == "channel" else weights
+        return weight_bits(numel, option.bits, self.sweep.scheme, groups, index)
 
     def _macs(self, layer: LayerInfo, option: Option) -> float:
         if option.prune_kind == "structured":

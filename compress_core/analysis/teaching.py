@@ -1,72 +1,66 @@
-"""Plain data for the Learn page's demos: quantization, pruning, low-rank, calibration, distillation.
+"""Plain data for the Learn page's demos: quantization, pruning, low-rank and distillation.
 
-Every function returns dicts of numbers and lists (JSON-ready, nothing to plot with), computed on a
+Every demo returns dicts of numbers and lists (JSON-ready, nothing to plot with), computed on a
 real layer of a real model where it makes sense. No Streamlit, no plotly: the page draws them.
 
-* Quantization: a layer's grid and error histogram (:func:`quantization_view`), SQNR against bits
+* Quantization: a layer's grid and error histogram (:func:`quantization_view`, on the one view of a
+  weight on its grid, :func:`grid_view`, which the Layers page draws too), SQNR against bits
   (:func:`sqnr_by_bits`, about 6 dB per bit), non-uniform schemes against uniform
   (:func:`scheme_comparison`), and the extremes, binary and ternary (:func:`extreme_quantization`).
 * Pruning: the keep-mask of a layer as a 2-D grid (:func:`pruning_mask_2d`).
 * Low-rank: singular values, error and parameters against rank, break-even (:func:`low_rank_profile`).
-* Calibration: a layer's real input activations (:func:`layer_input_activations`) and the clipping
-  range that MinMax, Percentile and Entropy (KL) calibration choose (:func:`calibration_ranges`).
 * Distillation: teacher and student probabilities softened at a temperature (:func:`distillation_view`).
+
+Calibration (activation ranges) is ``compress_core.analysis.calibration``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from compress_core.errors import CompressError
-from compress_core.models.handle import ModelHandle
-from compress_core.models.inventory import LayerInfo, layer_inventory, layer_weight_array, torch_layer_names
-from compress_core.plan import PruneConfig
-from compress_core.ops.primitives import (
-    SCHEMES,
-    QuantizedWeight,
-    break_even_rank,
-    channels_to_prune,
-    quantize_weight,
-    singular_values,
-    sqnr_db,
-    sqnr_from_energies,
-)
 from compress_core.analysis.recover import distillation_loss
+from compress_core.errors import CompressError
+from compress_core.layer_config import PruneConfig
+from compress_core.models.handle import ModelHandle
+from compress_core.models.inventory import LayerInfo, layer_inventory, layer_weight_array
+from compress_core.ops.lowrank import break_even_rank, singular_values
+from compress_core.ops.prune import channels_to_prune
+from compress_core.ops.quantize import SCHEMES, QuantizedWeight, quantize_weight
+from compress_core.ops.sqnr import sqnr_db
 from compress_core.ops.weights import prune_mask
 
 TEACHING_BITS = (2, 3, 4, 5, 6, 7, 8)
 HISTOGRAM_BINS = 60
-ENTROPY_BINS = 2048
-PERCENTILES = (99.9, 99.99)
 TERNARY_THRESHOLD = 0.7
 """Ternary weight networks (Li et al. 2016): weights below 0.7 * mean|w| become zero."""
 
 
 def layer_weight(handle: ModelHandle, layer_name: str) -> torch.Tensor:
     """The float32 weight of one layer of the inventory, output channels first (a copy)."""
-    layer = _layer(handle, layer_name)
+    layer = find_layer(handle, layer_name)
     return torch.from_numpy(layer_weight_array(handle, layer)).movedim(layer.out_axis, 0).contiguous()
 
 
-def _layer(handle: ModelHandle, layer_name: str) -> LayerInfo:
+def find_layer(handle: ModelHandle, layer_name: str) -> LayerInfo:
+    """The inventory entry of layer ``layer_name``; a ``CompressError`` listing the layers when there is none."""
     layers = {layer.name: layer for layer in layer_inventory(handle)}
     if layer_name not in layers:
         raise CompressError(f"layer '{layer_name}' is not a compressible layer of '{handle.name}'; layers: {', '.join(layers)}")
     return layers[layer_name]
 
 
-def _histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
+def histogram(values: np.ndarray, bins: int = HISTOGRAM_BINS) -> dict[str, list[float]]:
+    """``edges`` and ``counts`` of ``values`` in ``bins`` equal bins, as lists."""
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def _quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str) -> QuantizedWeight:
+def _quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str, axis: int = 0) -> QuantizedWeight:
     try:
-        return quantize_weight(weight, bits, scheme, granularity, axis=0)
+        return quantize_weight(weight, bits, scheme, granularity, axis=axis)
     except ValueError as exc:
         raise CompressError(str(exc)) from exc
 
@@ -76,32 +70,57 @@ def _quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str) ->
 # --------------------------------------------------------------------------------------------
 
 
+def grid_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int | None) -> dict[str, Any]:
+    """``weight`` quantized, seen through one of its grids (numpy arrays, for plots).
+
+    ``values`` are the weights of output channel ``channel`` (all of them for None) and ``levels``
+    the sorted levels of their grid: the channel's own per channel, the shared one per tensor (so
+    ``channel=None`` needs ``granularity="tensor"``); ``step`` is the smallest gap between levels and
+    ``scope`` names what ``values`` cover. ``errors`` (quantized - original, shaped like ``weight``)
+    and ``sqnr_db`` cover the whole weight. Bad settings raise ``CompressError``.
+    """
+    channels = weight.shape[out_axis]
+    if channel is not None and not 0 <= channel < channels:
+        raise CompressError(f"channel {channel} is out of range; the weight has {channels} output channels")
+    tensor = torch.from_numpy(weight)
+    quantized = _quantize(tensor, bits, scheme, granularity, axis=out_axis)
+    try:
+        levels = quantized.levels(channel if granularity == "channel" else None).numpy()
+    except ValueError as exc:
+        raise CompressError(str(exc)) from exc
+    return {
+        "values": (weight if channel is None else np.take(weight, channel, axis=out_axis)).ravel(),
+        "levels": levels,
+        "step": float(np.diff(levels).min()) if len(levels) > 1 else 0.0,
+        "scope": "whole tensor" if channel is None else f"output channel {channel}",
+        "errors": (quantized.values - tensor).numpy(),
+        "sqnr_db": sqnr_db(tensor, quantized.values),
+    }
+
+
 def quantization_view(
     weight: torch.Tensor, bits: int, scheme: str = "symmetric", granularity: str = "tensor", channel: int = 0
 ) -> dict[str, Any]:
-    """One channel of ``weight`` quantized: its grid, its values before and after, and the error.
+    """One channel of ``weight`` (output channels first) on its grid: the grid, the channel's values
+    before and after, and the error (``grid_view`` as histograms).
 
     Returns ``levels`` (the channel's representable values), ``weight_histogram`` and
     ``error_histogram`` (``edges``, ``counts`` of the channel's weights and of ``q(w) - w``),
     ``sqnr_db`` of the whole weight, ``max_error`` and ``step`` (smallest gap between levels) of
     the channel.
     """
-    if not 0 <= channel < weight.shape[0]:
-        raise CompressError(f"channel {channel} is out of range; the weight has {weight.shape[0]} output channels")
-    quantized = _quantize(weight, bits, scheme, granularity)
-    levels = quantized.levels(channel if granularity == "channel" else None)
-    original = weight[channel].reshape(-1).numpy()
-    error = quantized.values[channel].reshape(-1).numpy() - original
+    view = grid_view(weight.numpy(), 0, bits, scheme, granularity, channel)
+    error = view["errors"][channel].ravel()
     return {
         "bits": bits,
         "scheme": scheme,
         "granularity": granularity,
-        "levels": levels.tolist(),
-        "weight_histogram": _histogram(original),
-        "error_histogram": _histogram(error),
-        "sqnr_db": sqnr_db(weight, quantized.values),
+        "levels": view["levels"].tolist(),
+        "weight_histogram": histogram(view["values"]),
+        "error_histogram": histogram(error),
+        "sqnr_db": view["sqnr_db"],
         "max_error": float(np.abs(error).max()),
-        "step": float(levels.diff().min()) if len(levels) > 1 else 0.0,
+        "step": view["step"],
     }
 
 
@@ -199,95 +218,6 @@ def low_rank_profile(weight: torch.Tensor) -> dict[str, Any]:
         "dense_params": out_size * in_size,
         "break_even_rank": break_even_rank(out_size, in_size),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# calibration
-# --------------------------------------------------------------------------------------------
-
-
-def layer_input_activations(handle: ModelHandle, layer_name: str, max_samples: int = 256) -> np.ndarray:
-    """Every value that reaches the input of layer ``layer_name`` on the first ``max_samples``
-    evaluation inputs, flattened (float32), collected with a forward pre-hook."""
-    if handle.backend != "torch" or isinstance(handle.model, torch.jit.ScriptModule):
-        raise CompressError(f"'{handle.name}': activation histograms need a Python torch model (forward hooks), not {handle.kind}")
-    module = handle.model.get_submodule(torch_layer_names(_layer(handle, layer_name).weight_name)[1])
-    seen: list[np.ndarray] = []
-    hook = module.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().reshape(-1).numpy().copy()))
-    try:
-        handle.run(handle.data.inputs[:max_samples])
-    finally:
-        hook.remove()
-    return np.concatenate(seen)
-
-
-def entropy_threshold(activations: np.ndarray, bits: int = 8, bins: int = ENTROPY_BINS) -> float:
-    """The clipping threshold on ``|x|`` that minimises KL(P || Q), as TensorRT's entropy calibrator does.
-
-    ``|x|`` goes into ``bins`` histogram bins. For each candidate cut ``i`` (from ``2**(bits-1)``
-    bins up), P is the histogram up to the cut with everything beyond folded into its last bin, and
-    Q is the histogram up to the cut merged into ``2**(bits-1)`` levels, each level's count spread
-    evenly over its non-empty bins. The chosen threshold is the upper edge of the best cut. As in
-    NVIDIA's pytorch-quantization, the first bin takes the count of the second, so that the spike of
-    exact zeros after a ReLU does not decide the range.
-    """
-    magnitudes = np.abs(activations.astype(np.float64))
-    counts, edges = np.histogram(magnitudes, bins=bins, range=(0.0, float(magnitudes.max()) or 1.0))
-    counts[0] = counts[1]
-    levels = 2 ** (bits - 1)
-    best_cut, best_kl = bins, math.inf
-    for cut in range(levels, bins + 1):
-        reference = counts[:cut].astype(np.float64)
-        reference[-1] += counts[cut:].sum()
-        group = np.arange(cut) * levels // cut
-        occupied = counts[:cut] > 0
-        totals = np.bincount(group, weights=counts[:cut], minlength=levels)
-        filled = np.bincount(group, weights=occupied, minlength=levels)
-        candidate = np.where(occupied, totals[group] / np.maximum(filled[group], 1), 0.0)
-        if candidate.sum() == 0:  # nothing below this cut: no distribution to compare
-            continue
-        p = reference / reference.sum()
-        q = candidate / candidate.sum()
-        support = p > 0
-        if np.any(q[support] == 0):
-            continue
-        kl = float(np.sum(p[support] * np.log(p[support] / q[support])))
-        if kl < best_kl:
-            best_cut, best_kl = cut, kl
-    return float(edges[best_cut])
-
-
-def calibration_ranges(activations: np.ndarray, bits: int = 8, percentiles: tuple[float, ...] = PERCENTILES) -> dict[str, Any]:
-    """The symmetric ranges ``[-t, t]`` that MinMax, Percentile and Entropy calibration choose.
-
-    Each method row has the ``threshold`` t, the ``range``, the share of values ``clipped`` and the
-    SQNR (dB) and MSE of the activations quantized to ``bits`` bits (signed, scale ``t / qmax``) on
-    that range. MinMax never clips but has the widest steps; the others trade clipping of rare
-    outliers for finer steps. Also returns the activations' histogram for the plot.
-    """
-    values = activations.astype(np.float64).reshape(-1)
-    magnitudes = np.abs(values)
-    thresholds = {"minmax": float(magnitudes.max())}
-    thresholds.update({f"percentile {p:g}": float(np.percentile(magnitudes, p)) for p in percentiles})
-    thresholds["entropy"] = entropy_threshold(values, bits)
-    qmax = 2 ** (bits - 1) - 1
-    signal = float(np.sum(values**2))
-    methods = []
-    for method, threshold in thresholds.items():
-        scale = threshold / qmax if threshold > 0 else 1.0
-        error = np.clip(np.round(values / scale), -qmax, qmax) * scale - values
-        noise = float(np.sum(error**2))
-        methods.append(
-            {
-                "method": method,
-                "threshold": threshold,
-                "range": [-threshold, threshold],
-                "clipped": float(np.mean(magnitudes > threshold)),
-                "mse": noise / len(values),
-                "sqnr_db": sqnr_from_energies(signal, noise),
-            }
-        )
-    return {"bits": bits, "samples": int(len(values)), "histogram": _histogram(values, bins=100), "methods": methods}
 
 
 # --------------------------------------------------------------------------------------------

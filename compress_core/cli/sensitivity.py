@@ -6,10 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import CSV_COLUMNS, KINDS, Progress, Sweep
 from compress_core.atomic import atomic_write_text
-from compress_core.errors import CompressError
-from compress_core.analysis.sensitivity import CSV_COLUMNS, KINDS, Progress, Sweep, run_sensitivity
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
+from compress_core.errors import CompressError
 
 SHOWN_LAYERS = 10
 

@@ -129,19 +129,24 @@ class ModelHandle:
             input_name = session.get_inputs()[0].name
             return np.asarray(session.run(None, {input_name: batch})[0])
         with torch.no_grad():
-            out = self.model(torch.from_numpy(np.array(batch)))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.detach().float().numpy()
+            return as_numpy([first_tensor(self.model(torch.from_numpy(np.array(batch))))])
 
     def ort_session(self) -> Any:
         """An ONNX Runtime session for an ONNX-backed handle, built once."""
         if self._ort_session is None:
-            import onnxruntime as ort
+            from compress_core.ort.sessions import make_session
 
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self._ort_session = ort.InferenceSession(
-                self.model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
+            self._ort_session = make_session(self.model, label=f"'{self.name}'")
         return self._ort_session
+
+
+def first_tensor(output: object) -> torch.Tensor:
+    """The model's first output: the first leaf of nested tuples and lists, as ``ModelHandle.run`` takes it."""
+    while isinstance(output, (tuple, list)):
+        output = output[0]
+    return output  # type: ignore[return-value]
+
+
+def as_numpy(outputs: list[torch.Tensor]) -> np.ndarray:
+    """Batch outputs concatenated as float32 numpy, as ``ModelHandle.run`` returns them."""
+    return torch.cat([output.detach().float() for output in outputs]).numpy()

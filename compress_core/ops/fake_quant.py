@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from compress_core.ops.primitives import QuantizedWeight, quantize_weight
+from compress_core.ops.quantize import QuantizedWeight, quantize_weight
 
 
 def requantize(weight: torch.Tensor, grid: QuantizedWeight) -> QuantizedWeight:

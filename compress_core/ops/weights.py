@@ -7,8 +7,8 @@ import math
 import torch
 
 from compress_core.errors import CompressError
-from compress_core.plan import PruneConfig
-from compress_core.ops.primitives import magnitude_mask, n_m_mask
+from compress_core.layer_config import PruneConfig
+from compress_core.ops.prune import magnitude_mask, n_m_mask
 
 
 def prune_mask(weight: torch.Tensor, prune: PruneConfig, out_axis: int) -> torch.Tensor:

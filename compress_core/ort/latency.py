@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from compress_core.errors import CompressError, first_line
+from compress_core.errors import CompressError
+from compress_core.ort.sessions import make_session
 
 Progress = Callable[[int, int], None]
 
@@ -37,32 +38,6 @@ class LatencyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def make_session(path: str | Path, threads: int, profile_prefix: str | None = None, optimized_path: str | Path | None = None) -> Any:
-    """A CPU ``InferenceSession`` with ``threads`` intra-op threads; optionally profiling, or saving
-    the model as ORT optimized it (to see which nodes were fused into integer kernels).
-
-    Its threads do not spin while idle: in interleaved runs a spinning session would take the
-    cores from the next candidate's run (on 2 cores this doubled fp32 medians and skewed ratios).
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if profile_prefix is not None:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's errors carry no common type
-        first = first_line(exc, 200)
-        raise CompressError(f"{Path(path).name}: ONNX Runtime could not load it ({first})") from exc
 
 
 def batch_of(inputs: np.ndarray, batch: int) -> np.ndarray:

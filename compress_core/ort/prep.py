@@ -9,10 +9,11 @@ nodes (the quantizer only quantizes initializers), and initializers also listed 
 from __future__ import annotations
 
 import onnx
-from onnx import numpy_helper, version_converter
+from onnx import version_converter
 
 from compress_core.errors import CompressError, first_line
 from compress_core.ort.export import fold_constant_identities
+from compress_core.transform.onnx_backend import constants_to_initializers
 
 MIN_OPSET = 13  # per-channel DequantizeLinear
 INT4_OPSET = 21  # 4-bit and 16-bit QuantizeLinear / DequantizeLinear
@@ -51,20 +52,3 @@ def prepare_for_quantization(model: onnx.ModelProto, min_opset: int = MIN_OPSET)
 def default_opset(model: onnx.ModelProto) -> int:
     """The version of the default (``ai.onnx``) operator set the model imports."""
     return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
-
-
-def constants_to_initializers(model: onnx.ModelProto) -> int:
-    """Replace ``Constant`` nodes holding a tensor (``value``) by initializers; return how many moved."""
-    kept = []
-    moved = 0
-    for node in model.graph.node:
-        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if tensor is None:
-            kept.append(node)
-            continue
-        initializer = numpy_helper.from_array(numpy_helper.to_array(tensor), node.output[0])
-        model.graph.initializer.append(initializer)
-        moved += 1
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    return moved

@@ -7,12 +7,15 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from compress_core.layer_config import LayerConfig
 from compress_core.models.handle import CompressionRecord, ModelHandle
 from compress_core.models.inventory import LayerInfo
 from compress_core.models.onnx_graph import name_unnamed_nodes
-from compress_core.plan import LayerConfig, Plan
-from compress_core.ops.primitives import quantize_weight, sqnr_db, truncated_svd
+from compress_core.ops.lowrank import truncated_svd
+from compress_core.ops.quantize import quantize_weight
+from compress_core.ops.sqnr import sqnr_db
 from compress_core.ops.weights import prune_mask
+from compress_core.plan import Plan
 
 
 def apply_onnx(
@@ -21,7 +24,7 @@ def apply_onnx(
     """Return the compressed copy of the ONNX model and what was done to it."""
     model = onnx.ModelProto()
     model.CopyFrom(handle.model)
-    _constants_to_initializers(model)
+    constants_to_initializers(model, float_only=True)  # every weight is then edited the same way
     record = CompressionRecord(plan=plan)
     store = _WeightStore(model)
     for name, config in configs.items():
@@ -76,20 +79,24 @@ class _WeightStore:
         assert existing <= {init.name for init in self.model.graph.initializer}
 
 
-def _constants_to_initializers(model: onnx.ModelProto) -> None:
-    """Turn float ``Constant`` nodes into initializers so every weight is edited the same way."""
+def constants_to_initializers(model: onnx.ModelProto, float_only: bool = False) -> int:
+    """Replace the ``Constant`` nodes holding a tensor (``value``), or only a float32 one, by
+    initializers of the same name, in place; return how many moved."""
     kept = []
+    moved = 0
     for node in model.graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
-        if value is not None and value.data_type == onnx.TensorProto.FLOAT:
+        if value is not None and (value.data_type == onnx.TensorProto.FLOAT or not float_only):
             tensor = onnx.TensorProto()
             tensor.CopyFrom(value)
             tensor.name = node.output[0]
             model.graph.initializer.append(tensor)
+            moved += 1
         else:
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    return moved
 
 
 def _factorize(model: onnx.ModelProto, store: _WeightStore, layer: LayerInfo, rank: int | float) -> list[tuple[str, int]]:
