@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 
 import compress_core as cc
-from apptest_helpers import button, first_run
+from apptest_helpers import button, finish_job, first_run
 from compress_core.analysis.metrics import evaluate
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import layer_inventory
@@ -111,7 +111,16 @@ def test_a_handle_without_a_plan_is_no_compressed_model(resnet):
         compress(resnet, Plan.from_text(CONV_8_BITS)).fine_tuned(resnet)
 
 
-def test_the_app_builds_the_compressed_model_once_for_apply_and_export(private_dirs, monkeypatch):
+def _is_compressed(handle: ModelHandle) -> bool:
+    return handle.compression is not None
+
+
+def _is_original(handle: ModelHandle) -> bool:
+    return handle.compression is None
+
+
+def _app_after_apply(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Calls]:
+    """The app from empty caches, counting, after Apply of 8 bits on every Conv layer of digits_cnn."""
     st.cache_resource.clear()  # the app's cached models are shared by the whole process: start from none
     st.cache_data.clear()
     calls = Calls(monkeypatch)
@@ -119,18 +128,41 @@ def test_the_app_builds_the_compressed_model_once_for_apply_and_export(private_d
     app.switch_page("pages/tune.py").run()
     button(app, "All Conv layers").click().run()
     button(app, "Apply").click().run()
+    return app, calls
+
+
+def _build(app: Any) -> dict[str, Any]:
     app.switch_page("pages/export.py").run()
     button(app, "Build artifacts").click().run()
     assert not app.exception and not app.error
-    assert {"model_fp32.onnx", "model_int8.onnx"} <= set(app.session_state[state.EXPORTS]["digits_cnn"]["files"])
+    built = app.session_state[state.EXPORTS]["digits_cnn"]
+    assert {"model_fp32.onnx", "model_int8.onnx"} <= set(built["files"])
+    return built
+
+
+def test_the_app_builds_the_compressed_model_once_for_apply_and_export(private_dirs, monkeypatch):
+    app, calls = _app_after_apply(monkeypatch)
+    built = _build(app)
+    assert built["metrics"]["pytorch"]["compressed"] == state.history(app.session_state)[-1]["metrics"]
     assert calls.on("apply_plan", lambda handle: True) == 1
+    assert (calls.on("layer_inventory", _is_original), calls.on("layer_inventory", _is_compressed)) == (1, 1)
+    assert (calls.on("to_onnx", _is_original), calls.on("to_onnx", _is_compressed)) == (1, 1)
+    assert (calls.on("run", _is_original), calls.on("run", _is_compressed)) == (1, 1)
 
-    def is_compressed(handle: ModelHandle) -> bool:
-        return handle.compression is not None
 
-    def is_original(handle: ModelHandle) -> bool:
-        return handle.compression is None
-
-    assert (calls.on("layer_inventory", is_original), calls.on("layer_inventory", is_compressed)) == (1, 1)
-    assert (calls.on("to_onnx", is_original), calls.on("to_onnx", is_compressed)) == (1, 1)
-    assert (calls.on("run", is_original), calls.on("run", is_compressed)) == (1, 1)
+def test_the_app_exports_the_fine_tuned_model_it_measured_after_recovery(private_dirs, monkeypatch):
+    app, calls = _app_after_apply(monkeypatch)
+    app.number_input(key="recover_epochs").set_value(1).run()
+    button(app, "Recover").click().run()
+    if recover_panel.RECOVER_JOB in app.session_state:  # else it has already ended and been stored
+        finish_job(app.session_state[recover_panel.RECOVER_JOB]["job"])
+    app.run()
+    tuned = app.session_state[recover_panel.RECOVERED]["digits_cnn"]
+    built = _build(app)
+    assert built["metrics"]["pytorch"]["compressed"] == tuned["after"]
+    assert calls.on("apply_plan", lambda handle: True) == 1
+    # applied and fine-tuned: one inventory, export and evaluation run each; the original runs once
+    # more, on the training split, for the distillation targets
+    assert (calls.on("layer_inventory", _is_original), calls.on("layer_inventory", _is_compressed)) == (1, 2)
+    assert (calls.on("to_onnx", _is_original), calls.on("to_onnx", _is_compressed)) == (1, 2)
+    assert (calls.on("run", _is_original), calls.on("run", _is_compressed)) == (2, 2)
