@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import streamlit as st
+from apptest_helpers import button, finish_job, first_run
 
 import compress_core as cc
-from apptest_helpers import button, finish_job, first_run
 from compress_core.analysis.metrics import evaluate
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import layer_inventory

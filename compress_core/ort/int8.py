@@ -235,7 +235,7 @@ def weight_override(weight: np.ndarray, out_axis: int, grid: Any, quant_type: An
     if not per_channel and np.allclose(scale, scale[0], rtol=1e-6) and (zero == zero[0]).all():
         return [{"quant_type": quant_type, "scale": float(scale[0]), "zero_point": int(zero[0])}], True
     return [
-        {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)} for s, z in zip(scale, zero)
+        {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)} for s, z in zip(scale, zero, strict=True)
     ], True
 
 
