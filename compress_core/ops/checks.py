@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import numbers
+from typing import TypeGuard
 
 import torch
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[numbers.Integral]:
     """An integer that is not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> bool:
+def is_real(value: object) -> TypeGuard[numbers.Real]:
     """A real number that is not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -39,16 +40,16 @@ def check_axis(axis: object, ndim: int, name: str = "axis") -> int:
     """``axis`` as an index in ``0..ndim-1`` (negative axes count from the end)."""
     if not is_int(axis):
         raise ValueError(f"{name} must be an int, got {axis!r}")
-    axis = int(axis)  # type: ignore[arg-type]
-    if not -ndim <= axis < ndim:
+    index = int(axis)
+    if not -ndim <= index < ndim:
         raise ValueError(
-            f"{name}={axis} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})"
+            f"{name}={index} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})"
         )
-    return axis % ndim
+    return index % ndim
 
 
 def check_ratio(ratio: object) -> float:
     """``ratio`` as a float in [0, 1)."""
-    if not is_real(ratio) or not 0.0 <= float(ratio) < 1.0:  # type: ignore[arg-type]
+    if not is_real(ratio) or not 0.0 <= float(ratio) < 1.0:
         raise ValueError(f"ratio={ratio!r} is not allowed; ratio must be a number in [0, 1)")
-    return float(ratio)  # type: ignore[arg-type]
+    return float(ratio)

@@ -19,14 +19,14 @@ def resolve_rank(rank: int | float, full_rank: int) -> int:
         raise ValueError(f"full_rank={full_rank!r} is not allowed; full_rank must be an int >= 1")
     full_rank = int(full_rank)
     if is_int(rank):
-        r = int(rank)  # type: ignore[arg-type]
+        r = int(rank)
         if not 1 <= r <= full_rank:
             raise ValueError(
                 f"rank={r} is not allowed; an int rank must be in 1..{full_rank} (full rank)"
             )
         return r
     if is_real(rank):
-        frac = float(rank)  # type: ignore[arg-type]
+        frac = float(rank)
         if not (math.isfinite(frac) and 0.0 < frac <= 1.0):
             raise ValueError(
                 f"rank={rank!r} is not allowed; a float rank is a fraction of full rank in (0, 1]"

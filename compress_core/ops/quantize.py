@@ -129,11 +129,12 @@ class QuantizedWeight:
 
 def _check_arguments(weight: torch.Tensor, bits: object, scheme: object, granularity: object, axis: object) -> tuple[int, int]:
     """``(bits, axis)`` checked and normalised; ``ValueError`` for anything not allowed."""
-    if not is_int(bits) or int(bits) not in ALLOWED_BITS:  # type: ignore[arg-type]
+    if not is_int(bits) or int(bits) not in ALLOWED_BITS:
         raise ValueError(f"bits={bits!r} is not allowed; bits must be an int in 2..8 or 16")
+    width = int(bits)
     if not isinstance(scheme, str) or scheme not in SCHEMES:
         raise ValueError(f"scheme={scheme!r} is not allowed; choose one of {', '.join(SCHEMES)}")
-    if int(bits) not in bits_for(scheme):  # type: ignore[arg-type]
+    if width not in bits_for(scheme):
         raise ValueError(
             f"bits={bits} is not allowed with scheme='kmeans'; kmeans supports bits 2..{KMEANS_MAX_BITS} "
             "(a 65536-entry codebook is no longer weight sharing)"
@@ -146,8 +147,7 @@ def _check_arguments(weight: torch.Tensor, bits: object, scheme: object, granula
         raise ValueError(
             "granularity='channel' needs a weight with at least 1 dimension, got a 0-d tensor"
         )
-    axis = check_axis(axis, weight.dim()) if weight.dim() > 0 else 0
-    return int(bits), axis  # type: ignore[arg-type]
+    return width, check_axis(axis, weight.dim()) if weight.dim() > 0 else 0
 
 
 def quantize_weight(

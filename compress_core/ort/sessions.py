@@ -57,10 +57,12 @@ def make_session(
         options.optimized_model_filepath = str(optimized_path)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    in_memory = isinstance(model, onnx.ModelProto)
-    source = model.SerializeToString() if in_memory else str(model)
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+        name = label or "the ONNX model"
+    else:
+        source, name = str(model), label or Path(model).name
     try:
         return ort.InferenceSession(source, options, providers=PROVIDERS)
     except Exception as exc:  # noqa: BLE001 - ORT's errors carry no common type
-        name = label or ("the ONNX model" if in_memory else Path(model).name)
         raise CompressError(f"{name}: ONNX Runtime could not load it ({first_line(exc, 200)})") from exc
