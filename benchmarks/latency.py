@@ -28,7 +28,7 @@ from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, exp
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
-from compress_core.transform.pipeline import compress  # noqa: E402
+from compress_core.pipeline import compress  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2

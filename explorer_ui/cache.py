@@ -20,7 +20,7 @@ from compress_core import LayerInfo, ModelHandle, load_model
 from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import CompressedModel, PreparedModel, compress
+from compress_core.pipeline import CompressedModel, PreparedModel, compress
 
 from . import layer_data
 from .netron_server import NetronServer, SessionViewer, new_token

@@ -20,7 +20,7 @@ from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import CompressedModel
+from compress_core.pipeline import CompressedModel
 
 from .sources import private_dir
 

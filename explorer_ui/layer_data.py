@@ -13,10 +13,10 @@ import torch
 
 from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.analysis.teaching import grid_view
-from compress_core.layer_config import PruneConfig
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.inventory import layer_weight_array
 from compress_core.ops.lowrank import break_even_rank, conv_as_matrix, energy_kept, singular_values
-from compress_core.ops.weights import prune_mask
+from compress_core.transform.weights import prune_mask
 
 OUTLIER_FACTOR = 3.0
 """A channel whose range exceeds this many times the median channel range is an outlier (as AIMET marks them)."""

@@ -18,7 +18,7 @@ import streamlit as st
 from compress_core import CompressError, ModelHandle
 from compress_core.analysis.recover import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import CompressedModel
+from compress_core.pipeline import CompressedModel
 
 from . import cache, figures, state, tuning
 from .jobs import BackgroundJob, Report

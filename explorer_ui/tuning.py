@@ -17,9 +17,11 @@ from typing import Any
 from compress_core import CompressError, LayerInfo
 from compress_core.analysis.report import ROWS as METRIC_ROWS
 from compress_core.analysis.report import format_value
-from compress_core.patterns import compile_pattern
-from compress_core.plan import ALLOWED_BITS, LayerConfig, Plan, PruneConfig, quoted
-from compress_core.transform.pipeline import CompressedModel
+from compress_core.plan.patterns import compile_pattern
+from compress_core.plan import LayerConfig, Plan, PruneConfig
+from compress_core.ops.quantize import ALLOWED_BITS
+from compress_core.plan.quoting import quoted
+from compress_core.pipeline import CompressedModel
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))

@@ -8,7 +8,7 @@ import streamlit as st
 from compress_core import CompressError, ModelHandle
 from compress_core.analysis import teaching
 from compress_core.analysis.calibration import PERCENTILES, calibration_ranges, layer_input_activations
-from compress_core.layer_config import LayerConfig
+from compress_core.plan.layer_config import LayerConfig
 from compress_core.ops.quantize import SCHEMES
 from compress_core.plan import Plan
 from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivity_view, state

@@ -3,7 +3,8 @@
 import streamlit as st
 
 from compress_core import CompressError
-from compress_core.plan import GRANULARITIES, SCHEMES, Plan
+from compress_core.plan import Plan
+from compress_core.ops.quantize import GRANULARITIES, SCHEMES
 from explorer_ui import cache, figures, recover_panel, state, tuning
 
 session = st.session_state

@@ -18,7 +18,7 @@ from compress_core.errors import CompressError
 from compress_core.ort.bench import bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import compress
+from compress_core.pipeline import compress
 
 RECIPE = "version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"
 BENCH_KEYS = {"name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes"}

@@ -13,9 +13,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress_core import CompressError
 from compress_core.cli import main
-from compress_core.layer_config import LayerConfig, PruneConfig
-from compress_core.patterns import compile_pattern
-from compress_core.plan import MAX_RECIPE_BYTES, Plan
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.patterns import compile_pattern
+from compress_core.plan import Plan
+from compress_core.plan.recipe import MAX_RECIPE_BYTES
 
 BOMB = "(a+)+$"  # catastrophic backtracking in Python's re: 2**30 paths for 30 a's and a '!'
 VICTIM = "a" * 30 + "!"

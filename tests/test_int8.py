@@ -15,7 +15,7 @@ from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets, module_scope
 from compress_core.ort.prep import prepare_for_quantization
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import compress
+from compress_core.pipeline import compress
 
 MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"
 OPTIONS = Int8Options(calibration_samples=32)

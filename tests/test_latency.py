@@ -10,14 +10,15 @@ import pytest
 
 import compress_core as cc
 from compress_core.errors import CompressError
-from compress_core.ort import latency, sessions
+from compress_core.models import sessions
+from compress_core.ort import latency
 from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.latency import batch_of, measure_latency
 from compress_core.ort.layer_map import layer_targets
 from compress_core.ort.profiling import FLOAT_COMPUTE_OPS, layer_of, op_census, profile_nodes
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import compress
+from compress_core.pipeline import compress
 
 
 @pytest.fixture(scope="module")

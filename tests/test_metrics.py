@@ -9,7 +9,7 @@ import pytest
 
 from compress_core import load_model
 from compress_core.analysis.metrics import METRIC_KEYS, evaluate, output_fidelity
-from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 

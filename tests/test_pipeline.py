@@ -20,7 +20,7 @@ from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import Int8Options
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
-from compress_core.transform.pipeline import compress
+from compress_core.pipeline import compress
 from explorer_ui import exporting, recover_panel, state  # noqa: F401 - imported before counting, so that Calls patches them
 
 CONV_8_BITS = "version: 1\nlayers:\n  're:.*conv.*': {bits: 8}\n"

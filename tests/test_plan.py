@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compress_core import CompressError
-from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.plan import Plan
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2", "head"]

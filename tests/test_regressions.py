@@ -17,7 +17,7 @@ from compress_core.analysis.metrics import evaluate, output_fidelity
 from compress_core.analysis.recover import finetune
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import Sweep
-from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.models.evaldata import generated_data
 from compress_core.models.handle import InputSpec, ModelHandle
 from compress_core.ops.sqnr import sqnr_db

@@ -9,7 +9,7 @@ from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.suggest import Option, _Greedy, measure_plan, suggest_plan, uniform_plan
 from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
 from compress_core.cli import main
-from compress_core.layer_config import LayerConfig
+from compress_core.plan.layer_config import LayerConfig
 from compress_core.plan import Plan
 
 SWEEP = Sweep(kinds=("bits", "prune"))

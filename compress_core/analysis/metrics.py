@@ -12,17 +12,15 @@ import numpy as np
 
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
-from compress_core.ops.primitives import sqnr_from_energies
+from compress_core.ops.sqnr import sqnr_from_energies
+from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 
-FLOAT_BITS = 32
-SCALE_BYTES = 4
-ZERO_POINT_BYTES = 1
 METRIC_KEYS = ("accuracy", "agreement", "cosine", "sqnr_db", "params", "nonzero_params", "macs", "float_bytes", "plan_bytes", "zip_bytes")
 
 
 def output_fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, task: str) -> dict[str, float | None]:
     """Accuracy (labels and class outputs), top-1 agreement, mean cosine and SQNR (dB) of ``outputs``
-    (``primitives.sqnr_from_energies``: ``-inf`` for an all-zero reference that ``outputs`` miss)."""
+    (``ops.sqnr.sqnr_from_energies``: ``-inf`` for an all-zero reference that ``outputs`` miss)."""
     reference = reference.reshape(len(reference), -1).astype(np.float64)
     outputs = outputs.reshape(len(outputs), -1).astype(np.float64)
     classes = task == "classification" and outputs.shape[1] > 1
@@ -60,22 +58,10 @@ def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
         numel = int(np.prod(layer.weight_shape))
         mask = masks.get(layer.weight_name)
         kept = numel if mask is None else int(mask.sum())
+        index = 0 if mask is None else index_bits(numel, kept, record.nm_patterns.get(layer.weight_name))
         q = quantized.get(layer.weight_name)
-        bits = FLOAT_BITS if q is None else q.bits
-        total_bits += kept * bits
-        if mask is not None:
-            nm = record.nm_patterns.get(layer.weight_name)
-            total_bits += kept * math.ceil(math.log2(nm[1])) if nm else numel
-        if q is not None:
-            total_bits += 8 * _grid_bytes(q)
+        total_bits += weight_bits(kept, None, index=index) if q is None else weight_bits(kept, q.bits, q.scheme, q.groups, index)
     return math.ceil(total_bits / 8)
-
-
-def _grid_bytes(q) -> int:
-    scales = 0 if q.scale is None else q.scale.numel() * SCALE_BYTES
-    zero_points = 0 if q.zero_point is None else q.zero_point.numel() * ZERO_POINT_BYTES
-    codebook = 0 if q.codebook is None or q.scheme == "pow2" else q.codebook.numel() * SCALE_BYTES
-    return scales + zero_points + codebook
 
 
 def zip_size(payload: bytes) -> int:
@@ -125,7 +111,7 @@ def measure(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, lay
         "params": params,
         "nonzero_params": params - compression_zeros(handle),
         "macs": sum(layer.macs for layer in layers),
-        "float_bytes": params * 4,
+        "float_bytes": params * FLOAT_BITS // 8,
         "plan_bytes": plan_bytes(handle, layers),
         "zip_bytes": zipped,
     }

@@ -38,7 +38,7 @@ from compress_core.analysis.activation_cache import first_tensor
 from compress_core.errors import CompressError
 from compress_core.ops.fake_quant import snap_to_grids, straight_through
 from compress_core.models.handle import CompressionRecord, EvalData, ModelHandle
-from compress_core.ops.primitives import QuantizedWeight
+from compress_core.ops.quantize import QuantizedWeight
 from compress_core.transform.torch_backend import copy_module
 
 ProgressCallback = Callable[[int, int, float], None]

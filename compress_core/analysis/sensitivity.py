@@ -32,14 +32,14 @@ from compress_core.analysis.metrics import output_fidelity, quality_metric
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
 from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
 from compress_core.errors import CompressError
-from compress_core.layer_config import PruneConfig
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy, first_tensor
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.ops.lowrank import energy_kept, resolve_rank, singular_values, truncated_svd
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.ops.weights import prune_mask
+from compress_core.transform.weights import prune_mask
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan, check_layer_config, full_rank
 from compress_core.transform.torch_backend import copy_module

@@ -23,7 +23,7 @@ from compress_core.analysis.metrics import model_metrics, quality_metric
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
 from compress_core.errors import CompressError
-from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
 from compress_core.ops.lowrank import resolve_rank

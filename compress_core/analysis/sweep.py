@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from compress_core.errors import CompressError
-from compress_core.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.ops.quantize import GRANULARITIES, SCHEMES
 
 KINDS = ("bits", "prune", "structured", "rank")

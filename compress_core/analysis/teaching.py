@@ -23,14 +23,14 @@ import torch
 
 from compress_core.analysis.recover import distillation_loss
 from compress_core.errors import CompressError
-from compress_core.layer_config import PruneConfig
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, layer_weight_array
 from compress_core.ops.lowrank import break_even_rank, singular_values
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import SCHEMES, QuantizedWeight, quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.ops.weights import prune_mask
+from compress_core.transform.weights import prune_mask
 
 TEACHING_BITS = (2, 3, 4, 5, 6, 7, 8)
 HISTOGRAM_BINS = 60

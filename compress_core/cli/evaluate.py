@@ -7,7 +7,7 @@ import argparse
 from compress_core.analysis.report import ROWS, format_value
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import PreparedModel, compress
+from compress_core.pipeline import PreparedModel, compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

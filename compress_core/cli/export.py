@@ -8,7 +8,7 @@ from compress_core.cli.common import add_model_arguments, format_table, load_fro
 from compress_core.ort.artifacts import export_artifacts, headline
 from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
 from compress_core.plan import Plan
-from compress_core.transform.pipeline import compress
+from compress_core.pipeline import compress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -134,7 +134,7 @@ class ModelHandle:
     def ort_session(self) -> Any:
         """An ONNX Runtime session for an ONNX-backed handle, built once."""
         if self._ort_session is None:
-            from compress_core.ort.sessions import make_session
+            from compress_core.models.sessions import make_session
 
             self._ort_session = make_session(self.model, label=f"'{self.name}'")
         return self._ort_session

@@ -268,7 +268,7 @@ def _onnx_macs(use: WeightUse, weight: np.ndarray, out_shape: tuple[int, ...], n
 
 def _onnx_output_shapes(handle: ModelHandle, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Run one example with the given intermediate tensors exposed as outputs; return their shapes."""
-    import onnxruntime as ort
+    from compress_core.models.sessions import make_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(handle.model)
@@ -277,10 +277,7 @@ def _onnx_output_shapes(handle: ModelHandle, names: list[str]) -> dict[str, tupl
         if name not in existing:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             existing.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = make_session(probe, optimize=False, label=f"'{handle.name}'")
     input_name = session.get_inputs()[0].name
     values = session.run(names, {input_name: np.ascontiguousarray(handle.data.inputs[:1])})
     return {name: tuple(value.shape) for name, value in zip(names, values)}

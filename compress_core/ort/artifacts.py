@@ -34,7 +34,8 @@ from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
-from compress_core.transform.pipeline import CompressedModel
+from compress_core.models.sessions import make_session
+from compress_core.pipeline import CompressedModel
 
 ORIGINAL_ONNX = "original_fp32.onnx"
 FP32_ONNX = "model_fp32.onnx"
@@ -123,12 +124,8 @@ def file_sizes(path: Path) -> dict[str, int]:
 
 def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
     """The first output of the ONNX file on ``inputs``, run in ONNX Runtime in batches."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    session = make_session(path)
     try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return np.concatenate(
             [session.run(None, {name: inputs[i : i + RUN_BATCH]})[0] for i in range(0, len(inputs), RUN_BATCH)]

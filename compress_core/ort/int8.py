@@ -36,7 +36,7 @@ from compress_core.models.onnx_graph import compressible_nodes
 from compress_core.ort.export import INPUT_NAME
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
-from compress_core.transform.pipeline import PreparedModel
+from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from compress_core.errors import CompressError
-from compress_core.ort.sessions import make_session
+from compress_core.models.sessions import make_session
 
 Progress = Callable[[int, int], None]
 

@@ -21,7 +21,7 @@ import onnx
 
 from compress_core.errors import CompressError
 from compress_core.ort.latency import batch_of
-from compress_core.ort.sessions import make_session
+from compress_core.models.sessions import make_session
 
 FLOAT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")
 FUSED_PREFIX = "fused "  # ORT's name for a node it fused another into, e.g. ``fused /fc1/Gemm``

@@ -14,8 +14,8 @@ from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.plan import LayerConfig, Plan
-from compress_core.ops.primitives import resolve_rank
-from compress_core.ops.weights import check_n_m_fits
+from compress_core.ops.lowrank import resolve_rank
+from compress_core.transform.weights import check_n_m_fits
 
 REWRITABLE_KINDS = ("sample", "state_dict", "pickle")
 RNN_TYPES = ("LSTM", "GRU", "RNN")

@@ -7,14 +7,14 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from compress_core.layer_config import LayerConfig
+from compress_core.plan.layer_config import LayerConfig
 from compress_core.models.handle import CompressionRecord, ModelHandle
 from compress_core.models.inventory import LayerInfo
 from compress_core.models.onnx_graph import name_unnamed_nodes
 from compress_core.ops.lowrank import truncated_svd
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.ops.weights import prune_mask
+from compress_core.transform.weights import prune_mask
 from compress_core.plan import Plan
 
 

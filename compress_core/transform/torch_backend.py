@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 from compress_core.errors import CompressError, first_line
-from compress_core.layer_config import LayerConfig
+from compress_core.plan.layer_config import LayerConfig
 from compress_core.models.handle import CompressionRecord, ModelHandle
 from compress_core.models.inventory import LayerInfo, torch_layer_names
 from compress_core.ops.lowrank import break_even_rank, resolve_rank, split_conv_weight, truncated_svd
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.ops.weights import check_n_m_fits, prune_mask
+from compress_core.transform.weights import check_n_m_fits, prune_mask
 from compress_core.plan import Plan
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -13,7 +13,7 @@ from typing import Any
 
 from compress_core.errors import CompressError
 from compress_core.ops.quantize import ALLOWED_BITS, GRANULARITIES, KMEANS_MAX_BITS, SCHEMES, bits_for
-from compress_core.quoting import shown, written
+from compress_core.plan.quoting import shown, written
 
 PRUNE_KINDS = ("unstructured", "structured")
 NM_PATTERN = re.compile(r"([0-9]{1,6}):([0-9]{1,6})")  # used with fullmatch

@@ -2,7 +2,7 @@
 
 Precedence, for each compressible layer: an entry whose key is the layer's exact name; otherwise the
 first ``re:<regex>`` entry (in the order written) whose regex matches the whole name; otherwise
-``default``. Regexes use RE2 syntax and match in linear time (``compress_core.patterns``). An entry
+``default``. Regexes use RE2 syntax and match in linear time (``compress_core.plan.patterns``). An entry
 of ``None`` (``null`` in a recipe) leaves the layer float and unpruned, even when a default exists.
 Every value is checked when the plan is made, and again against the model (``Plan.resolve``): an
 exact name the model lacks, or a regex that matches nothing, is an error.
@@ -19,7 +19,7 @@ The recipe file (YAML or JSON)::
       head: null
 
 Quote N:M kinds: YAML 1.1 reads an unquoted ``2:4`` as the base-60 number 124. A recipe is at most
-``MAX_RECIPE_BYTES`` of UTF-8 text. The entries themselves are ``compress_core.layer_config``.
+``MAX_RECIPE_BYTES`` of UTF-8 text. The entries themselves are ``compress_core.plan.layer_config``.
 """
 
 from __future__ import annotations
@@ -34,15 +34,9 @@ import yaml
 from compress_core.atomic import atomic_write_text
 from compress_core.errors import CompressError, first_line
 
-# TODO(F): remove once importers switch (explorer_ui/tuning.py, pages/tune.py, tests/test_apply.py)
-from compress_core.layer_config import (
-    LayerConfig,
-    PruneConfig,  # noqa: F401
-    check_keys,
-)
-from compress_core.ops.quantize import ALLOWED_BITS, GRANULARITIES, SCHEMES  # noqa: F401
-from compress_core.patterns import Pattern, compile_pattern
-from compress_core.quoting import quoted, shown, written
+from compress_core.plan.layer_config import LayerConfig, check_keys
+from compress_core.plan.patterns import Pattern, compile_pattern
+from compress_core.plan.quoting import quoted, shown, written
 
 RECIPE_VERSION = 1
 REGEX_PREFIX = "re:"

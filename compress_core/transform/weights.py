@@ -7,7 +7,7 @@ import math
 import torch
 
 from compress_core.errors import CompressError
-from compress_core.layer_config import PruneConfig
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.ops.prune import magnitude_mask, n_m_mask
 
 
