@@ -77,7 +77,9 @@ def measure(tree: Path, repeats: int) -> dict[str, list[float]]:
         times["apply"].append(_seconds(click, app, "Apply"))
         app.switch_page("pages/export.py").run()
         times["export"].append(_seconds(click, app, "Build artifacts"))
-        assert any(item.key == "download-model_int8.onnx" for item in app.get("download_button")), "no int8 file was built"
+        assert any(item.key == "download-model_int8.onnx" for item in app.get("download_button")), (
+            "no int8 file was built"
+        )
     app = fresh_app()
     app.run()
     app.switch_page("pages/layers.py").run()
@@ -92,7 +94,9 @@ def run_worker(tree: Path, repeats: int) -> dict[str, list[float]]:
     """``measure`` in a fresh process with ``tree`` as its working folder, and a scratch temp folder for its exports."""
     with tempfile.TemporaryDirectory() as scratch:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--repeats", str(repeats)]
-        done = subprocess.run(command, cwd=tree, env={**os.environ, "TMPDIR": scratch}, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            command, cwd=tree, env={**os.environ, "TMPDIR": scratch}, capture_output=True, text=True, check=False
+        )
     if done.returncode != 0:
         raise SystemExit(f"the benchmark of {tree} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -110,7 +114,9 @@ def cpu_model() -> str:
 
 
 def _commit(tree: Path) -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True, check=False
+    )
     return done.stdout.strip() or "unknown commit"
 
 
@@ -121,7 +127,11 @@ def _cell(values: list[float]) -> str:
 def report(columns: dict[str, dict[str, list[float]]], command: str, rounds: int) -> str:
     """The results as Markdown: one row per step, one column per measured checkout (median, range, runs)."""
     names = list(columns)
-    header = "| step | " + " | ".join(f"{name}: median s (min-max, runs)" for name in names) + (" | speed-up |" if len(names) == 2 else " |")
+    header = (
+        "| step | "
+        + " | ".join(f"{name}: median s (min-max, runs)" for name in names)
+        + (" | speed-up |" if len(names) == 2 else " |")
+    )
     lines = [
         "# App benchmark",
         "",
@@ -163,11 +173,17 @@ def main() -> None:
             for step, values in run_worker(trees[name], args.repeats).items():
                 columns[name][step].extend(values)
             print(f"round {index + 1}/{args.rounds}: {name} measured", file=sys.stderr)
-    command = "python benchmarks/app.py" + (f" --before {args.before}" if args.before else "") + f" --rounds {args.rounds} --repeats {args.repeats}"
+    command = (
+        "python benchmarks/app.py"
+        + (f" --before {args.before}" if args.before else "")
+        + f" --rounds {args.rounds} --repeats {args.repeats}"
+    )
     text = report(columns, command, args.rounds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "app.md").write_text(text, encoding="utf-8")
-    (RESULTS / "app.json").write_text(json.dumps({"command": command, "cpu": cpu_model(), "times": columns}, indent=1) + "\n", encoding="utf-8")
+    (RESULTS / "app.json").write_text(
+        json.dumps({"command": command, "cpu": cpu_model(), "times": columns}, indent=1) + "\n", encoding="utf-8"
+    )
     print(text)
 
 

@@ -27,8 +27,8 @@ from compress_core.analysis.recover import finetune  # noqa: E402
 from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
-from compress_core.plan import Plan  # noqa: E402
 from compress_core.pipeline import compress  # noqa: E402
+from compress_core.plan import Plan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
@@ -39,7 +39,9 @@ RECOVER_EPOCHS = 8  # fine-tuning against the original (compress_core.analysis.r
 MINILM_RECIPE = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
 
 
-def export(handle: cc.ModelHandle, recipe: str, folder: Path, options: Int8Options | None, recover_epochs: int = 0) -> Path:
+def export(
+    handle: cc.ModelHandle, recipe: str, folder: Path, options: Int8Options | None, recover_epochs: int = 0
+) -> Path:
     """Apply the recipe (then fine-tune against the original when ``recover_epochs``) and export."""
     model = compress(handle, Plan.from_text(recipe))
     if recover_epochs:
@@ -74,12 +76,16 @@ def resnet(scratch: Path) -> list[dict]:
     s8 = export(handle, ALL_8BIT, scratch / "resnet_s8", Int8Options(calibration_samples=64, activations="int8"))
     pruned = export(handle, PRUNED, scratch / "resnet_pruned", None)
     pruned8 = export(handle, PRUNED_8BIT, scratch / "resnet_pruned8", Int8Options(calibration_samples=64))
-    recovered8 = export(handle, PRUNED_8BIT, scratch / "resnet_recovered8", Int8Options(calibration_samples=64), RECOVER_EPOCHS)
+    recovered8 = export(
+        handle, PRUNED_8BIT, scratch / "resnet_recovered8", Int8Options(calibration_samples=64), RECOVER_EPOCHS
+    )
     paths = {
         "fp32": u8 / ORIGINAL_ONNX,
         "int8 (ours, U8S8 per-channel)": u8 / INT8_ONNX,
         "int8 (ours, S8S8 per-channel)": s8 / INT8_ONNX,
-        "int8 (ORT default quantize_static)": quantize_ort_default(u8 / ORIGINAL_ONNX, scratch / "ort_default.onnx", handle.data.inputs),
+        "int8 (ORT default quantize_static)": quantize_ort_default(
+            u8 / ORIGINAL_ONNX, scratch / "ort_default.onnx", handle.data.inputs
+        ),
         "50% structured pruning, fp32": pruned / FP32_ONNX,
         "50% structured pruning + int8": pruned8 / INT8_ONNX,
         f"50% structured pruning + int8, {RECOVER_EPOCHS} epochs distillation": recovered8 / INT8_ONNX,
@@ -112,13 +118,23 @@ def markdown(rows: list[dict]) -> str:
     for model in dict.fromkeys(row["model"] for row in rows):
         group = [row for row in rows if row["model"] == model]
         quality = "accuracy" if "accuracy" in group[0] else "min / mean cosine"
-        lines += ["", f"## {model} (batch {group[0]['batch']}, {group[0]['runs']} runs)", "",
-                  f"| candidate | median ms | p10 ms | p90 ms | speed-up | {quality} | bytes | zip bytes |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## {model} (batch {group[0]['batch']}, {group[0]['runs']} runs)",
+            "",
+            f"| candidate | median ms | p10 ms | p90 ms | speed-up | {quality} | bytes | zip bytes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for row in group:
-            value = f"{100 * row['accuracy']:.2f}%" if "accuracy" in row else f"{row['min_cosine']:.4f} / {row['mean_cosine']:.4f}"
-            lines.append(f"| {row['name']} | {row['median_ms']:.2f} | {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | "
-                         f"{row['speedup']:.2f}x | {value} | {row['bytes']:,} | {row['zip_bytes']:,} |")
+            value = (
+                f"{100 * row['accuracy']:.2f}%"
+                if "accuracy" in row
+                else f"{row['min_cosine']:.4f} / {row['mean_cosine']:.4f}"
+            )
+            lines.append(
+                f"| {row['name']} | {row['median_ms']:.2f} | {row['p10_ms']:.2f} | {row['p90_ms']:.2f} | "
+                f"{row['speedup']:.2f}x | {value} | {row['bytes']:,} | {row['zip_bytes']:,} |"
+            )
     return "\n".join(lines) + "\n"
 
 

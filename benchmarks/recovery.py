@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from compress_core import jsonio, load_model
-from compress_core.transform.apply import apply_plan
-from compress_core.atomic import atomic_write_text
 from compress_core.analysis.metrics import evaluate
-from compress_core.plan import Plan
 from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
+from compress_core.atomic import atomic_write_text
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
 
 MODEL = "digits_cnn"
 RECIPE = "{version: 1, default: {bits: 3, prune: {ratio: 0.7}}}"
@@ -36,7 +36,9 @@ def run() -> dict[str, Any]:
     compressed = apply_plan(original, Plan.from_text(RECIPE))
     before = evaluate(original, compressed, with_zip=False)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    tuned, history = finetune(original, compressed, epochs=EPOCHS, cancel=lambda: time.process_time() - cpu_start > CPU_BUDGET_S)
+    tuned, history = finetune(
+        original, compressed, epochs=EPOCHS, cancel=lambda: time.process_time() - cpu_start > CPU_BUDGET_S
+    )
     cpu_s, wall_s = time.process_time() - cpu_start, time.perf_counter() - wall_start
     after = evaluate(original, tuned, with_zip=False)
     accuracy = {
@@ -48,7 +50,13 @@ def run() -> dict[str, Any]:
     return {
         "model": MODEL,
         "recipe": RECIPE,
-        "settings": {"epochs": EPOCHS, "lr": DEFAULT_LR, "temperature": DEFAULT_TEMPERATURE, "alpha": DEFAULT_ALPHA, "batch_size": DEFAULT_BATCH_SIZE},
+        "settings": {
+            "epochs": EPOCHS,
+            "lr": DEFAULT_LR,
+            "temperature": DEFAULT_TEMPERATURE,
+            "alpha": DEFAULT_ALPHA,
+            "batch_size": DEFAULT_BATCH_SIZE,
+        },
         "epochs_completed": len(history),
         "loss_history": history,
         "accuracy": accuracy,
@@ -57,9 +65,19 @@ def run() -> dict[str, Any]:
         "cpu_s": cpu_s,
         "wall_s": wall_s,
         "cpu_budget_s": CPU_BUDGET_S,
-        "nonzero_params": {"compressed": before["compressed"]["nonzero_params"], "fine_tuned": after["compressed"]["nonzero_params"]},
-        "plan_bytes": {"compressed": before["compressed"]["plan_bytes"], "fine_tuned": after["compressed"]["plan_bytes"]},
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "nonzero_params": {
+            "compressed": before["compressed"]["nonzero_params"],
+            "fine_tuned": after["compressed"]["nonzero_params"],
+        },
+        "plan_bytes": {
+            "compressed": before["compressed"]["plan_bytes"],
+            "fine_tuned": after["compressed"]["plan_bytes"],
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
     }
 
 

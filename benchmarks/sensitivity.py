@@ -54,21 +54,35 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = {"machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}, "sweeps": {}, "suggestions": {}}
+    report = {
+        "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+        "sweeps": {},
+        "suggestions": {},
+    }
     handles = {}
     for name, (sweep, limit) in SWEEPS.items():
         handles[name] = handle = load_model(name)
         seconds, result = timed_sweep(handle, sweep, args.repeats if name == "digits_cnn" else 1)
         report["sweeps"][name] = {
-            "kinds": list(sweep.kinds), "layers": len({row.layer for row in result.rows}), "cells": len(result.rows),
-            "seconds": round(seconds, 2), "limit_seconds": limit, "strategy": result.strategy,
+            "kinds": list(sweep.kinds),
+            "layers": len({row.layer for row in result.rows}),
+            "cells": len(result.rows),
+            "seconds": round(seconds, 2),
+            "limit_seconds": limit,
+            "strategy": result.strategy,
             "most_sensitive_to_2_bits": result.ranking("bits")[:3] if 2 in sweep.bits else None,
         }
         print(name, report["sweeps"][name], flush=True)
     bits_only = Sweep(kinds=("bits",))
     staged, _ = timed_sweep(handles["digits_resnet"], bits_only, 1)
     full, _ = timed_sweep(handles["digits_resnet"], bits_only, 1, staged=False)
-    report["activation_cache"] = {"model": "digits_resnet", "sweep": "bits", "staged_seconds": round(staged, 2), "full_pass_seconds": round(full, 2), "speedup": round(full / staged, 2)}
+    report["activation_cache"] = {
+        "model": "digits_resnet",
+        "sweep": "bits",
+        "staged_seconds": round(staged, 2),
+        "full_pass_seconds": round(full, 2),
+        "speedup": round(full / staged, 2),
+    }
     print(report["activation_cache"], flush=True)
     for name in ("digits_cnn", "digits_resnet"):
         handle = handles[name]
@@ -76,8 +90,12 @@ def main() -> None:
         suggestion = suggest_plan(handle, table, target_size=SIZE_TARGET)
         plan, uniform = uniform_plan(handle, SIZE_TARGET)
         report["suggestions"][name] = {
-            "target_size": SIZE_TARGET, "suggested": suggestion.metrics, "met": suggestion.met,
-            "plan": suggestion.plan.to_dict()["layers"], "uniform_bits": plan.default.bits, "uniform": uniform,
+            "target_size": SIZE_TARGET,
+            "suggested": suggestion.metrics,
+            "met": suggestion.met,
+            "plan": suggestion.plan.to_dict()["layers"],
+            "uniform_bits": plan.default.bits,
+            "uniform": uniform,
         }
         print(name, report["suggestions"][name], flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -87,17 +105,40 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     """The report as a short Markdown page."""
-    lines = ["# Sensitivity benchmark", "", f"`python benchmarks/sensitivity.py`; {report['machine']}", "", "## Sweeps (no disk cache)", "",
-             "| model | kinds | layers | cells | seconds | limit | strategy |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Sensitivity benchmark",
+        "",
+        f"`python benchmarks/sensitivity.py`; {report['machine']}",
+        "",
+        "## Sweeps (no disk cache)",
+        "",
+        "| model | kinds | layers | cells | seconds | limit | strategy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, sweep in report["sweeps"].items():
-        lines.append(f"| {name} | {','.join(sweep['kinds'])} | {sweep['layers']} | {sweep['cells']} | {sweep['seconds']} | {sweep['limit_seconds']} | {sweep['strategy']} |")
+        lines.append(
+            f"| {name} | {','.join(sweep['kinds'])} | {sweep['layers']} | {sweep['cells']} | {sweep['seconds']} | {sweep['limit_seconds']} | {sweep['strategy']} |"
+        )
     cache = report["activation_cache"]
-    lines += ["", "## Activation cache", "", f"{cache['model']}, {cache['sweep']} sweep: staged {cache['staged_seconds']} s, full passes {cache['full_pass_seconds']} s, speed-up {cache['speedup']}x.",
-              "", f"## Suggested plan vs uniform at size <= {SIZE_TARGET:.4f}", "",
-              "| model | plan | accuracy % | drop | output SQNR dB | size ratio |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Activation cache",
+        "",
+        f"{cache['model']}, {cache['sweep']} sweep: staged {cache['staged_seconds']} s, full passes {cache['full_pass_seconds']} s, speed-up {cache['speedup']}x.",
+        "",
+        f"## Suggested plan vs uniform at size <= {SIZE_TARGET:.4f}",
+        "",
+        "| model | plan | accuracy % | drop | output SQNR dB | size ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, entry in report["suggestions"].items():
-        for label, metrics in (("suggested", entry["suggested"]), (f"uniform {entry['uniform_bits']}-bit", entry["uniform"])):
-            lines.append(f"| {name} | {label} | {metrics['metric']:.2f} | {metrics['drop']:.2f} | {metrics['output_sqnr_db']:.1f} | {metrics['size_ratio']:.4f} |")
+        for label, metrics in (
+            ("suggested", entry["suggested"]),
+            (f"uniform {entry['uniform_bits']}-bit", entry["uniform"]),
+        ):
+            lines.append(
+                f"| {name} | {label} | {metrics['metric']:.2f} | {metrics['drop']:.2f} | {metrics['output_sqnr_db']:.1f} | {metrics['size_ratio']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 

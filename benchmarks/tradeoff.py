@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from compress_core import CompressError, jsonio, load_model
-from compress_core.transform.apply import apply_plan
 from compress_core.analysis.metrics import evaluate
-from compress_core.plan import Plan
 from compress_core.models.samples import sample_names
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMON_PLANS = {
@@ -71,7 +71,12 @@ def markdown(rows: list[dict]) -> str:
     """The rows as one markdown table per sample."""
     lines = ["# Trade-off: plan -> quality, size, compute", "", "Made by `python benchmarks/tradeoff.py`.", ""]
     for sample in dict.fromkeys(row["sample"] for row in rows):
-        lines += [f"## {sample}", "", "| plan | accuracy | agreement | cosine | plan bytes | x smaller | zip bytes | params | MACs |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {sample}",
+            "",
+            "| plan | accuracy | agreement | cosine | plan bytes | x smaller | zip bytes | params | MACs |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for row in (r for r in rows if r["sample"] == sample):
             if "error" in row:
                 lines.append(f"| {row['plan']} | not applicable: {row['error']} |||||||| ")

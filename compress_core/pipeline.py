@@ -98,14 +98,19 @@ class CompressedModel:
 
     def __post_init__(self) -> None:
         if self.compressed.handle.compression is None:
-            raise CompressError(f"model '{self.compressed.handle.name}' carries no plan; apply a plan to get a compressed model")
+            raise CompressError(
+                f"model '{self.compressed.handle.name}' carries no plan; apply a plan to get a compressed model"
+            )
 
     def evaluate(self, with_zip: bool = True) -> dict[str, Any]:
         """``metrics.evaluate`` of the original and the compressed model (computed once per
         ``with_zip``, the original's half shared by every plan); a copy the caller may keep."""
         if with_zip not in self._evaluations:
             base = self.original.baseline(with_zip)
-            compressed = {**self.compressed.metrics(base.reference, with_zip), **compression_details(self.compressed.handle)}
+            compressed = {
+                **self.compressed.metrics(base.reference, with_zip),
+                **compression_details(self.compressed.handle),
+            }
             self._evaluations[with_zip] = {"original": base.metrics, "compressed": compressed}
         return copy.deepcopy(self._evaluations[with_zip])
 

@@ -19,8 +19,8 @@ import streamlit as st
 from compress_core import LayerInfo, ModelHandle, load_model
 from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets
-from compress_core.plan import Plan
 from compress_core.pipeline import CompressedModel, PreparedModel, compress
+from compress_core.plan import Plan
 
 from . import layer_data
 from .netron_server import NetronServer, SessionViewer, new_token
@@ -87,10 +87,14 @@ def onnx_node_names(key: str, _handle: ModelHandle) -> dict[str, str]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def quantization_view(key: str, _handle: ModelHandle, layer: str, bits: int, scheme: str, granularity: str, channel: int) -> dict[str, Any]:
+def quantization_view(
+    key: str, _handle: ModelHandle, layer: str, bits: int, scheme: str, granularity: str, channel: int
+) -> dict[str, Any]:
     """``layer_data.quantization_view`` of one layer's weight."""
     info = _layer(key, _handle, layer)
-    return layer_data.quantization_view(layer_data.layer_weight(_handle, info), info.out_axis, bits, scheme, granularity, channel)
+    return layer_data.quantization_view(
+        layer_data.layer_weight(_handle, info), info.out_axis, bits, scheme, granularity, channel
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -19,16 +19,22 @@ from compress_core import CompressError, LayerInfo
 from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
-from compress_core.plan import Plan
 from compress_core.pipeline import CompressedModel
+from compress_core.plan import Plan
 
 from .sources import private_dir
 
 EXPORTS = "exports"
 KEPT_EXPORTS = 8
 _removal_lock = threading.Lock()  # one removal at a time: two would race on the same folders
-MIME_TYPES = {".onnx": "application/octet-stream", ".pt": "application/octet-stream", ".yaml": "application/yaml",
-              ".json": "application/json", ".md": "text/markdown", ".npz": "application/octet-stream"}
+MIME_TYPES = {
+    ".onnx": "application/octet-stream",
+    ".pt": "application/octet-stream",
+    ".yaml": "application/yaml",
+    ".json": "application/json",
+    ".md": "text/markdown",
+    ".npz": "application/octet-stream",
+}
 
 
 def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:
@@ -51,7 +57,11 @@ def remove_old_exports(parent: Path, keep: int = KEPT_EXPORTS) -> list[Path]:
     """Remove all but the ``keep`` most recently built export folders in ``parent`` (hidden staging
     folders of builds under way are left alone); returns the folders removed."""
     with _removal_lock:
-        folders = [path for path in parent.iterdir() if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")]
+        folders = [
+            path
+            for path in parent.iterdir()
+            if path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+        ]
         folders.sort(key=lambda path: path.stat().st_mtime_ns, reverse=True)
         for stale in folders[keep:]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -79,9 +89,13 @@ def mime_type(name: str) -> str:
     return MIME_TYPES.get(Path(name).suffix, "application/octet-stream")
 
 
-def benchmark(folder: str, threads: int, batch: int, runs: int, progress: Callable[[float], None]) -> list[dict[str, Any]]:
+def benchmark(
+    folder: str, threads: int, batch: int, runs: int, progress: Callable[[float], None]
+) -> list[dict[str, Any]]:
     """``bench_folder`` with progress as a fraction in [0, 1]."""
-    return bench_folder(folder, threads=threads, batch=batch, runs=runs, progress=lambda done, total: progress(done / total))
+    return bench_folder(
+        folder, threads=threads, batch=batch, runs=runs, progress=lambda done, total: progress(done / total)
+    )
 
 
 def latency_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,7 +19,12 @@ MUTED_COLOR = "#9aa5b1"
 def layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
     """The common look: title, axis titles, height, tight margins, legend below."""
     figure.update_layout(
-        title=title, xaxis_title=x, yaxis_title=y, height=height, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25)
+        title=title,
+        xaxis_title=x,
+        yaxis_title=y,
+        height=height,
+        margin=dict(l=10, r=10, t=40, b=10),
+        legend=dict(orientation="h", y=-0.25),
     )
     return figure
 
@@ -27,13 +32,17 @@ def layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> 
 def weight_histogram(values: np.ndarray, levels: np.ndarray, scope: str) -> go.Figure:
     """Histogram of weights with every quantization level drawn as a vertical line over it."""
     counts, edges = np.histogram(values, bins=int(np.clip(len(values) // 4, MIN_BINS, BINS)))
-    figure = go.Figure(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name="weights", marker_color=KEPT_COLOR))
+    figure = go.Figure(
+        go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges), name="weights", marker_color=KEPT_COLOR)
+    )
     if len(levels) <= MAX_DRAWN_LEVELS:
         top = float(counts.max()) if len(counts) else 1.0
         xs = np.repeat(levels, 3).astype(float)
         xs[2::3] = np.nan
         ys = np.tile([0.0, top, np.nan], len(levels))
-        figure.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
+        figure.add_trace(
+            go.Scatter(x=xs, y=ys, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1))
+        )
         title = f"Weights of the {scope} and the {len(levels)} quantization levels"
     else:
         title = f"Weights of the {scope} ({len(levels):,} levels: too dense to draw)"
@@ -71,22 +80,49 @@ def spectrum(view: dict, rank: int) -> go.Figure:
     ranks = np.arange(1, len(values) + 1)
     figure = go.Figure()
     figure.add_trace(go.Bar(x=ranks, y=values, name="singular value", marker_color=KEPT_COLOR))
-    figure.add_trace(go.Scatter(x=ranks, y=view["energy"], name="energy kept", yaxis="y2", mode="lines", line=dict(color=ALERT_COLOR)))
-    figure.add_vline(x=rank, line_dash="dash", annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy", annotation_position="top right")
+    figure.add_trace(
+        go.Scatter(
+            x=ranks, y=view["energy"], name="energy kept", yaxis="y2", mode="lines", line=dict(color=ALERT_COLOR)
+        )
+    )
+    figure.add_vline(
+        x=rank,
+        line_dash="dash",
+        annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy",
+        annotation_position="top right",
+    )
     if view["break_even"] >= 1:
-        figure.add_vline(x=view["break_even"], line_dash="dot", line_color=MUTED_COLOR, annotation_text="break-even", annotation_position="top left")
-    figure.update_layout(yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], dtick=0.25, tickformat=".0%", title="energy kept"))
-    return layout(figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value")
+        figure.add_vline(
+            x=view["break_even"],
+            line_dash="dot",
+            line_color=MUTED_COLOR,
+            annotation_text="break-even",
+            annotation_position="top left",
+        )
+    figure.update_layout(
+        yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], dtick=0.25, tickformat=".0%", title="energy kept")
+    )
+    return layout(
+        figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value"
+    )
 
 
 def mask_heatmap(view: dict, label: str) -> go.Figure:
     """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs."""
     figure = go.Figure(
-        go.Heatmap(z=view["mask"], colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]], zmin=0, zmax=1, showscale=False,
-                   hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>")
+        go.Heatmap(
+            z=view["mask"],
+            colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>",
+        )
     )
     figure.update_yaxes(autorange="reversed")
-    return layout(figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360)
+    return layout(
+        figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360
+    )
 
 
 def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
@@ -97,10 +133,24 @@ def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
     return layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
 
 
-def heatmap(z: Sequence[Sequence[float | None]], rows: Sequence[str], columns: Sequence[str], title: str, x_title: str, colorbar: str) -> go.Figure:
+def heatmap(
+    z: Sequence[Sequence[float | None]],
+    rows: Sequence[str],
+    columns: Sequence[str],
+    title: str,
+    x_title: str,
+    colorbar: str,
+) -> go.Figure:
     """A labelled heatmap (rows x columns, both categorical) with the values written in the cells."""
     figure = go.Figure(
-        go.Heatmap(z=z, x=list(columns), y=list(rows), colorscale="RdYlGn", colorbar=dict(title=colorbar), texttemplate="%{z:.1f}")
+        go.Heatmap(
+            z=z,
+            x=list(columns),
+            y=list(rows),
+            colorscale="RdYlGn",
+            colorbar=dict(title=colorbar),
+            texttemplate="%{z:.1f}",
+        )
     )
     figure.update_yaxes(autorange="reversed", type="category")
     figure.update_xaxes(type="category")
@@ -109,12 +159,16 @@ def heatmap(z: Sequence[Sequence[float | None]], rows: Sequence[str], columns: S
 
 def curves(x: Sequence, series: dict[str, Sequence[float]], title: str, x_title: str, y_title: str) -> go.Figure:
     """One line per named series over shared x values (categorical, in the order given)."""
-    figure = go.Figure([go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name) for name, y in series.items()])
+    figure = go.Figure(
+        [go.Scatter(x=list(x), y=list(y), mode="lines+markers", name=name) for name, y in series.items()]
+    )
     figure.update_xaxes(type="category")
     return layout(figure, title, x_title, y_title, height=380)
 
 
-def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[float], p90: Sequence[float]) -> go.Figure:
+def latency_bars(
+    names: Sequence[str], median: Sequence[float], p10: Sequence[float], p90: Sequence[float]
+) -> go.Figure:
     """Median latency per artifact, with whiskers from p10 to p90."""
     median_array = np.asarray(median, dtype=float)
     figure = go.Figure(
@@ -122,7 +176,12 @@ def latency_bars(names: Sequence[str], median: Sequence[float], p10: Sequence[fl
             x=list(names),
             y=median_array,
             marker_color=KEPT_COLOR,
-            error_y=dict(type="data", symmetric=False, array=np.asarray(p90) - median_array, arrayminus=median_array - np.asarray(p10)),
+            error_y=dict(
+                type="data",
+                symmetric=False,
+                array=np.asarray(p90) - median_array,
+                arrayminus=median_array - np.asarray(p10),
+            ),
         )
     )
     return layout(figure, "Latency per artifact: median, whiskers p10..p90", "artifact", "ms per batch")

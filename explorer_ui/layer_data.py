@@ -13,9 +13,9 @@ import torch
 
 from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.analysis.teaching import grid_view
-from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.inventory import layer_weight_array
 from compress_core.ops.lowrank import break_even_rank, conv_as_matrix, energy_kept, singular_values
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.transform.weights import prune_mask
 
 OUTLIER_FACTOR = 3.0
@@ -27,7 +27,9 @@ def layer_weight(handle: ModelHandle, layer: LayerInfo) -> np.ndarray:
     return layer_weight_array(handle, layer)
 
 
-def quantization_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int) -> dict[str, Any]:
+def quantization_view(
+    weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int
+) -> dict[str, Any]:
     """``teaching.grid_view`` as the Layers page shows it: the weights and levels of output channel
     ``channel`` with per-channel granularity (each channel has its own grid), of the whole weight per
     tensor; ``errors`` (quantized - original, flat) and ``sqnr_db`` always cover the whole weight.

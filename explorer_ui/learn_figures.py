@@ -17,7 +17,13 @@ from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, lay
 MAX_MASK_ROWS = 64
 MAX_MASK_COLUMNS = 288
 """Masks larger than this are drawn as their top-left window (a 384x1536 heatmap is unreadable anyway)."""
-METHOD_STYLES = (("#2ca02c", "solid"), ("#ff7f0e", "dash"), ("#9467bd", "dot"), ("#d62728", "dashdot"), ("#8c564b", "longdash"))
+METHOD_STYLES = (
+    ("#2ca02c", "solid"),
+    ("#ff7f0e", "dash"),
+    ("#9467bd", "dot"),
+    ("#d62728", "dashdot"),
+    ("#8c564b", "longdash"),
+)
 """Colour and dash of each calibration method's lines: dashes keep coinciding ranges visible."""
 STAGGER = 2.5
 """Each calibration method's lines end this many times lower (log axis) than the previous one's, so equal ranges stay apart."""
@@ -26,7 +32,9 @@ STAGGER = 2.5
 def _histogram_bars(histogram: dict[str, list[float]], name: str, color: str) -> go.Bar:
     """A bar trace of a teaching histogram (``edges``, ``counts``)."""
     edges = np.asarray(histogram["edges"])
-    return go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=histogram["counts"], width=np.diff(edges), name=name, marker_color=color)
+    return go.Bar(
+        x=(edges[:-1] + edges[1:]) / 2, y=histogram["counts"], width=np.diff(edges), name=name, marker_color=color
+    )
 
 
 def _vertical_lines(xs: Sequence[float], top: float) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +50,9 @@ def quantization_grid(view: dict[str, Any], channel: int) -> go.Figure:
     levels = view["levels"]
     if len(levels) <= MAX_DRAWN_LEVELS:
         x, y = _vertical_lines(levels, max(view["weight_histogram"]["counts"]))
-        figure.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1)))
+        figure.add_trace(
+            go.Scatter(x=x, y=y, mode="lines", name=f"{len(levels)} levels", line=dict(color=ALERT_COLOR, width=1))
+        )
     title = f"{view['bits']}-bit {view['scheme']} grid, weights of channel {channel} (step {view['step']:.3g})"
     return layout(figure, title, "weight value", "count")
 
@@ -61,13 +71,25 @@ def sqnr_against_bits(curve: dict[str, Any], bits: int) -> go.Figure:
     intercept = float(np.mean(y - curve["db_per_bit"] * x))
     figure = go.Figure(go.Scatter(x=x, y=y, mode="markers", name="measured", marker=dict(color=KEPT_COLOR, size=9)))
     figure.add_trace(
-        go.Scatter(x=x, y=curve["db_per_bit"] * x + intercept, mode="lines", name=f"fit: {curve['db_per_bit']:.2f} dB per bit",
-                   line=dict(color=ALERT_COLOR, dash="dash"))
+        go.Scatter(
+            x=x,
+            y=curve["db_per_bit"] * x + intercept,
+            mode="lines",
+            name=f"fit: {curve['db_per_bit']:.2f} dB per bit",
+            line=dict(color=ALERT_COLOR, dash="dash"),
+        )
     )
     if bits in curve["bits"]:
         chosen = curve["sqnr_db"][curve["bits"].index(bits)]
-        figure.add_trace(go.Scatter(x=[bits], y=[chosen], mode="markers", name=f"{bits} bits: {chosen:.1f} dB",
-                                    marker=dict(color=ALERT_COLOR, size=14, symbol="circle-open", line=dict(width=3))))
+        figure.add_trace(
+            go.Scatter(
+                x=[bits],
+                y=[chosen],
+                mode="markers",
+                name=f"{bits} bits: {chosen:.1f} dB",
+                marker=dict(color=ALERT_COLOR, size=14, symbol="circle-open", line=dict(width=3)),
+            )
+        )
     return layout(figure, "SQNR against bits (theory: 6.02 dB per bit)", "bits", "SQNR (dB)")
 
 
@@ -81,20 +103,44 @@ def scheme_levels(rows: list[dict[str, Any]], extremes: dict[str, dict[str, Any]
     figure = go.Figure()
     for index, (label, levels) in enumerate(labelled):
         color = KEPT_COLOR if index < len(rows) else ALERT_COLOR
-        figure.add_trace(go.Scatter(x=levels, y=[label] * len(levels), mode="markers", name=label, showlegend=False,
-                                    marker=dict(symbol="line-ns-open", size=16, color=color, line=dict(width=2))))
+        figure.add_trace(
+            go.Scatter(
+                x=levels,
+                y=[label] * len(levels),
+                mode="markers",
+                name=label,
+                showlegend=False,
+                marker=dict(symbol="line-ns-open", size=16, color=color, line=dict(width=2)),
+            )
+        )
     figure.update_yaxes(autorange="reversed", type="category")
-    return layout(figure, "Where each scheme puts its levels (channel 0), and its SQNR on the whole weight", "level", "", height=360)
+    return layout(
+        figure,
+        "Where each scheme puts its levels (channel 0), and its SQNR on the whole weight",
+        "level",
+        "",
+        height=360,
+    )
 
 
 def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
     """The keep-mask as an image (rows: output channels; columns: inputs), its top-left window if large."""
     rows, columns = view["shape"]
     shown = [row[:MAX_MASK_COLUMNS] for row in view["mask"][:MAX_MASK_ROWS]]
-    window = "" if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS else f", top-left {len(shown)}x{len(shown[0])} shown"
+    window = (
+        ""
+        if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS
+        else f", top-left {len(shown)}x{len(shown[0])} shown"
+    )
     figure = go.Figure(
-        go.Heatmap(z=shown, colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]], zmin=0, zmax=1, showscale=False,
-                   hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>")
+        go.Heatmap(
+            z=shown,
+            colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]],
+            zmin=0,
+            zmax=1,
+            showscale=False,
+            hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>",
+        )
     )
     figure.update_yaxes(autorange="reversed")
     kept = view["kept"] / (view["kept"] + view["zeros"])
@@ -106,8 +152,13 @@ def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
     values = profile["singular_values"]
     colors = [KEPT_COLOR if r <= rank else MUTED_COLOR for r in profile["ranks"]]
     figure = go.Figure(go.Bar(x=profile["ranks"], y=values, marker_color=colors, name="singular value"))
-    figure.add_vline(x=profile["break_even_rank"] + 0.5, line_dash="dot", line_color=ALERT_COLOR,
-                     annotation_text=f"break-even {profile['break_even_rank']}", annotation_position="top right")
+    figure.add_vline(
+        x=profile["break_even_rank"] + 0.5,
+        line_dash="dot",
+        line_color=ALERT_COLOR,
+        annotation_text=f"break-even {profile['break_even_rank']}",
+        annotation_position="top right",
+    )
     figure.update_yaxes(type="log")
     return layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
 
@@ -117,14 +168,35 @@ def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:
     ranks = profile["ranks"]
     share = np.asarray(profile["params"]) / profile["dense_params"]
     error = profile["relative_error"][rank - 1]
-    figure = go.Figure(go.Scatter(x=ranks, y=profile["relative_error"], mode="lines", name="relative error ||W - W_r|| / ||W||",
-                                  line=dict(color=ALERT_COLOR)))
-    figure.add_trace(go.Scatter(x=ranks, y=share, mode="lines", name="parameters / dense parameters", line=dict(color=KEPT_COLOR)))
+    figure = go.Figure(
+        go.Scatter(
+            x=ranks,
+            y=profile["relative_error"],
+            mode="lines",
+            name="relative error ||W - W_r|| / ||W||",
+            line=dict(color=ALERT_COLOR),
+        )
+    )
+    figure.add_trace(
+        go.Scatter(x=ranks, y=share, mode="lines", name="parameters / dense parameters", line=dict(color=KEPT_COLOR))
+    )
     figure.add_hline(y=1.0, line_color=MUTED_COLOR, line_dash="dot")
-    figure.add_vline(x=profile["break_even_rank"], line_dash="dot", line_color=MUTED_COLOR,
-                     annotation_text=f"break-even {profile['break_even_rank']}", annotation_position="bottom right")
-    figure.add_trace(go.Scatter(x=[rank, rank], y=[error, share[rank - 1]], mode="markers", name=f"rank {rank}",
-                                marker=dict(color="black", size=10)))
+    figure.add_vline(
+        x=profile["break_even_rank"],
+        line_dash="dot",
+        line_color=MUTED_COLOR,
+        annotation_text=f"break-even {profile['break_even_rank']}",
+        annotation_position="bottom right",
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[rank, rank],
+            y=[error, share[rank - 1]],
+            mode="markers",
+            name=f"rank {rank}",
+            marker=dict(color="black", size=10),
+        )
+    )
     title = f"Rank {rank}: error {error:.1%}, {share[rank - 1]:.0%} of the dense parameters"
     return layout(figure, title, "rank r", "fraction")
 
@@ -147,8 +219,18 @@ def softened_outputs(view: dict[str, Any], classes: Sequence[str]) -> go.Figure:
     """Teacher and student probabilities at temperature T as grouped bars, the label's class outlined."""
     figure = go.Figure(
         [
-            go.Bar(x=list(classes), y=view["teacher"], name=f"teacher (entropy {view['teacher_entropy']:.2f} nats)", marker_color=KEPT_COLOR),
-            go.Bar(x=list(classes), y=view["student"], name=f"student (entropy {view['student_entropy']:.2f} nats)", marker_color=ALERT_COLOR),
+            go.Bar(
+                x=list(classes),
+                y=view["teacher"],
+                name=f"teacher (entropy {view['teacher_entropy']:.2f} nats)",
+                marker_color=KEPT_COLOR,
+            ),
+            go.Bar(
+                x=list(classes),
+                y=view["student"],
+                name=f"student (entropy {view['student_entropy']:.2f} nats)",
+                marker_color=ALERT_COLOR,
+            ),
         ]
     )
     figure.update_layout(barmode="group")

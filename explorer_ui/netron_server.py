@@ -101,7 +101,7 @@ class NetronServer:
                 del self._models[stale]
         return "/?" + urllib.parse.urlencode({"url": urllib.parse.quote(path.lstrip("/"))})
 
-    def for_session(self, token: str) -> "SessionViewer":
+    def for_session(self, token: str) -> SessionViewer:
         """This server as the session holding ``token`` uses it."""
         return SessionViewer(self, token)
 

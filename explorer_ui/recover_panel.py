@@ -17,8 +17,8 @@ import streamlit as st
 
 from compress_core import CompressError, ModelHandle
 from compress_core.analysis.recover import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
-from compress_core.plan import Plan
 from compress_core.pipeline import CompressedModel
+from compress_core.plan import Plan
 
 from . import cache, figures, state, tuning
 from .jobs import BackgroundJob, Report
@@ -57,7 +57,9 @@ def compressed_model(session: state.State) -> tuple[ModelHandle, str] | None:
     recovered = _fresh_recovery(session)
     if recovered is not None:
         epochs = len(recovered["losses"])
-        return recovered["model"].compressed.handle, f"plan {entries[-1]['label']}, fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}"
+        return recovered[
+            "model"
+        ].compressed.handle, f"plan {entries[-1]['label']}, fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}"
     return applied_model(session, entries[-1]["plan"]), f"plan {entries[-1]['label']}"
 
 
@@ -84,10 +86,17 @@ def start(model: CompressedModel, settings: dict[str, Any]) -> BackgroundJob:
         def progress(epoch: int, epochs: int, loss: float) -> None:
             report(epoch / epochs, f"epoch {epoch}/{epochs}, loss {loss:.4f}")
 
-        tuned, losses = finetune(model.original.handle, model.compressed.handle, progress=progress, cancel=cancel.is_set, **settings)
+        tuned, losses = finetune(
+            model.original.handle, model.compressed.handle, progress=progress, cancel=cancel.is_set, **settings
+        )
         report(1.0, "measuring the fine-tuned model")
         tuned_model = model.fine_tuned(tuned)
-        return {"settings": settings, "losses": losses, "after": tuned_model.evaluate()["compressed"], "model": tuned_model}
+        return {
+            "settings": settings,
+            "losses": losses,
+            "after": tuned_model.evaluate()["compressed"],
+            "model": tuned_model,
+        }
 
     return BackgroundJob(work)
 
@@ -106,7 +115,9 @@ def _progress() -> None:
     running = session[RECOVER_JOB]
     job = running["job"]
     st.progress(job.fraction, text=f"Recovering {running['label']} ({running['entry']}): {job.text}")
-    if st.button("Stop", key="recover_stop", help="Stops before the next batch; the model trained so far is kept and measured."):
+    if st.button(
+        "Stop", key="recover_stop", help="Stops before the next batch; the model trained so far is kept and measured."
+    ):
         job.cancel.set()
     if job.done:
         del session[RECOVER_JOB]
@@ -135,13 +146,23 @@ def render_recover_panel() -> None:
         "pruned weights stay zero and quantized weights stay on their grids, so the size does not change."
     )
     if handle.backend != "torch":
-        st.info(f"'{handle.name}' is an ONNX model: fine-tuning needs a torch model (load its .pt, .pt2 or TorchScript file).")
+        st.info(
+            f"'{handle.name}' is an ONNX model: fine-tuning needs a torch model (load its .pt, .pt2 or TorchScript file)."
+        )
         return
     epochs_column, lr_column, temperature_column = st.columns(3)
     epochs = epochs_column.number_input("Epochs", 1, 100, DEFAULT_EPOCHS, key="recover_epochs")
-    lr = lr_column.select_slider("Learning rate", LEARNING_RATES, value=DEFAULT_LR, format_func="{:g}".format, key="recover_lr")
+    lr = lr_column.select_slider(
+        "Learning rate", LEARNING_RATES, value=DEFAULT_LR, format_func="{:g}".format, key="recover_lr"
+    )
     temperature = temperature_column.slider(
-        "Temperature", 1.0, 10.0, DEFAULT_TEMPERATURE, 0.5, key="recover_temperature", disabled=handle.task != "classification",
+        "Temperature",
+        1.0,
+        10.0,
+        DEFAULT_TEMPERATURE,
+        0.5,
+        key="recover_temperature",
+        disabled=handle.task != "classification",
         help="Softens the teacher's and the student's probabilities; classification models only.",
     )
     running = session.get(RECOVER_JOB)
@@ -149,7 +170,11 @@ def render_recover_panel() -> None:
         try:
             model = applied(session, entry["plan"])
             settings = {"epochs": int(epochs), "lr": float(lr), "temperature": float(temperature)}
-            running = session[RECOVER_JOB] = {"label": session[state.CURRENT], "entry": entry["label"], "job": start(model, settings)}
+            running = session[RECOVER_JOB] = {
+                "label": session[state.CURRENT],
+                "entry": entry["label"],
+                "job": start(model, settings),
+            }
         except CompressError as exc:
             st.error(str(exc))
     if running is not None:
@@ -163,14 +188,23 @@ def render_recover_panel() -> None:
     quality, text = _quality(after)
     delta = after[quality] - before[quality]
     st.metric(
-        f"{quality.capitalize()} after recovery", text,
+        f"{quality.capitalize()} after recovery",
+        text,
         delta=f"{100 * delta:+.2f} points vs before" if quality == "accuracy" else f"{delta:+.4f} vs before",
     )
-    columns = {"original": cache.baseline_metrics(source.key, handle), f"before ({entry['label']})": before, "after recovery": after}
+    columns = {
+        "original": cache.baseline_metrics(source.key, handle),
+        f"before ({entry['label']})": before,
+        "after recovery": after,
+    }
     st.dataframe(tuning.summary_table(columns), hide_index=True)
     losses = recovered["losses"]
     if len(losses) > 1:
-        st.plotly_chart(figures.curves(range(1, len(losses) + 1), {"training loss": losses}, "Distillation loss per epoch", "epoch", "loss"))
+        st.plotly_chart(
+            figures.curves(
+                range(1, len(losses) + 1), {"training loss": losses}, "Distillation loss per epoch", "epoch", "loss"
+            )
+        )
     for note in after["notes"]:
         if note not in before["notes"]:
             st.caption(note)

@@ -19,7 +19,10 @@ def start(handle: ModelHandle, sweep: Sweep) -> BackgroundJob:
 
     def work(report: Report, cancel: threading.Event) -> dict[str, Any]:
         def progress(step: Progress) -> None:
-            report(step.cell / step.cell_count, f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}")
+            report(
+                step.cell / step.cell_count,
+                f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}",
+            )
 
         return run_sensitivity(handle, sweep, progress=progress, cancel=cancel).to_dict()
 

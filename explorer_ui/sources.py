@@ -54,7 +54,7 @@ class ModelSource:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSource":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSource:
         """Inverse of ``to_dict``."""
         shape = data.get("input_shape")
         return cls(**{**data, "input_shape": tuple(shape) if shape else None})
@@ -134,7 +134,9 @@ def parse_shape(text: str) -> tuple[int, ...] | None:
         return None
     parts = [part for part in SHAPE_SEPARATORS.split(text) if part]
     if not parts or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise CompressError(f"input shape '{text}' is not valid; give one sample's sizes without the batch axis, like 1,8,8")
+        raise CompressError(
+            f"input shape '{text}' is not valid; give one sample's sizes without the batch axis, like 1,8,8"
+        )
     return tuple(int(part) for part in parts)
 
 

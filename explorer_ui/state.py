@@ -121,7 +121,9 @@ def on_model_choice() -> None:
     switch_model(state, sources(state)[state[CHOICE]])
 
 
-def load_upload(state: State, model_file: Any, data_file: Any, shape_text: str, architecture: str | None, trust_code: bool) -> bool:
+def load_upload(
+    state: State, model_file: Any, data_file: Any, shape_text: str, architecture: str | None, trust_code: bool
+) -> bool:
     """Save an uploaded model (and optional ``.npz`` data) and switch to it; errors go to ``ERROR``
     and the previous model stays current.
 

@@ -17,11 +17,11 @@ from typing import Any
 from compress_core import CompressError, LayerInfo
 from compress_core.analysis.report import ROWS as METRIC_ROWS
 from compress_core.analysis.report import format_value
-from compress_core.plan.patterns import compile_pattern
-from compress_core.plan import LayerConfig, Plan, PruneConfig
 from compress_core.ops.quantize import ALLOWED_BITS
-from compress_core.plan.quoting import quoted
 from compress_core.pipeline import CompressedModel
+from compress_core.plan import LayerConfig, Plan, PruneConfig
+from compress_core.plan.patterns import compile_pattern
+from compress_core.plan.quoting import quoted
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
@@ -91,12 +91,16 @@ def parse_rank(cell: Any) -> int | float | None:
             return convert(text)
         except ValueError:
             continue
-    raise CompressError(f"rank {cell!r} is not allowed; leave it empty, or write a rank like 8 or a fraction of full rank like 0.5")
+    raise CompressError(
+        f"rank {cell!r} is not allowed; leave it empty, or write a rank like 8 or a fraction of full rank like 0.5"
+    )
 
 
 def _empty(cell: Any) -> bool:
     """An emptied cell: None, blank text, or NaN."""
-    return cell is None or (isinstance(cell, str) and not cell.strip()) or (isinstance(cell, float) and math.isnan(cell))
+    return (
+        cell is None or (isinstance(cell, str) and not cell.strip()) or (isinstance(cell, float) and math.isnan(cell))
+    )
 
 
 def rows_plan(rows: list[dict[str, Any]]) -> Plan:
@@ -108,11 +112,16 @@ def rows_plan(rows: list[dict[str, Any]]) -> Plan:
 def edit_rows(rows: list[dict[str, Any]], edited: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with a data editor's ``edited_rows`` (row index -> changed cells) applied; a number
     put in the rank cell becomes its text (``rank_text``), keeping int (rank) and float (fraction) apart."""
-    return [{**row, **{key: _cell(key, value) for key, value in edited.get(index, {}).items() if key in EDITABLE}} for index, row in enumerate(rows)]
+    return [
+        {**row, **{key: _cell(key, value) for key, value in edited.get(index, {}).items() if key in EDITABLE}}
+        for index, row in enumerate(rows)
+    ]
 
 
 def _cell(key: str, value: Any) -> Any:
-    numeric_rank = key == "rank" and isinstance(value, (int, float)) and not isinstance(value, bool) and not _empty(value)
+    numeric_rank = (
+        key == "rank" and isinstance(value, (int, float)) and not isinstance(value, bool) and not _empty(value)
+    )
     return rank_text(value) if numeric_rank else value
 
 
@@ -122,7 +131,9 @@ def matching_layers(layers: list[LayerInfo], pattern: str) -> list[str]:
     regex = compile_pattern(pattern, f"pattern {quoted(pattern)}")
     names = [layer.name for layer in layers if regex.fullmatch(layer.name)]
     if not names:
-        raise CompressError(f"pattern {quoted(pattern)} matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}")
+        raise CompressError(
+            f"pattern {quoted(pattern)} matches no layer; layers: {', '.join(layer.name for layer in layers[:12])}"
+        )
     return names
 
 

@@ -24,10 +24,14 @@ st.caption(
 if fine_tuned is not None:
     st.info("The Recover panel fine-tuned this plan: the fine-tuned model is what gets exported.")
 if not exporting.quantizes_any_layer(plan, layers):
-    st.warning("The current plan sets no bit width, so the int8 file would keep every layer float. Set bits on the Tune page.")
+    st.warning(
+        "The current plan sets no bit width, so the int8 file would keep every layer float. Set bits on the Tune page."
+    )
 with_int8 = st.checkbox("Also build an int8 model (ONNX Runtime)", value=True)
 mode_column, method_column, activation_column = st.columns(3)
-dynamic = mode_column.toggle("Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers.")
+dynamic = mode_column.toggle(
+    "Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers."
+)
 method = method_column.selectbox("Calibration", CALIBRATION_METHODS, disabled=not with_int8 or dynamic)
 activations = activation_column.selectbox("Activations", ACTIVATION_TYPES, disabled=not with_int8 or dynamic)
 
@@ -49,7 +53,9 @@ if built is not None and not exporting.still_on_disk(built):
     del session[state.EXPORTS][label]
     session[state.LATENCY].pop(label, None)
     built = None
-    st.info(f"The files built earlier were removed to save disk space (the app keeps the newest {exporting.KEPT_EXPORTS} builds): build them again.")
+    st.info(
+        f"The files built earlier were removed to save disk space (the app keeps the newest {exporting.KEPT_EXPORTS} builds): build them again."
+    )
 if built is not None:
     st.subheader("Files")
     st.caption(f"In `{built['folder']}`")
@@ -58,7 +64,12 @@ if built is not None:
         name_column.markdown(f"`{name}`")
         size_column.caption(f"{file['bytes']:,} bytes ({file['zip_bytes']:,} zipped)")
         button_column.download_button(
-            "Download", Path(file["path"]).read_bytes(), file_name=name, mime=exporting.mime_type(name), key=f"download-{name}", width="stretch"
+            "Download",
+            Path(file["path"]).read_bytes(),
+            file_name=name,
+            mime=exporting.mime_type(name),
+            key=f"download-{name}",
+            width="stretch",
         )
     with st.expander("Report"):
         st.markdown(Path(built["files"]["report.md"]["path"]).read_text(encoding="utf-8"))
@@ -72,7 +83,11 @@ if built is not None:
         bar = st.progress(0.0, text="Timing the candidates, interleaved ...")
         try:
             session[state.LATENCY][label] = exporting.benchmark(
-                built["folder"], int(threads), int(batch), int(runs), lambda fraction: bar.progress(fraction, text="Timing the candidates, interleaved ...")
+                built["folder"],
+                int(threads),
+                int(batch),
+                int(runs),
+                lambda fraction: bar.progress(fraction, text="Timing the candidates, interleaved ..."),
             )
         except CompressError as exc:
             st.error(str(exc))
@@ -81,7 +96,14 @@ if built is not None:
     rows = session[state.LATENCY].get(label)
     if rows:
         st.dataframe(exporting.latency_table(rows), hide_index=True)
-        st.plotly_chart(figures.latency_bars([row["name"] for row in rows], [row["median_ms"] for row in rows], [row["p10_ms"] for row in rows], [row["p90_ms"] for row in rows]))
+        st.plotly_chart(
+            figures.latency_bars(
+                [row["name"] for row in rows],
+                [row["median_ms"] for row in rows],
+                [row["p10_ms"] for row in rows],
+                [row["p90_ms"] for row in rows],
+            )
+        )
         st.subheader("Slowest nodes per candidate")
         st.dataframe(exporting.layer_times(rows), hide_index=True)
         per_layer = exporting.layer_speedups(rows)
@@ -90,6 +112,10 @@ if built is not None:
             st.caption(exporting.unassigned_caption(rows))
             slower = [row["layer"] for row in per_layer if row["speed-up"] < 1]
             if slower:
-                st.warning(f"int8 is slower than fp32 on {', '.join(slower)}: consider keeping {'it' if len(slower) == 1 else 'them'} float in the plan.")
-            st.plotly_chart(figures.layer_speedups([row["layer"] for row in per_layer], [row["speed-up"] for row in per_layer]))
+                st.warning(
+                    f"int8 is slower than fp32 on {', '.join(slower)}: consider keeping {'it' if len(slower) == 1 else 'them'} float in the plan."
+                )
+            st.plotly_chart(
+                figures.layer_speedups([row["layer"] for row in per_layer], [row["speed-up"] for row in per_layer])
+            )
             st.dataframe(per_layer, hide_index=True)

@@ -23,12 +23,21 @@ st.dataframe([layer.to_dict(channels=False) for layer in shown], hide_index=True
 names = [layer.name for layer in layers]
 chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else names[0]
 name = st.selectbox(
-    "Layer", names, index=names.index(chosen), key="layer_widget", on_change=state.remember, args=("layer_widget", state.LAYER)
+    "Layer",
+    names,
+    index=names.index(chosen),
+    key="layer_widget",
+    on_change=state.remember,
+    args=("layer_widget", state.LAYER),
 )
 layer = next(item for item in layers if item.name == name)
-st.caption(f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters, {layer.macs:,} MACs")
+st.caption(
+    f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters, {layer.macs:,} MACs"
+)
 
-quantization, channels, low_rank, pruning, graph = st.tabs(["Quantization", "Channel ranges", "Low rank", "Pruning", "Graph"])
+quantization, channels, low_rank, pruning, graph = st.tabs(
+    ["Quantization", "Channel ranges", "Low rank", "Pruning", "Graph"]
+)
 
 with quantization:
     bits_column, scheme_column, granularity_column, channel_column = st.columns(4)
@@ -36,7 +45,10 @@ with quantization:
     scheme = scheme_column.selectbox("Scheme", SCHEMES)
     granularity = granularity_column.selectbox("Granularity", GRANULARITIES)
     channel = channel_column.number_input(
-        "Output channel", 0, layer.weight_shape[layer.out_axis] - 1, disabled=granularity != "channel",
+        "Output channel",
+        0,
+        layer.weight_shape[layer.out_axis] - 1,
+        disabled=granularity != "channel",
         help="Per-channel grids differ: the histogram and levels are those of this channel.",
     )
     try:
@@ -92,5 +104,9 @@ with graph:
         if node:
             st.markdown(f"Layer `{name}` is the ONNX node **`{node}`**: find it with Ctrl+F in the graph.")
         else:
-            st.markdown(f"Layer `{name}` has no node of its own in the exported graph (its weight is transformed first).")
-        st.iframe(server.viewer_url(viewer, st.context.headers.get("Host")), height=640, alt=f"netron graph of {handle.name}")
+            st.markdown(
+                f"Layer `{name}` has no node of its own in the exported graph (its weight is transformed first)."
+            )
+        st.iframe(
+            server.viewer_url(viewer, st.context.headers.get("Host")), height=640, alt=f"netron graph of {handle.name}"
+        )

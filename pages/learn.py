@@ -8,14 +8,16 @@ import streamlit as st
 from compress_core import CompressError, ModelHandle
 from compress_core.analysis import teaching
 from compress_core.analysis.calibration import PERCENTILES, calibration_ranges, layer_input_activations
-from compress_core.plan.layer_config import LayerConfig
 from compress_core.ops.quantize import SCHEMES
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig
 from explorer_ui import cache, figures, learn_figures, recover_panel, sensitivity_view, state
 
 NM_PATTERNS = ("2:4", "4:8", "1:4")
 PERCENTILE_OPTIONS = (99.0, 99.9, 99.99, 99.999)
-DEMO_STUDENT = Plan(default=LayerConfig(bits=2, granularity="tensor"))  # the distillation demo's student before any apply
+DEMO_STUDENT = Plan(
+    default=LayerConfig(bits=2, granularity="tensor")
+)  # the distillation demo's student before any apply
 PRUNE_KINDS = {"prune": "unstructured", "structured": "structured"}  # sensitivity kinds that prune, and how
 DEMO_MIN_PARAMS = 1024  # the layer shown first: the first one this big, so the histograms have something to show
 
@@ -33,7 +35,9 @@ def _activations(key: str, _handle: ModelHandle, layer: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _calibration(key: str, _handle: ModelHandle, layer: str, bits: int, percentiles: tuple[float, ...]) -> dict[str, Any]:
+def _calibration(
+    key: str, _handle: ModelHandle, layer: str, bits: int, percentiles: tuple[float, ...]
+) -> dict[str, Any]:
     """``calibration_ranges`` of ``layer``'s input activations."""
     return calibration_ranges(_activations(key, _handle, layer), bits, percentiles)
 
@@ -52,13 +56,20 @@ names = [layer.name for layer in layers]
 first = next((layer.name for layer in layers if layer.params >= DEMO_MIN_PARAMS), names[0])
 chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else first
 name = st.selectbox(
-    "Layer", names, index=names.index(chosen), key="learn_layer_widget", on_change=state.remember, args=("learn_layer_widget", state.LAYER)
+    "Layer",
+    names,
+    index=names.index(chosen),
+    key="learn_layer_widget",
+    on_change=state.remember,
+    args=("learn_layer_widget", state.LAYER),
 )
 layer = next(item for item in layers if item.name == name)
 out_channels = layer.weight_shape[layer.out_axis]
 st.caption(f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters")
 
-quantization, pruning, low_rank, calibration, distillation = st.tabs(["Quantization", "Pruning", "Low rank", "Calibration", "Distillation"])
+quantization, pruning, low_rank, calibration, distillation = st.tabs(
+    ["Quantization", "Pruning", "Low rank", "Calibration", "Distillation"]
+)
 
 with quantization:
     st.markdown(
@@ -66,17 +77,32 @@ with quantization:
         "*Symmetric* centres the grid on zero (r_min = -r_max, zero is exact); *asymmetric* fits the grid to the actual "
         "range. *Per-tensor* uses one grid for the whole weight, *per-channel* one per output channel."
     )
-    st.latex(r"q = \operatorname{round}\!\left(\frac{r - r_{\min}}{r_{\max} - r_{\min}}\,(Q_{\max} - Q_{\min}) + Q_{\min}\right)")
+    st.latex(
+        r"q = \operatorname{round}\!\left(\frac{r - r_{\min}}{r_{\max} - r_{\min}}\,(Q_{\max} - Q_{\min}) + Q_{\min}\right)"
+    )
     bits_column, scheme_column, granularity_column, channel_column = st.columns(4)
     bits = bits_column.slider("Bits", min(teaching.TEACHING_BITS), max(teaching.TEACHING_BITS), 4, key="learn_bits")
     scheme = scheme_column.radio("Scheme", SCHEMES, horizontal=True, key="learn_scheme")
     granularity = granularity_column.radio(
-        "Granularity", ("tensor", "channel"), horizontal=True, format_func=lambda value: f"per-{value}", key="learn_granularity"
+        "Granularity",
+        ("tensor", "channel"),
+        horizontal=True,
+        format_func=lambda value: f"per-{value}",
+        key="learn_granularity",
     )
     channel = int(channel_column.number_input("Output channel", 0, out_channels - 1, 0, key="learn_channel"))
     try:
         with st.spinner("Quantizing ..."):
-            view = _weight_demo(source.key, handle, name, "quantization_view", bits=bits, scheme=scheme, granularity=granularity, channel=channel)
+            view = _weight_demo(
+                source.key,
+                handle,
+                name,
+                "quantization_view",
+                bits=bits,
+                scheme=scheme,
+                granularity=granularity,
+                channel=channel,
+            )
             curve = _weight_demo(source.key, handle, name, "sqnr_by_bits", scheme=scheme, granularity=granularity)
             schemes = _weight_demo(source.key, handle, name, "scheme_comparison", bits=bits, granularity=granularity)
             extremes = _weight_demo(source.key, handle, name, "extreme_quantization")
@@ -108,7 +134,9 @@ with pruning:
     ratio_column, pattern_column = st.columns(2)
     ratio = ratio_column.slider("Ratio pruned", 0.05, 0.95, 0.5, 0.05, key="learn_prune_ratio")
     pattern = pattern_column.selectbox("N:M pattern", NM_PATTERNS, key="learn_nm", help="Its ratio is 1 - N/M.")
-    for column, kind, title in zip(st.columns(3), ("unstructured", pattern, "structured"), ("Unstructured", f"{pattern} (N:M)", "Structured")):
+    for column, kind, title in zip(
+        st.columns(3), ("unstructured", pattern, "structured"), ("Unstructured", f"{pattern} (N:M)", "Structured")
+    ):
         try:
             mask = _weight_demo(source.key, handle, name, "pruning_mask_2d", kind=kind, ratio=ratio)
         except CompressError as exc:
@@ -119,12 +147,19 @@ with pruning:
     result = session[state.SENSITIVITY].get(label)
     measured = [kind for kind in sensitivity_view.kinds(result) if kind in PRUNE_KINDS] if result else []
     if not measured:
-        st.info("No pruning sensitivity for this model yet: run the Sensitivity page with the kind 'prune' (or 'structured'), then come back.")
+        st.info(
+            "No pruning sensitivity for this model yet: run the Sensitivity page with the kind 'prune' (or 'structured'), then come back."
+        )
     for kind in measured:
         cells = sensitivity_view.grid(result, kind)
         st.plotly_chart(
-            figures.curves([str(level) for level in cells["levels"]], dict(zip(cells["layers"], cells["metric"])),
-                           f"{result['metric_name']} with one layer pruned ({PRUNE_KINDS[kind]}) at each ratio", "ratio pruned", f"{result['metric_name']} (%)")
+            figures.curves(
+                [str(level) for level in cells["levels"]],
+                dict(zip(cells["layers"], cells["metric"])),
+                f"{result['metric_name']} with one layer pruned ({PRUNE_KINDS[kind]}) at each ratio",
+                "ratio pruned",
+                f"{result['metric_name']} (%)",
+            )
         )
 
 with low_rank:
@@ -140,7 +175,9 @@ with low_rank:
         st.error(str(exc))
     else:
         full = len(profile["ranks"])
-        rank = st.slider("Rank", 1, full, max(1, min(profile["break_even_rank"], full)), key="learn_rank", disabled=full == 1)
+        rank = st.slider(
+            "Rank", 1, full, max(1, min(profile["break_even_rank"], full)), key="learn_rank", disabled=full == 1
+        )
         values_column, tradeoff_column = st.columns(2)
         values_column.plotly_chart(learn_figures.singular_values(profile, rank))
         tradeoff_column.plotly_chart(learn_figures.rank_tradeoff(profile, rank))
@@ -157,7 +194,9 @@ with calibration:
     )
     bits_column, percentile_column = st.columns(2)
     activation_bits = bits_column.slider("Activation bits", 4, 8, 8, key="learn_calibration_bits")
-    percentiles = percentile_column.multiselect("Percentiles", PERCENTILE_OPTIONS, default=list(PERCENTILES), key="learn_percentiles")
+    percentiles = percentile_column.multiselect(
+        "Percentiles", PERCENTILE_OPTIONS, default=list(PERCENTILES), key="learn_percentiles"
+    )
     try:
         with st.spinner(f"Collecting the inputs of {name} on {len(handle.data)} samples ..."):
             ranges = _calibration(source.key, handle, name, activation_bits, tuple(sorted(percentiles)))
@@ -166,11 +205,16 @@ with calibration:
     else:
         st.plotly_chart(learn_figures.calibration_ranges(ranges, name))
         st.dataframe(
-            [{key: method[key] for key in ("method", "threshold", "clipped", "mse", "sqnr_db")} for method in ranges["methods"]],
+            [
+                {key: method[key] for key in ("method", "threshold", "clipped", "mse", "sqnr_db")}
+                for method in ranges["methods"]
+            ],
             hide_index=True,
-            column_config={"clipped": st.column_config.NumberColumn("clipped share", format="percent"),
-                           "sqnr_db": st.column_config.NumberColumn("SQNR (dB)", format="%.1f"),
-                           "mse": st.column_config.NumberColumn("MSE", format="%.3g")},
+            column_config={
+                "clipped": st.column_config.NumberColumn("clipped share", format="percent"),
+                "sqnr_db": st.column_config.NumberColumn("SQNR (dB)", format="%.1f"),
+                "mse": st.column_config.NumberColumn("MSE", format="%.3g"),
+            },
         )
 
 with distillation:

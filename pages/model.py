@@ -24,7 +24,11 @@ with st.spinner("Measuring the model ..."):
 columns = st.columns(4)
 columns[0].metric("Parameters", f"{metrics['params']:,}")
 columns[1].metric("MACs per sample", f"{metrics['macs']:,}")
-columns[2].metric("Size (float32)", f"{metrics['float_bytes'] / 1024:,.1f} KiB", help=f"zipped ONNX: {metrics['zip_bytes'] / 1024:,.1f} KiB")
+columns[2].metric(
+    "Size (float32)",
+    f"{metrics['float_bytes'] / 1024:,.1f} KiB",
+    help=f"zipped ONNX: {metrics['zip_bytes'] / 1024:,.1f} KiB",
+)
 if metrics["accuracy"] is not None:
     columns[3].metric("Accuracy", f"{metrics['accuracy']:.2%}", help=f"on the {handle.data.origin}")
 else:
@@ -47,7 +51,9 @@ st.caption(
 with st.form("upload"):
     model_file = st.file_uploader("Model file", type=list(MODEL_EXTENSIONS), key=state.UPLOAD_MODEL)
     data_file = st.file_uploader(
-        "Evaluation data (optional .npz with 'inputs' and optional 'labels')", type=list(DATA_EXTENSIONS), key=state.UPLOAD_DATA
+        "Evaluation data (optional .npz with 'inputs' and optional 'labels')",
+        type=list(DATA_EXTENSIONS),
+        key=state.UPLOAD_DATA,
     )
     left, right = st.columns(2)
     shape_text = left.text_input("Input shape of one sample (only if the file does not say)", placeholder="e.g. 1,8,8")
@@ -63,7 +69,12 @@ with st.form("upload"):
 if submitted:
     with st.spinner("Loading the uploaded model ..."):
         loaded = state.load_upload(
-            session, model_file, data_file, shape_text, None if architecture == NO_ARCHITECTURE else architecture, trust_code
+            session,
+            model_file,
+            data_file,
+            shape_text,
+            None if architecture == NO_ARCHITECTURE else architecture,
+            trust_code,
         )
     if loaded:
         st.rerun()

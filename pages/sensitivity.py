@@ -28,7 +28,9 @@ ranks = rank_column.multiselect("Rank fractions", RANK_LEVELS, default=[0.75, 0.
 running = session.get(state.SENSITIVITY_JOB)
 if running is None and st.button("Run sensitivity", type="primary"):
     try:
-        sweep = Sweep(bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds)
+        sweep = Sweep(
+            bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds
+        )
     except CompressError as exc:
         st.error(str(exc))
     else:
@@ -68,10 +70,23 @@ if result is not None:
             cells = sensitivity_view.grid(result, kind)
             levels = [str(level) for level in cells["levels"]]
             st.plotly_chart(
-                figures.heatmap(cells["metric"], cells["layers"], levels, f"{result['metric_name']} (%) with one layer at each {kind} level", kind, "%")
+                figures.heatmap(
+                    cells["metric"],
+                    cells["layers"],
+                    levels,
+                    f"{result['metric_name']} (%) with one layer at each {kind} level",
+                    kind,
+                    "%",
+                )
             )
             st.plotly_chart(
-                figures.curves(levels, dict(zip(cells["layers"], cells["metric"])), f"{result['metric_name']} per layer", kind, f"{result['metric_name']} (%)")
+                figures.curves(
+                    levels,
+                    dict(zip(cells["layers"], cells["metric"])),
+                    f"{result['metric_name']} per layer",
+                    kind,
+                    f"{result['metric_name']} (%)",
+                )
             )
             st.subheader("Most fragile layers")
             st.dataframe(sensitivity_view.fragile(result, kind), hide_index=True)

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from compress_core import CompressError
-from compress_core.plan import Plan
 from compress_core.ops.quantize import GRANULARITIES, SCHEMES
+from compress_core.plan import Plan
 from explorer_ui import cache, figures, recover_panel, state, tuning
 
 session = st.session_state
@@ -21,21 +21,29 @@ st.caption(
 )
 
 with st.expander("Bulk edits and recipes", expanded=True):
-    bits_column, conv_column, regex_column, match_column, reset_column = st.columns([1, 1, 2, 1, 1], vertical_alignment="bottom")
+    bits_column, conv_column, regex_column, match_column, reset_column = st.columns(
+        [1, 1, 2, 1, 1], vertical_alignment="bottom"
+    )
     bulk_bits = bits_column.selectbox("Bits", tuning.BITS_OPTIONS, index=tuning.BITS_OPTIONS.index("8"))
-    pattern = regex_column.text_input("Layers matching (regex)", placeholder=r"e.g. fc\d|head", help="RE2 syntax, matched against the whole name")
+    pattern = regex_column.text_input(
+        "Layers matching (regex)", placeholder=r"e.g. fc\d|head", help="RE2 syntax, matched against the whole name"
+    )
     try:
         if conv_column.button("All Conv layers", width="stretch"):
             state.replace_plan(session, tuning.with_bits(plan, layers, tuning.conv_layers(layers), bulk_bits))
         if match_column.button("Matching layers", width="stretch"):
-            state.replace_plan(session, tuning.with_bits(plan, layers, tuning.matching_layers(layers, pattern), bulk_bits))
+            state.replace_plan(
+                session, tuning.with_bits(plan, layers, tuning.matching_layers(layers, pattern), bulk_bits)
+            )
         if reset_column.button("Reset plan", width="stretch"):
             state.replace_plan(session, Plan())
     except CompressError as exc:
         st.error(str(exc))
 
     upload_column, download_column = st.columns([3, 1], vertical_alignment="bottom")
-    recipe_file = upload_column.file_uploader("Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload")
+    recipe_file = upload_column.file_uploader(
+        "Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload"
+    )
     if upload_column.button("Load recipe", disabled=recipe_file is None):
         try:
             state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, layers))
@@ -43,7 +51,11 @@ with st.expander("Bulk edits and recipes", expanded=True):
             st.error(str(exc))
     plan = state.plan(session)
     download_column.download_button(
-        "Download recipe", plan.to_yaml(), file_name=f"{handle.name}-recipe.yaml", mime="application/yaml", width="stretch"
+        "Download recipe",
+        plan.to_yaml(),
+        file_name=f"{handle.name}-recipe.yaml",
+        mime="application/yaml",
+        width="stretch",
     )
 
 rows = tuning.plan_rows(plan, layers)
@@ -61,7 +73,9 @@ st.data_editor(
         "granularity": st.column_config.SelectboxColumn("granularity", options=GRANULARITIES, required=True),
         "prune_ratio": st.column_config.NumberColumn("prune ratio", min_value=0.0, max_value=0.95, step=0.05),
         "prune_kind": st.column_config.SelectboxColumn("prune kind", options=tuning.PRUNE_KIND_OPTIONS, required=True),
-        "rank": st.column_config.TextColumn("rank", help="empty: no factorization; 0.5 or 1.0: a fraction of full rank; 8: a rank"),
+        "rank": st.column_config.TextColumn(
+            "rank", help="empty: no factorization; 0.5 or 1.0: a fraction of full rank; 8: a rank"
+        ),
     },
 )
 
@@ -77,18 +91,26 @@ entries = state.history(session)
 if entries:
     original = cache.baseline_metrics(source.key, handle)
     current = entries[-1]
-    columns = {"original": original, **({f"previous ({entries[-2]['label']})": entries[-2]["metrics"]} if len(entries) > 1 else {})}
+    columns = {
+        "original": original,
+        **({f"previous ({entries[-2]['label']})": entries[-2]["metrics"]} if len(entries) > 1 else {}),
+    }
     columns[f"current ({current['label']})"] = current["metrics"]
     metrics = current["metrics"]
     size_column, quality_column = st.columns(2)
     size_column.metric(
-        "Size at the plan's bit widths", f"{metrics['plan_bytes'] / 1024:,.1f} KiB",
-        delta=f"{metrics['plan_bytes'] / original['plan_bytes'] - 1:+.1%} vs original", delta_color="inverse",
+        "Size at the plan's bit widths",
+        f"{metrics['plan_bytes'] / 1024:,.1f} KiB",
+        delta=f"{metrics['plan_bytes'] / original['plan_bytes'] - 1:+.1%} vs original",
+        delta_color="inverse",
     )
     quality = "accuracy" if metrics["accuracy"] is not None else "cosine"
     quality_column.metric(
-        quality.capitalize(), f"{metrics[quality]:.2%}" if quality == "accuracy" else f"{metrics[quality]:.4f}",
-        delta=f"{100 * (metrics[quality] - original[quality]):+.2f} points vs original" if quality == "accuracy" else None,
+        quality.capitalize(),
+        f"{metrics[quality]:.2%}" if quality == "accuracy" else f"{metrics[quality]:.4f}",
+        delta=f"{100 * (metrics[quality] - original[quality]):+.2f} points vs original"
+        if quality == "accuracy"
+        else None,
     )
     st.dataframe(tuning.summary_table(columns), hide_index=True)
     for note in metrics["notes"]:

@@ -14,8 +14,8 @@ Weights live in ``sample_models/weights/<name>.pt`` and are produced by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -61,9 +61,7 @@ _BUILDERS: dict[str, Callable[[], nn.Module]] = {
 
 def _check_name(name: str) -> None:
     if name not in _BUILDERS:
-        raise ValueError(
-            f"Unknown sample model {name!r}; known samples: {', '.join(SAMPLE_NAMES)}"
-        )
+        raise ValueError(f"Unknown sample model {name!r}; known samples: {', '.join(SAMPLE_NAMES)}")
 
 
 def build_model(name: str) -> nn.Module:
@@ -102,8 +100,7 @@ def load_sample(name: str) -> nn.Module:
     path = weights_path(name)
     if not path.is_file():
         raise FileNotFoundError(
-            f"Weights for sample {name!r} not found at {path}; "
-            "run `python -m sample_models.train` to create them"
+            f"Weights for sample {name!r} not found at {path}; run `python -m sample_models.train` to create them"
         )
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

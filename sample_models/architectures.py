@@ -137,9 +137,7 @@ class DigitsTransformer(nn.Module):
         self.embed = nn.Linear(token_dim, dim)
         self.pos = nn.Parameter(torch.zeros(1, num_tokens, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(
-            [EncoderBlock(dim, num_heads, hidden) for _ in range(depth)]
-        )
+        self.blocks = nn.ModuleList([EncoderBlock(dim, num_heads, hidden) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 

@@ -7,7 +7,7 @@ Every sample uses the same fixed stratified split (75 % train / 25 % test,
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -38,9 +38,7 @@ def _base_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8)
     y = digits.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.25, random_state=0, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
     return x_tr, y_tr, x_te, y_te
 
 
@@ -53,7 +51,7 @@ def _upsample32(x: np.ndarray) -> np.ndarray:
     return up.numpy().astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shaped_split(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x_tr, y_tr, x_te, y_te = _base_split()
     if name == "digits_cnn":

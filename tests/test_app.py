@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import threading
-import urllib.parse
 
 import pytest
 import yaml
+from apptest_helpers import RUN_TIMEOUT, button, finish_job, first_run
 from streamlit.testing.v1 import AppTest
 
 from compress_core.models.samples import digits_names
-from apptest_helpers import RUN_TIMEOUT, button, finish_job, first_run
 from explorer_ui import sensitivity_view, state
 
 PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py", "pages/sensitivity.py", "pages/export.py")
@@ -48,7 +47,9 @@ def test_every_page_renders_on_every_sample(app, sample):
 
 
 def test_invalid_upload_shows_the_error_and_keeps_the_model(app):
-    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("broken.onnx", b"not an onnx file", "application/octet-stream"))
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(
+        ("broken.onnx", b"not an onnx file", "application/octet-stream")
+    )
     app.button[0].click().run()
     assert not app.exception
     assert len(app.error) == 1
@@ -193,7 +194,9 @@ def test_table_edits_become_the_plan_and_a_bad_value_names_the_layer():
 
     layers = layer_inventory(load_model("digits_cnn"))
     rows = tuning.plan_rows(Plan(), layers)
-    edited = tuning.edit_rows(rows, {1: {"bits": "4", "scheme": "asymmetric"}, 3: {"prune_ratio": 0.5}, 4: {"rank": 0.5}})
+    edited = tuning.edit_rows(
+        rows, {1: {"bits": "4", "scheme": "asymmetric"}, 3: {"prune_ratio": 0.5}, 4: {"rank": 0.5}}
+    )
     assert tuning.rows_plan(edited).to_dict()["layers"] == {
         "conv2": {"bits": 4, "scheme": "asymmetric"},
         "fc1": {"prune": {"ratio": 0.5, "kind": "unstructured"}},

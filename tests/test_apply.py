@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from compress_core import CompressError, layer_inventory, load_model
-from compress_core.transform.apply import apply_plan
 from compress_core.analysis.metrics import evaluate
 from compress_core.ort.export import to_onnx
 from compress_core.plan import LayerConfig, Plan, PruneConfig
+from compress_core.transform.apply import apply_plan
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,10 @@ def _accuracy(handle) -> float:
 
 def test_original_is_never_mutated(cnn):
     before = _checksum(cnn.model)
-    plan = Plan(default=LayerConfig(bits=3, prune=PruneConfig(0.5)), layers={"fc1": LayerConfig(rank=8), "conv2": LayerConfig(prune=PruneConfig(0.5, "structured"))})
+    plan = Plan(
+        default=LayerConfig(bits=3, prune=PruneConfig(0.5)),
+        layers={"fc1": LayerConfig(rank=8), "conv2": LayerConfig(prune=PruneConfig(0.5, "structured"))},
+    )
     compressed = apply_plan(cnn, plan)
     assert _checksum(cnn.model) == before
     assert compressed.model is not cnn.model and compressed.compression is not None
@@ -100,7 +103,9 @@ def test_full_rank_reproduces_the_layer(cnn):
 
 
 def test_reloaded_recipe_gives_identical_weights(cnn, tmp_path):
-    plan = Plan.from_text("version: 1\ndefault: {bits: 5, scheme: kmeans}\nlayers: {fc1: {rank: 0.5, prune: {kind: '2:4'}}, conv3: {bits: 3, scheme: pow2}}")
+    plan = Plan.from_text(
+        "version: 1\ndefault: {bits: 5, scheme: kmeans}\nlayers: {fc1: {rank: 0.5, prune: {kind: '2:4'}}, conv3: {bits: 3, scheme: pow2}}"
+    )
     path = plan.save(tmp_path / "r.yaml")
     first, second = apply_plan(cnn, plan), apply_plan(cnn, Plan.load(path))
     assert _checksum(first.model) == _checksum(second.model)
@@ -109,9 +114,18 @@ def test_reloaded_recipe_gives_identical_weights(cnn, tmp_path):
 @pytest.mark.parametrize(
     "plan,message",
     [
-        (Plan(layers={"fc1": LayerConfig(rank=65)}), r"layer 'fc1': rank=65 is not allowed; an int rank must be in 1..64"),
-        (Plan(layers={"conv1": LayerConfig(prune=PruneConfig(0.99, "structured"))}), r"layer 'conv1': prune ratio 0.99 would remove all 16 output channels"),
-        (Plan(layers={"conv1": LayerConfig(prune=PruneConfig(kind="2:4"))}), r"layer 'conv1': 2:4 pruning needs the input size \(9\) to be a multiple of 4"),
+        (
+            Plan(layers={"fc1": LayerConfig(rank=65)}),
+            r"layer 'fc1': rank=65 is not allowed; an int rank must be in 1..64",
+        ),
+        (
+            Plan(layers={"conv1": LayerConfig(prune=PruneConfig(0.99, "structured"))}),
+            r"layer 'conv1': prune ratio 0.99 would remove all 16 output channels",
+        ),
+        (
+            Plan(layers={"conv1": LayerConfig(prune=PruneConfig(kind="2:4"))}),
+            r"layer 'conv1': 2:4 pruning needs the input size \(9\) to be a multiple of 4",
+        ),
         (Plan(layers={"nope": LayerConfig(bits=8)}), r"layer 'nope' is not a compressible layer"),
     ],
 )
@@ -144,7 +158,9 @@ def test_onnx_low_rank_splits_nodes(cnn_onnx):
     layers = layer_inventory(compressed)
     assert len(layers) == 7
     assert [layer.type for layer in layers].count("Gemm") == 3
-    np.testing.assert_allclose(compressed.run(cnn_onnx.data.inputs[:16]), cnn_onnx.run(cnn_onnx.data.inputs[:16]), atol=1e-3)
+    np.testing.assert_allclose(
+        compressed.run(cnn_onnx.data.inputs[:16]), cnn_onnx.run(cnn_onnx.data.inputs[:16]), atol=1e-3
+    )
 
 
 def test_onnx_refuses_structured_pruning(cnn_onnx):
@@ -155,7 +171,16 @@ def test_onnx_refuses_structured_pruning(cnn_onnx):
 
 def test_structured_pruning_through_attention_reshapes_is_refused_clearly():
     transformer = load_model("digits_transformer")
-    with pytest.raises(CompressError, match=r"structured pruning of blocks.0.attn.q_proj broke the model's forward pass .*unstructured or N:M"):
-        apply_plan(transformer, Plan(layers={"blocks.0.attn.q_proj": LayerConfig(prune=PruneConfig(0.5, "structured"))}))
-    compressed = apply_plan(transformer, Plan(layers={"blocks.0.mlp.fc1": LayerConfig(prune=PruneConfig(0.5, "structured"))}))
-    assert compressed.model.blocks[0].mlp.fc1.out_features == 32 and compressed.model.blocks[0].mlp.fc2.in_features == 32
+    with pytest.raises(
+        CompressError,
+        match=r"structured pruning of blocks.0.attn.q_proj broke the model's forward pass .*unstructured or N:M",
+    ):
+        apply_plan(
+            transformer, Plan(layers={"blocks.0.attn.q_proj": LayerConfig(prune=PruneConfig(0.5, "structured"))})
+        )
+    compressed = apply_plan(
+        transformer, Plan(layers={"blocks.0.mlp.fc1": LayerConfig(prune=PruneConfig(0.5, "structured"))})
+    )
+    assert (
+        compressed.model.blocks[0].mlp.fc1.out_features == 32 and compressed.model.blocks[0].mlp.fc2.in_features == 32
+    )

@@ -79,9 +79,21 @@ def app_url(tmp_path_factory):
     private = tmp_path_factory.mktemp("streamlit")
     (private / "tmp").mkdir()
     command = [
-        sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"),
-        "--server.headless", "true", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-        "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "app.py"),
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--server.runOnSave",
+        "false",
     ]
     env = {**os.environ, "TMPDIR": str(private / "tmp"), "XDG_CACHE_HOME": str(private / "cache")}
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -278,7 +290,9 @@ def test_tune_page(app_url, browser_context):
     _pause(page)
     _click_until(page, "Apply", "157.8 KiB")  # conv1 alone at 4 bits
     _click_until(page, ("All Conv layers", "Apply"), "90.7 KiB")  # every Conv at 8 bits
-    page.locator('th[role="columnheader"]', has_text="previous (#").wait_for(state="attached")  # the table's a11y header
+    page.locator('th[role="columnheader"]', has_text="previous (#").wait_for(
+        state="attached"
+    )  # the table's a11y header
     page.wait_for_selector(".js-plotly-plot")
     assert page.locator('th[role="columnheader"]', has_text="previous (#").count() == 1
     _shoot(page, "tune")
@@ -333,7 +347,9 @@ def test_recover_panel(app_url, browser_context):
     page.get_by_role("option", name="2", exact=True).click()
     _pause(page)
     # A fresh session's plan is empty, so Apply is disabled until "All Conv layers" has filled it.
-    _click_until(page, "All Conv layers", page.get_by_role("button", name="Apply", exact=True).and_(page.locator(":enabled")))
+    _click_until(
+        page, "All Conv layers", page.get_by_role("button", name="Apply", exact=True).and_(page.locator(":enabled"))
+    )
     _click_until(page, "Apply", page.get_by_role("button", name="Recover", exact=True))
     epochs = page.get_by_label("Epochs")
     epochs.fill("2")
@@ -341,14 +357,23 @@ def test_recover_panel(app_url, browser_context):
     _pause(page)
     expect(epochs).to_have_value("2")
     _start_job(page, "Recover", "Accuracy after recovery")
-    assert "points vs before" in page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy after recovery").inner_text()
+    assert (
+        "points vs before"
+        in page.locator('[data-testid="stMetric"]').filter(has_text="Accuracy after recovery").inner_text()
+    )
     _shoot(page, "tune-recover")
     page.close()
 
 
 def test_every_request_stays_local(app_url, browser_context):
     """Runs last: every request recorded while the other tests visited the pages."""
-    hosts = {urllib.parse.urlparse(url).hostname for url in browser_context.requests if not url.startswith(("data:", "blob:"))}
+    hosts = {
+        urllib.parse.urlparse(url).hostname
+        for url in browser_context.requests
+        if not url.startswith(("data:", "blob:"))
+    }
     assert browser_context.requests, "no requests were recorded"
-    outside = [url for url in browser_context.requests if urllib.parse.urlparse(url).hostname not in LOCAL_HOSTS | {None}]
+    outside = [
+        url for url in browser_context.requests if urllib.parse.urlparse(url).hostname not in LOCAL_HOSTS | {None}
+    ]
     assert hosts <= LOCAL_HOSTS, f"requests left the machine: {outside}"

@@ -44,7 +44,13 @@ def test_apply_writes_models_and_metrics(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text(RECIPE)
     out = tmp_path / "out"
     assert main(["apply", "digits_cnn", "--recipe", str(tmp_path / "r.yaml"), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "model.onnx", "model.ts", "recipe.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json",
+        "metrics.md",
+        "model.onnx",
+        "model.ts",
+        "recipe.yaml",
+    ]
     assert json.loads((out / "metrics.json").read_text())["compressed"]["accuracy"] > 0.95
     assert "| Accuracy |" in (out / "metrics.md").read_text()
     assert main(["inspect", str(out / "model.onnx")]) == 0

@@ -11,14 +11,14 @@ import pytest
 
 import compress_core as cc
 from compress_core import atomic
-from compress_core.ort import artifacts
-from compress_core.ort.artifacts import export_artifacts
 from compress_core.cli import main
 from compress_core.errors import CompressError
+from compress_core.ort import artifacts
+from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import bench_folder, layer_comparison
 from compress_core.ort.int8 import Int8Options
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 RECIPE = "version: 1\ndefault: {bits: 8}\nlayers:\n  head: null\n"
 BENCH_KEYS = {"name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes"}
@@ -72,9 +72,25 @@ def test_cli_export_and_bench(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "dir"
-    code = main(["export", "digits_mlp", "--recipe", str(recipe), "--out", str(out), "--int8", "--calibration", "16", "--calibrate-method", "entropy"])
+    code = main(
+        [
+            "export",
+            "digits_mlp",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(out),
+            "--int8",
+            "--calibration",
+            "16",
+            "--calibrate-method",
+            "entropy",
+        ]
+    )
     assert code == 0
-    assert {"model_fp32.onnx", "model_int8.onnx", "model.pt", "recipe.yaml", "metrics.json", "report.md"} <= {p.name for p in out.iterdir()}
+    assert {"model_fp32.onnx", "model_int8.onnx", "model.pt", "recipe.yaml", "metrics.json", "report.md"} <= {
+        p.name for p in out.iterdir()
+    }
     capsys.readouterr()
     assert main(["bench", str(out), "--runs", "3", "--warmup", "1", "--batch", "8", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -93,10 +109,16 @@ def test_cli_export_and_bench(tmp_path, capsys):
 
 def test_layer_comparison_puts_layers_where_int8_costs_time_first():
     rows = [
-        {"name": "compressed_fp32", "float_layers": ["conv1", "conv2", "fc", "head"],
-         "layer_ms": {"conv1": 2.0, "conv2": 1.0, "fc": 0.0, "head": 0.1, "(no layer)": 0.2}},
-        {"name": "compressed_int8", "float_layers": ["head"],
-         "layer_ms": {"conv1": 0.5, "conv2": 1.25, "fc": 0.1, "head": 0.1, "(no layer)": 0.9}},
+        {
+            "name": "compressed_fp32",
+            "float_layers": ["conv1", "conv2", "fc", "head"],
+            "layer_ms": {"conv1": 2.0, "conv2": 1.0, "fc": 0.0, "head": 0.1, "(no layer)": 0.2},
+        },
+        {
+            "name": "compressed_int8",
+            "float_layers": ["head"],
+            "layer_ms": {"conv1": 0.5, "conv2": 1.25, "fc": 0.1, "head": 0.1, "(no layer)": 0.9},
+        },
     ]
     table = layer_comparison(rows)
     assert [row["layer"] for row in table] == ["conv2", "conv1"]  # head float in int8, fc has no fp32 time
@@ -108,7 +130,9 @@ def test_bench_names_float_layers_of_an_int8_file_without_integer_kernels(tmp_pa
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("version: 1\ndefault: {bits: 8}\nlayers:\n  're:.*': null\n")
     out = tmp_path / "dir"
-    assert main(["export", "digits_mlp", "--recipe", str(recipe), "--out", str(out), "--int8", "--calibration", "16"]) == 0
+    assert (
+        main(["export", "digits_mlp", "--recipe", str(recipe), "--out", str(out), "--int8", "--calibration", "16"]) == 0
+    )
     capsys.readouterr()
     assert main(["bench", str(out), "--runs", "1", "--warmup", "0", "--batch", "8"]) == 0
     table = capsys.readouterr().out

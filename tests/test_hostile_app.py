@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_helpers import button, first_run
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import button, first_run
 from compress_core import CompressError
 from compress_core.plan import Plan
 from explorer_ui import exporting, recover_panel, sensitivity_view, sources, state
@@ -56,7 +56,9 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _upload(app: AppTest, model: tuple[str, bytes], data: tuple[str, bytes] | None = None, shape: str = "", trust: bool = False) -> AppTest:
+def _upload(
+    app: AppTest, model: tuple[str, bytes], data: tuple[str, bytes] | None = None, shape: str = "", trust: bool = False
+) -> AppTest:
     """Fill in the Model page's upload form and submit it."""
     app.file_uploader(key=state.UPLOAD_MODEL).set_value((*model, "application/octet-stream"))
     next(box for box in app.text_input if box.label.startswith("Input shape")).set_value(shape)
@@ -132,7 +134,9 @@ def test_only_the_newest_export_folders_are_kept(tmp_path):
 def test_the_export_page_asks_for_a_rebuild_when_its_folder_was_removed(app, private_dirs):
     gone = private_dirs / "removed-export"
     report = {"path": str(gone / "report.md"), "bytes": 1, "zip_bytes": 1}
-    app.session_state[state.EXPORTS] = {"digits_cnn": {"folder": str(gone), "files": {"report.md": report}, "metrics": {}}}
+    app.session_state[state.EXPORTS] = {
+        "digits_cnn": {"folder": str(gone), "files": {"report.md": report}, "metrics": {}}
+    }
     app.switch_page("pages/export.py").run()
     assert not app.exception and not app.error
     assert any("build them again" in info.value for info in app.info)
@@ -191,7 +195,9 @@ def test_a_library_exception_while_loading_is_one_error_line(app, mlp_onnx, monk
     monkeypatch.setattr(cache, "load_model", crash_on_files)
     _upload(app, ("mlp.onnx", mlp_onnx))
     assert not app.exception
-    assert [error.value for error in app.error] == ["mlp.onnx (uploaded): could not be loaded (RuntimeError: parser blew up)"]
+    assert [error.value for error in app.error] == [
+        "mlp.onnx (uploaded): could not be loaded (RuntimeError: parser blew up)"
+    ]
     assert app.session_state[state.CURRENT] == "digits_cnn"
 
 
@@ -290,8 +296,20 @@ def test_a_model_is_served_only_under_the_token_of_the_session_that_published_it
 
 @pytest.mark.parametrize(
     "target",
-    [b"/%00", b"/%00.js", b"/..%2f..%2f..%2fetc%2fpasswd", b"/..%2f__init__.py", b"/%zz", b"/%f", b"/%ff%fe.js",
-     b"/a\x00b", b"/" + b"a" * (MAX_PATH_LENGTH + 10), b"/" + b"a" * 300 + b".js", b"/model/%00/x/y.onnx", b"/model/"],
+    [
+        b"/%00",
+        b"/%00.js",
+        b"/..%2f..%2f..%2fetc%2fpasswd",
+        b"/..%2f__init__.py",
+        b"/%zz",
+        b"/%f",
+        b"/%ff%fe.js",
+        b"/a\x00b",
+        b"/" + b"a" * (MAX_PATH_LENGTH + 10),
+        b"/" + b"a" * 300 + b".js",
+        b"/model/%00/x/y.onnx",
+        b"/model/",
+    ],
 )
 def test_malformed_requests_are_404_and_never_break_the_handler(server, target, monkeypatch):
     failures = []
@@ -303,7 +321,10 @@ def test_malformed_requests_are_404_and_never_break_the_handler(server, target, 
 
 def test_the_server_keeps_the_last_published_models_of_all_sessions(server):
     sessions = [server.for_session(new_token()) for _ in range(2)]
-    paths = [_model_path(sessions[index % 2].publish(f"m{index}.onnx", f"model {index}".encode())) for index in range(KEPT_MODELS + 1)]
+    paths = [
+        _model_path(sessions[index % 2].publish(f"m{index}.onnx", f"model {index}".encode()))
+        for index in range(KEPT_MODELS + 1)
+    ]
     assert _status(server, paths[0]) == 404  # evicted: the oldest
     assert all(_status(server, path) == 200 for path in paths[1:])
     assert _model_path(sessions[1].publish("m1.onnx", b"model 1")) == paths[1]  # published again: now the newest
@@ -337,4 +358,3 @@ def test_a_token_is_not_shared_between_sessions(private_dirs):
     for at in (first, second):
         at.switch_page("pages/layers.py").run()
     assert first.session_state[VIEWER_TOKEN] != second.session_state[VIEWER_TOKEN]
-

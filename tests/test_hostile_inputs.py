@@ -99,7 +99,9 @@ def pt2_files(tmp_path_factory) -> dict[str, Path]:
     return {"static": folder / "static.pt2", "dynamic": folder / "dynamic.pt2"}
 
 
-def _rewrite_zip(source: Path, target: Path, edit: Callable[[str, bytes], bytes], extra: dict[str, bytes] | None = None) -> Path:
+def _rewrite_zip(
+    source: Path, target: Path, edit: Callable[[str, bytes], bytes], extra: dict[str, bytes] | None = None
+) -> Path:
     """Copy a zip member by member through ``edit(name, data)``, then add ``extra`` members (stored)."""
     with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as zout:
         for info in zin.infolist():
@@ -365,7 +367,7 @@ HOSTILE = {
     ),
     "TorchScript spec bad shape": (
         _torchscript_spec('{"shape": "1,8,8"}'),
-        "is malformed (got '{\"shape\": \"1,8,8\"}'); expected JSON like {\"shape\": [1, 8, 8]",
+        'is malformed (got \'{"shape": "1,8,8"}\'); expected JSON like {"shape": [1, 8, 8]',
     ),
     "TorchScript spec bad dtype": (
         _torchscript_spec('{"shape": [4], "dtype": "str"}'),
@@ -445,7 +447,11 @@ HOSTILE = {
 }
 # Payloads that do run once the file is trusted: proof that the refusals above guard something.
 FIRES_WHEN_TRUSTED = [
-    "full pickle", "pt2 use_pickle weight", "pt2 pickled object", "pt2 pickled sample inputs", "pt2 Python shape expression"
+    "full pickle",
+    "pt2 use_pickle weight",
+    "pt2 pickled object",
+    "pt2 pickled sample inputs",
+    "pt2 Python shape expression",
 ]
 
 

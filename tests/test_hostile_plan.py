@@ -13,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress_core import CompressError
 from compress_core.cli import main
+from compress_core.plan import Plan
 from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.plan.patterns import compile_pattern
-from compress_core.plan import Plan
 from compress_core.plan.recipe import MAX_RECIPE_BYTES
 
 BOMB = "(a+)+$"  # catastrophic backtracking in Python's re: 2**30 paths for 30 a's and a '!'
@@ -45,7 +45,8 @@ def victim_model(tmp_path_factory) -> str:
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32), "weight")
     node = helper.make_node("MatMul", ["input", "weight"], ["output"], name=VICTIM)
     graph = helper.make_graph(
-        [node], "victim",
+        [node],
+        "victim",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4])],
         [weight],
@@ -68,10 +69,16 @@ def test_the_backtracking_bomb_is_answered_at_once():
 
 def test_the_bomb_against_a_layer_named_for_it_via_the_cli(tmp_path, capsys, victim_model):
     started = time.perf_counter()
-    line = _cli_error(capsys, ["evaluate", victim_model, "--recipe", _recipe(tmp_path, f'version: 1\nlayers: {{"re:{BOMB}": {{bits: 4}}}}')])
+    line = _cli_error(
+        capsys,
+        ["evaluate", victim_model, "--recipe", _recipe(tmp_path, f'version: 1\nlayers: {{"re:{BOMB}": {{bits: 4}}}}')],
+    )
     assert time.perf_counter() - started < 30 * FAST  # loading and measuring included; the match itself is instant
     assert line == f"error: layer entry 're:{BOMB}' matches no layer of the model; layers: {VICTIM}"
-    assert main(["evaluate", victim_model, "--recipe", _recipe(tmp_path, 'version: 1\nlayers: {"re:(a+)+!": {bits: 4}}')]) == 0
+    assert (
+        main(["evaluate", victim_model, "--recipe", _recipe(tmp_path, 'version: 1\nlayers: {"re:(a+)+!": {bits: 4}}')])
+        == 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -86,13 +93,21 @@ def test_the_bomb_against_a_layer_named_for_it_via_the_cli(tmp_path, capsys, vic
 def test_patterns_re2_cannot_run_are_refused_by_name(pattern, reason):
     with pytest.raises(CompressError) as error:
         compile_pattern(pattern, f"pattern '{pattern}'")
-    assert str(error.value).startswith(f"pattern '{pattern}': not a valid regular expression ({reason}); RE2 syntax is required")
+    assert str(error.value).startswith(
+        f"pattern '{pattern}': not a valid regular expression ({reason}); RE2 syntax is required"
+    )
 
 
 def test_a_backreference_in_a_recipe_via_the_cli(tmp_path, capsys):
-    line = _cli_error(capsys, ["evaluate", "digits_cnn", "--recipe", _recipe(tmp_path, 'version: 1\nlayers: {"re:(conv)\\\\1": {bits: 4}}')])
+    line = _cli_error(
+        capsys,
+        ["evaluate", "digits_cnn", "--recipe", _recipe(tmp_path, 'version: 1\nlayers: {"re:(conv)\\\\1": {bits: 4}}')],
+    )
     assert line.startswith(r"error: ")
-    assert r"layer entry 're:(conv)\1': not a valid regular expression (invalid escape sequence: \1); RE2 syntax is required" in line
+    assert (
+        r"layer entry 're:(conv)\1': not a valid regular expression (invalid escape sequence: \1); RE2 syntax is required"
+        in line
+    )
 
 
 def test_the_tune_pages_regex_uses_re2_too(victim_model):
@@ -105,9 +120,13 @@ def test_the_tune_pages_regex_uses_re2_too(victim_model):
         matching_layers(layers, BOMB)
     assert time.perf_counter() - started < FAST
     assert matching_layers(layers, "(a+)+!") == [VICTIM]
-    with pytest.raises(CompressError, match=r"^pattern '\(a\)\\1': not a valid regular expression .*RE2 syntax is required"):
+    with pytest.raises(
+        CompressError, match=r"^pattern '\(a\)\\1': not a valid regular expression .*RE2 syntax is required"
+    ):
         matching_layers(layers, r"(a)\1")
-    with pytest.raises(CompressError, match=r"^pattern 'fc\\n\(': not a valid regular expression \(missing \): fc\\n\(\)"):
+    with pytest.raises(
+        CompressError, match=r"^pattern 'fc\\n\(': not a valid regular expression \(missing \): fc\\n\(\)"
+    ):
         matching_layers(layers, "fc\n(")
 
 
@@ -117,12 +136,21 @@ def test_the_tune_pages_regex_uses_re2_too(victim_model):
 @pytest.mark.parametrize(
     "recipe,expected",
     [
-        ("version: 1\nlayers: {conv1: {bits: 8.0}}", "layer 'conv1': bits 8.0 is not allowed; use an integer: null (float), 2..8 or 16"),
-        ("version: 1\nlayers: {conv1: {prune: {ratio: 0.3, kind: '2:4'}}}",
-         "layer 'conv1': prune ratio 0.3 conflicts with kind '2:4', which prunes 0.5 (1 - 2/4); leave the ratio out or make it match"),
-        ("version: 1\nlayers: {conv1: {prune: {kind: 2:4}}}",
-         ("layer 'conv1': prune kind 124 is not allowed; use one of unstructured, structured or N:M like '2:4' "
-          "(YAML reads an unquoted 2:4 as the number 124: write kind: '2:4')")),
+        (
+            "version: 1\nlayers: {conv1: {bits: 8.0}}",
+            "layer 'conv1': bits 8.0 is not allowed; use an integer: null (float), 2..8 or 16",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {ratio: 0.3, kind: '2:4'}}}",
+            "layer 'conv1': prune ratio 0.3 conflicts with kind '2:4', which prunes 0.5 (1 - 2/4); leave the ratio out or make it match",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {kind: 2:4}}}",
+            (
+                "layer 'conv1': prune kind 124 is not allowed; use one of unstructured, structured or N:M like '2:4' "
+                "(YAML reads an unquoted 2:4 as the number 124: write kind: '2:4')"
+            ),
+        ),
     ],
 )
 def test_bad_values_via_the_cli(tmp_path, capsys, recipe, expected):
@@ -167,21 +195,54 @@ def test_an_alias_bomb_is_refused_with_a_short_message():
         ("version: 1\nlayers: {1.5: {bits: 4}}", "recipe: layer entry 1.5 (float) is not allowed"),
         ("version: 1\nlayers: {true: {bits: 4}}", "recipe: layer entry True (bool) is not allowed"),
         ("version: 1\nlayers: {null: {bits: 4}}", "recipe: layer entry None (NoneType) is not allowed"),
-        ("version: 1\nlayers: {0: {bits: 4}, '0': {bits: 8}}", "recipe: layer '0' is given twice (as text and as a number)"),
+        (
+            "version: 1\nlayers: {0: {bits: 4}, '0': {bits: 8}}",
+            "recipe: layer '0' is given twice (as text and as a number)",
+        ),
         ("version: 1\n7: 8", "recipe: unknown key(s) 7; allowed: default, layers, version"),
         ("version: true", "recipe: version True is not supported"),
-        ("version: 1\nlayers: [conv1]", "recipe: 'layers' must be a mapping from layer name to settings, got ['conv1']"),
+        (
+            "version: 1\nlayers: [conv1]",
+            "recipe: 'layers' must be a mapping from layer name to settings, got ['conv1']",
+        ),
         ("version: 1\nlayers: {conv1: {bits: '8'}}", "recipe: layer 'conv1': bits '8' is not allowed; use an integer"),
-        ("version: 1\nlayers: {conv1: {bits: 4, scheme: [symmetric]}}", "recipe: layer 'conv1': scheme ['symmetric'] is not allowed"),
-        ("version: 1\nlayers: {conv1: {bits: 4, granularity: 0}}", "recipe: layer 'conv1': granularity 0 is not allowed"),
-        ("version: 1\nlayers: {conv1: {prune: {ratio: '0.5'}}}", "recipe: layer 'conv1': prune ratio '0.5' is not allowed; use a number in [0, 1)"),
-        ("version: 1\nlayers: {conv1: {prune: {ratio: .nan}}}", "recipe: layer 'conv1': prune ratio nan is not allowed"),
-        ("version: 1\nlayers: {conv1: {prune: {kind: [2, 4]}}}", "recipe: layer 'conv1': prune kind [2, 4] is not allowed"),
-        ("version: 1\nlayers: {conv1: {prune: {7: 1}}}", "recipe: layer 'conv1': prune: unknown key(s) 7; allowed: kind, ratio"),
-        ("version: 1\nlayers: {conv1: {rank: '0.5'}}", "recipe: layer 'conv1': rank '0.5' is not allowed; use an integer >= 1 or a fraction in (0, 1]"),
-        ("version: 1\nlayers: {conv1: {rank: 4.0}}", "recipe: layer 'conv1': rank 4.0 is not allowed; a fraction of full rank must be in (0, 1] (a rank is an integer: write 4, not 4.0)"),
+        (
+            "version: 1\nlayers: {conv1: {bits: 4, scheme: [symmetric]}}",
+            "recipe: layer 'conv1': scheme ['symmetric'] is not allowed",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {bits: 4, granularity: 0}}",
+            "recipe: layer 'conv1': granularity 0 is not allowed",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {ratio: '0.5'}}}",
+            "recipe: layer 'conv1': prune ratio '0.5' is not allowed; use a number in [0, 1)",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {ratio: .nan}}}",
+            "recipe: layer 'conv1': prune ratio nan is not allowed",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {kind: [2, 4]}}}",
+            "recipe: layer 'conv1': prune kind [2, 4] is not allowed",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {prune: {7: 1}}}",
+            "recipe: layer 'conv1': prune: unknown key(s) 7; allowed: kind, ratio",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {rank: '0.5'}}",
+            "recipe: layer 'conv1': rank '0.5' is not allowed; use an integer >= 1 or a fraction in (0, 1]",
+        ),
+        (
+            "version: 1\nlayers: {conv1: {rank: 4.0}}",
+            "recipe: layer 'conv1': rank 4.0 is not allowed; a fraction of full rank must be in (0, 1] (a rank is an integer: write 4, not 4.0)",
+        ),
         ("version: 1\nlayers: {conv1: {rank: .inf}}", "recipe: layer 'conv1': rank inf is not allowed"),
-        ("version: 1\nlayers: {conv1: !!binary aGk=}", "recipe: layer 'conv1': expected a mapping like {bits: 8} or null, got b'hi'"),
+        (
+            "version: 1\nlayers: {conv1: !!binary aGk=}",
+            "recipe: layer 'conv1': expected a mapping like {bits: 8} or null, got b'hi'",
+        ),
     ],
 )
 def test_odd_yaml_is_one_compress_error(text, expected):
@@ -208,8 +269,18 @@ def test_a_plan_built_in_code_is_checked_too():
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6), st.binary(max_size=4))
-KEYS = st.one_of(st.sampled_from(["version", "default", "layers", "bits", "scheme", "granularity", "prune", "ratio", "kind", "rank", "conv1"]), st.integers(), st.text(max_size=4))
-DATA = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)), max_leaves=12)
+KEYS = st.one_of(
+    st.sampled_from(
+        ["version", "default", "layers", "bits", "scheme", "granularity", "prune", "ratio", "kind", "rank", "conv1"]
+    ),
+    st.integers(),
+    st.text(max_size=4),
+)
+DATA = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(KEYS, inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=300, deadline=None)

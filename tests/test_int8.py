@@ -10,12 +10,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compress_core as cc
 from compress_core.errors import CompressError
-from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.export import to_onnx
+from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.layer_map import layer_targets, module_scope
 from compress_core.ort.prep import prepare_for_quantization
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"
 OPTIONS = Int8Options(calibration_samples=32)
@@ -38,7 +38,11 @@ def _dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     found = {}
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0].endswith("_quantized") and inits[node.input[0]].ndim > 1:
+        if (
+            node.op_type == "DequantizeLinear"
+            and node.input[0].endswith("_quantized")
+            and inits[node.input[0]].ndim > 1
+        ):
             q = inits[node.input[0]].astype(np.float64)
             scale = inits[node.input[1]].astype(np.float64)
             zero = inits[node.input[2]].astype(np.float64) if len(node.input) > 2 else np.zeros_like(scale)
@@ -60,13 +64,21 @@ def test_dequantize_pairs_only_on_planned_layers(mixed):
     head = next(node for node in model.graph.node if node.name == targets["head"].node)
     assert head.input[1] == targets["head"].weight_tensor  # still the float initializer
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
-    assert all(producers[node.input[1]] == "DequantizeLinear" for node in model.graph.node if node.name in {targets[n].node for n in ("conv1", "conv2", "conv3", "fc1")})
+    assert all(
+        producers[node.input[1]] == "DequantizeLinear"
+        for node in model.graph.node
+        if node.name in {targets[n].node for n in ("conv1", "conv2", "conv3", "fc1")}
+    )
     # activations: one QuantizeLinear -> DequantizeLinear pair per quantized activation tensor
     quantize = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
     consumers = {name: [n.op_type for n in model.graph.node if name in n.input] for q in quantize for name in q.output}
     assert quantize and all(ops and set(ops) == {"DequantizeLinear"} for ops in consumers.values())
     assert [(row.layer, row.bits, row.storage) for row in result.layers] == [
-        ("conv1", 8, "QInt8"), ("conv2", 4, "QInt4"), ("conv3", 5, "QInt8"), ("fc1", 8, "QInt8"), ("head", None, "float"),
+        ("conv1", 8, "QInt8"),
+        ("conv2", 4, "QInt4"),
+        ("conv3", 5, "QInt8"),
+        ("fc1", 8, "QInt8"),
+        ("head", None, "float"),
     ]
 
 
@@ -76,7 +88,11 @@ def test_four_bit_weight_is_stored_as_int4(mixed):
     types = {init.name: init.data_type for init in model.graph.initializer}
     assert types[f"{targets['conv2'].weight_tensor}_quantized"] == TensorProto.INT4
     assert types[f"{targets['conv1'].weight_tensor}_quantized"] == TensorProto.INT8
-    dequantize = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{targets['conv2'].weight_tensor}_quantized")
+    dequantize = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] == f"{targets['conv2'].weight_tensor}_quantized"
+    )
     assert dequantize.domain in ("", "ai.onnx") and model.opset_import[0].version >= 21
 
 
@@ -87,7 +103,9 @@ def test_integers_hold_the_plans_grid_exactly(mixed):
     dequantized = _dequantized_weights(model)
     for name in ("conv1", "conv2", "conv3", "fc1"):
         tensor = targets[name].weight_tensor
-        np.testing.assert_allclose(dequantized[tensor], exported[tensor], rtol=0, atol=1e-6 * np.abs(exported[tensor]).max())
+        np.testing.assert_allclose(
+            dequantized[tensor], exported[tensor], rtol=0, atol=1e-6 * np.abs(exported[tensor]).max()
+        )
     assert any("5-bit" in note and "exactly" in note for note in result.notes)
 
 
@@ -114,14 +132,18 @@ def test_layer_map_covers_every_digits_layer(name):
         assert target.weight_tensor in nodes[target.node].input
         if target.op_type != "LSTM":
             assert shapes[target.weight_tensor] in (layer.weight_shape, layer.weight_shape[::-1])
-    assert len({t.node for t in targets.values() if t.op_type != "LSTM"}) == sum(t.op_type != "LSTM" for t in targets.values())
+    assert len({t.node for t in targets.values() if t.op_type != "LSTM"}) == sum(
+        t.op_type != "LSTM" for t in targets.values()
+    )
 
 
 def test_module_scope_reads_legacy_node_names():
     assert module_scope("/layer1/layer1.0/conv1/Conv") == "layer1.0.conv1"
     assert module_scope("/layer2/layer2.0/downsample/downsample.0/Conv") == "layer2.0.downsample.0"
     assert module_scope("/blocks.0/attn/q_proj/MatMul") == "blocks.0.attn.q_proj"
-    assert module_scope("/bert/encoder/layer.0/attention/self/query/MatMul") == "bert.encoder.layer.0.attention.self.query"
+    assert (
+        module_scope("/bert/encoder/layer.0/attention/self/query/MatMul") == "bert.encoder.layer.0.attention.self.query"
+    )
     assert module_scope("node_linear_3") == ""
 
 
@@ -137,8 +159,11 @@ def _opset11_model() -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "G"], ["output"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "old", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])], [numpy_helper.from_array(dense, "G")],
+        nodes,
+        "old",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(dense, "G")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
     model.ir_version = 6
@@ -182,7 +207,9 @@ def test_dynamic_quantization_of_a_transformer(tmp_path):
     ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
     assert result.mode == "dynamic" and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    agreement = (session.run(None, {"input": handle.data.inputs})[0].argmax(1) == handle.run(handle.data.inputs).argmax(1)).mean()
+    agreement = (
+        session.run(None, {"input": handle.data.inputs})[0].argmax(1) == handle.run(handle.data.inputs).argmax(1)
+    ).mean()
     assert agreement >= 0.95
 
 
@@ -192,7 +219,9 @@ def test_dynamic_quantization_follows_the_plans_granularity_per_layer(tmp_path):
     compressed = compress(handle, Plan.from_text(recipe)).compressed
     result = quantize_int8(compressed, tmp_path / "dyn.onnx", Int8Options(dynamic=True))
     model = onnx.load(str(result.path))
-    scales = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_scale")}
+    scales = {
+        init.name: numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_scale")
+    }
     targets = compressed.layer_targets
     for layer in ("blocks.0.attn.q_proj", "blocks.1.attn.out_proj"):
         assert scales[f"{targets[layer].weight_tensor}_scale"].shape == (32,), layer
@@ -209,7 +238,9 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
 
     minilm = cc.load_model("minilm")
     recipe = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
-    result = quantize_int8(compress(minilm, Plan.load(recipe)).compressed, tmp_path / "minilm.onnx", Int8Options(dynamic=True))
+    result = quantize_int8(
+        compress(minilm, Plan.load(recipe)).compressed, tmp_path / "minilm.onnx", Int8Options(dynamic=True)
+    )
     inputs = minilm.data.inputs
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     int8, reference = session.run(None, {"input": inputs})[0], minilm.run(inputs)
@@ -218,7 +249,9 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
     # 0.9879 was measured on an AVX2-only CPU, so the bound there is 0.98; with VNNI there is no such loss.
     bound = 0.99 if cpu_has_vnni else 0.98
     print(f"minilm int8 min cosine {cosine.min():.4f} (bound {bound}, VNNI {cpu_has_vnni})")
-    assert cosine.min() >= bound, f"min cosine {cosine.min():.4f} < {bound} (CPU with{'' if cpu_has_vnni else 'out'} VNNI)"
+    assert cosine.min() >= bound, (
+        f"min cosine {cosine.min():.4f} < {bound} (CPU with{'' if cpu_has_vnni else 'out'} VNNI)"
+    )
     assert [row.layer for row in result.layers if row.storage == "float"] == ["bert.encoder.layer.0.output.dense"]
     assert any(note.startswith("embedding tables stay float32") for note in result.notes)
 

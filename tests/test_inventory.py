@@ -40,13 +40,13 @@ def test_hand_computed_macs_and_params():
     assert conv.params == 4 * 2 * 9 + 4
     assert (fc.name, fc.type, fc.macs, fc.params) == ("fc", "Linear", 100 * 3, 303)
     scripted = _handle(torch.jit.trace(handle.model, torch.zeros(1, 2, 5, 5)), (2, 5, 5))
-    assert [(l.name, l.macs) for l in layer_inventory(scripted)] == [("conv", 1800), ("fc", 300)]
+    assert [(layer.name, layer.macs) for layer in layer_inventory(scripted)] == [("conv", 1800), ("fc", 300)]
 
 
 def test_onnx_macs_equal_torch_macs():
     handle = _handle(Small(), (2, 5, 5))
     onnx_handle = handle.replace(backend="onnx", model=to_onnx(handle), kind="onnx")
-    assert [l.macs for l in layer_inventory(onnx_handle)] == [1800, 300]
+    assert [layer.macs for layer in layer_inventory(onnx_handle)] == [1800, 300]
     assert total_params(onnx_handle) == total_params(handle) == 4 * 2 * 9 + 4 + 303
 
 
@@ -78,14 +78,14 @@ def test_sample_inventories(name, count, types):
     handle = load_model(name)
     layers = layer_inventory(handle)
     assert len(layers) == count
-    assert {t: sum(l.type == t for l in layers) for t in types} == types
-    assert all(l.macs > 0 for l in layers)
-    weights = sum(int(np.prod(l.weight_shape)) for l in layers)
+    assert {t: sum(layer.type == t for layer in layers) for t in types} == types
+    assert all(layer.macs > 0 for layer in layers)
+    weights = sum(int(np.prod(layer.weight_shape)) for layer in layers)
     assert weights <= total_params(handle) == sum(p.numel() for p in handle.model.parameters())
 
 
 def test_lstm_macs_count_every_time_step():
-    layers = {l.name: l for l in layer_inventory(load_model("digits_lstm"))}
+    layers = {layer.name: layer for layer in layer_inventory(load_model("digits_lstm"))}
     assert layers["lstm.weight_ih_l0"].macs == 8 * 256 * 8
     assert layers["lstm.weight_hh_l0"].macs == 8 * 256 * 64
 
@@ -94,5 +94,5 @@ def test_onnx_file_of_resnet_matches(tmp_path):
     handle = load_model("digits_resnet")
     onnx.save(to_onnx(handle, fold_batchnorm=False), tmp_path / "r.onnx")
     exported = load_model(tmp_path / "r.onnx")
-    assert [l.macs for l in layer_inventory(exported)] == [l.macs for l in layer_inventory(handle)]
+    assert [layer.macs for layer in layer_inventory(exported)] == [layer.macs for layer in layer_inventory(handle)]
     assert total_params(exported) == total_params(handle)

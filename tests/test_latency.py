@@ -17,8 +17,8 @@ from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.latency import batch_of, measure_latency
 from compress_core.ort.layer_map import layer_targets
 from compress_core.ort.profiling import FLOAT_COMPUTE_OPS, layer_of, op_census, profile_nodes
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,9 @@ def test_measure_latency_interleaves_and_reports(files, monkeypatch):
 
     monkeypatch.setattr(latency, "make_session", recording)
     calls = []
-    results = measure_latency(paths, handle.data.inputs, threads=1, batch=4, warmup=1, runs=3, progress=lambda d, t: calls.append((d, t)))
+    results = measure_latency(
+        paths, handle.data.inputs, threads=1, batch=4, warmup=1, runs=3, progress=lambda d, t: calls.append((d, t))
+    )
     assert order == ["fp32", "int8"] * 4
     assert calls == [(i, 8) for i in range(1, 9)]
     first, second = results
@@ -131,7 +133,9 @@ def test_profile_maps_every_compute_node_to_its_layer(files, tmp_path):
     compute = {row.node: row.layer for row in rows if row.op_type in FLOAT_COMPUTE_OPS}
     assert sorted(compute) == sorted(compute_nodes)
     assert sorted(compute.values()) == sorted(nodes)
-    assert all(row.layer is None for row in rows if row.op_type in ("MaxPool", "ReorderInput", "ReorderOutput", "Flatten"))
+    assert all(
+        row.layer is None for row in rows if row.op_type in ("MaxPool", "ReorderInput", "ReorderOutput", "Flatten")
+    )
 
 
 def test_profile_maps_nodes_the_nchwc_transform_renamed(files, tmp_path):
@@ -141,12 +145,17 @@ def test_profile_maps_nodes_the_nchwc_transform_renamed(files, tmp_path):
     handle, paths, nodes = files
     optimized = _optimized_graph(paths["fp32"], tmp_path)
     if not any(node.domain == "com.microsoft.nchwc" for node in optimized.graph.node):
-        pytest.skip("this ONNX Runtime build does not apply the x86 NCHWc layout transform (no renamed Conv nodes to map)")
+        pytest.skip(
+            "this ONNX Runtime build does not apply the x86 NCHWc layout transform (no renamed Conv nodes to map)"
+        )
     rows = profile_nodes(paths["fp32"], handle.data.inputs, nodes, threads=1, batch=8, runs=1)
     compute = {row.node: row.layer for row in rows if row.op_type in ("Conv", "FusedConv", "Gemm", "FusedGemm")}
     assert compute == {
-        "/Relu_output_0_nchwc": "conv1", "/Relu_1_output_0_nchwc": "conv2", "/Relu_2_output_0_nchwc": "conv3",
-        "fused /fc1/Gemm": "fc1", "/head/Gemm": "head",
+        "/Relu_output_0_nchwc": "conv1",
+        "/Relu_1_output_0_nchwc": "conv2",
+        "/Relu_2_output_0_nchwc": "conv3",
+        "fused /fc1/Gemm": "fc1",
+        "/head/Gemm": "head",
     }
 
 
@@ -155,6 +164,9 @@ def test_profile_counts_a_matmuls_bias_add_in_its_layer(tmp_path):
     model = to_onnx(handle)
     onnx.save(model, tmp_path / "fp32.onnx")
     nodes = {name: target.node for name, target in layer_targets(handle, model).items()}
-    rows = {row.node: row.layer for row in profile_nodes(tmp_path / "fp32.onnx", handle.data.inputs, nodes, threads=1, batch=8, runs=1)}
+    rows = {
+        row.node: row.layer
+        for row in profile_nodes(tmp_path / "fp32.onnx", handle.data.inputs, nodes, threads=1, batch=8, runs=1)
+    }
     assert rows["/blocks.0/attn/q_proj/Add"] == "blocks.0.attn.q_proj"
     assert rows["/blocks.1/mlp/fc2/Add"] == "blocks.1.mlp.fc2"

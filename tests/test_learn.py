@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from apptest_helpers import button, finish_job, first_run
 from streamlit.testing.v1 import AppTest
 
-from apptest_helpers import button, finish_job, first_run
 from explorer_ui import recover_panel, state
 
 LEARN = "pages/learn.py"
@@ -85,7 +85,9 @@ def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> Non
     assert app.session_state[state.CURRENT] != "digits_cnn"
     app.switch_page(LEARN).run()
     assert not app.exception and not app.error
-    assert any("needs the layer's input activations" in info.value and "forward hooks" in info.value for info in app.info)
+    assert any(
+        "needs the layer's input activations" in info.value and "forward hooks" in info.value for info in app.info
+    )
     assert len(app.get("plotly_chart")) == 10  # every section but calibration
 
 
@@ -121,4 +123,6 @@ def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -
     assert not app.exception and not app.error
     exported = app.session_state[state.EXPORTS]["digits_cnn"]["metrics"]
     assert exported["pytorch"]["compressed"]["accuracy"] == pytest.approx(recovered["after"]["accuracy"])
-    assert exported["artifacts"]["model_fp32.onnx"]["accuracy"] == pytest.approx(recovered["after"]["accuracy"], abs=0.005)
+    assert exported["artifacts"]["model_fp32.onnx"]["accuracy"] == pytest.approx(
+        recovered["after"]["accuracy"], abs=0.005
+    )

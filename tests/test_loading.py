@@ -13,7 +13,9 @@ from compress_core import CompressError, layer_inventory, load_model, save_torch
 from compress_core.models.evaldata import MAX_DATA_BYTES_ENV, load_npz
 from compress_core.ort.export import to_onnx
 
-TRUST_REFUSAL = r"loading it runs code stored in the file, so it is refused unless you say you trust it \(CLI: --trust-code"
+TRUST_REFUSAL = (
+    r"loading it runs code stored in the file, so it is refused unless you say you trust it \(CLI: --trust-code"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,9 @@ def test_safetensors_is_a_state_dict(files):
 
 
 def test_full_pickle_is_refused_without_trust(files):
-    with pytest.raises(CompressError, match=r"cnn_full.pt: is a full Python pickle, not plain weights; " + TRUST_REFUSAL):
+    with pytest.raises(
+        CompressError, match=r"cnn_full.pt: is a full Python pickle, not plain weights; " + TRUST_REFUSAL
+    ):
         load_model(files / "cnn_full.pt")
     handle = load_model(files / "cnn_full.pt", trust_pickle=True, input_shape=(1, 8, 8))
     assert handle.kind == "pickle" and len(layer_inventory(handle)) == 5
@@ -111,7 +115,10 @@ def test_npz_data_with_and_without_labels(files, tmp_path, cnn):
         (lambda p: _write(p / "bad.onnx", b"\x08\x07garbage"), r"bad.onnx: not a valid ONNX model"),
         (lambda p: _write(p / "bad.ts", b"PK\x03\x04broken"), r"bad.ts: not a readable TorchScript file"),
         (lambda p: _write(p / "bad.pt2", b"nothing"), r"bad.pt2: not a readable torch.export"),
-        (lambda p: _write(p / "bad.pt", b"\x80\x02junk"), r"bad.pt: (not a readable PyTorch file|is a full Python pickle)"),
+        (
+            lambda p: _write(p / "bad.pt", b"\x80\x02junk"),
+            r"bad.pt: (not a readable PyTorch file|is a full Python pickle)",
+        ),
     ],
 )
 def test_bad_model_files(tmp_path, make, message):
@@ -132,7 +139,9 @@ def test_bad_npz_files(files, tmp_path):
     with pytest.raises(CompressError, match=r"nothing.npz: has no 'inputs' array \(found: x\)"):
         load_model("digits_cnn", data=tmp_path / "nothing.npz")
     np.savez(tmp_path / "shape.npz", inputs=np.zeros((3, 64), np.float32))
-    with pytest.raises(CompressError, match=r"shape.npz: 'inputs' has samples of shape \(64,\), but the model takes \(1, 8, 8\)"):
+    with pytest.raises(
+        CompressError, match=r"shape.npz: 'inputs' has samples of shape \(64,\), but the model takes \(1, 8, 8\)"
+    ):
         load_model(files / "cnn.onnx", data=tmp_path / "shape.npz")
     np.savez(tmp_path / "labels.npz", inputs=np.zeros((3, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64))
     with pytest.raises(CompressError, match=r"'labels' has shape \(2,\)"):
@@ -144,11 +153,15 @@ def test_bad_npz_files(files, tmp_path):
 def test_npz_size_limit_from_argument_and_environment(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4))
     assert len(load_npz(tmp_path / "d.npz", None, max_bytes=1024)) == 4  # inputs: exactly 1,024 bytes
-    too_big = r"d.npz: member 'inputs.npy' holds 1,024 bytes \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
+    too_big = (
+        r"d.npz: member 'inputs.npy' holds 1,024 bytes \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
+    )
     with pytest.raises(CompressError, match=too_big):
         load_npz(tmp_path / "d.npz", None, max_bytes=1023)
     monkeypatch.setenv(MAX_DATA_BYTES_ENV, "1000")
-    with pytest.raises(CompressError, match=r"over the limit of 1,000 bytes; use less data or raise " + MAX_DATA_BYTES_ENV):
+    with pytest.raises(
+        CompressError, match=r"over the limit of 1,000 bytes; use less data or raise " + MAX_DATA_BYTES_ENV
+    ):
         load_model("digits_cnn", data=tmp_path / "d.npz")
     monkeypatch.setenv(MAX_DATA_BYTES_ENV, "lots")
     with pytest.raises(CompressError, match=r"COMPRESS_EXPLORER_MAX_DATA_BYTES='lots' is not a whole number of bytes"):
@@ -198,7 +211,14 @@ def test_onnx_weights_in_constant_nodes(tmp_path):
 
 def test_onnx_external_data(cnn, tmp_path):
     model = to_onnx(cnn)
-    onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save(
+        model,
+        tmp_path / "ext.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "ext.data").stat().st_size > 100_000
     assert len(layer_inventory(load_model(tmp_path / "ext.onnx"))) == 5
 

@@ -9,8 +9,8 @@ import pytest
 
 from compress_core import load_model
 from compress_core.analysis.metrics import METRIC_KEYS, evaluate, output_fidelity
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.transform.apply import apply_plan
 
 
@@ -39,7 +39,8 @@ def test_plan_bytes_count_bits_indices_and_scales(mlp):
     channels = {"fc1": 128, "fc2": 64, "fc3": 32, "head": 10}
     expected_bits = (
         others * 32
-        + weights["fc1"] // 2 * 8 + weights["fc1"]  # kept weights at 8 bits + one index bit per weight
+        + weights["fc1"] // 2 * 8
+        + weights["fc1"]  # kept weights at 8 bits + one index bit per weight
         + sum(weights[n] * 4 for n in ("fc2", "fc3", "head"))
         + sum(channels.values()) * 32  # one fp32 scale per output channel
     )

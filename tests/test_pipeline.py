@@ -18,9 +18,9 @@ from compress_core.models.inventory import layer_inventory
 from compress_core.ort.artifacts import INT8_ONNX, export_artifacts
 from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import Int8Options
+from compress_core.pipeline import compress
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
-from compress_core.pipeline import compress
 from explorer_ui import exporting, recover_panel, state  # noqa: F401 - imported before counting, so that Calls patches them
 
 CONV_8_BITS = "version: 1\nlayers:\n  're:.*conv.*': {bits: 8}\n"
@@ -47,7 +47,11 @@ class Calls:
             self._count(function.__name__, handle)
             return function(handle, *args, **kwargs)
 
-        modules = [module for name, module in list(sys.modules.items()) if name.split(".")[0] in ("compress_core", "explorer_ui")]
+        modules = [
+            module
+            for name, module in list(sys.modules.items())
+            if name.split(".")[0] in ("compress_core", "explorer_ui")
+        ]
         patched = [module for module in modules if getattr(module, function.__name__, None) is function]
         assert patched, function.__name__
         for module in patched:
@@ -71,7 +75,9 @@ def resnet() -> cc.ModelHandle:
     return cc.load_model("digits_resnet")
 
 
-def test_export_with_int8_takes_one_inventory_one_export_per_model_and_one_run_of_the_original(resnet, tmp_path, monkeypatch):
+def test_export_with_int8_takes_one_inventory_one_export_per_model_and_one_run_of_the_original(
+    resnet, tmp_path, monkeypatch
+):
     calls = Calls(monkeypatch)
     model = compress(resnet, Plan.from_text(CONV_8_BITS))
     result = export_artifacts(model, tmp_path / "out", Int8Options())  # what the Export page builds by default

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from compress_core import CompressError
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2", "head"]
 RECIPE = """
@@ -49,16 +49,28 @@ def test_save_and_load_round_trip(tmp_path, suffix):
     [
         ("version: 2\nlayers: {}", r"version 2 is not supported"),
         ("version: 1\nextra: 3", r"unknown key\(s\) extra"),
-        ("version: 1\nlayers: {conv1: {bits: 9}}", r"layer 'conv1': bits 9 is not allowed; use null \(float\), 2..8 or 16"),
+        (
+            "version: 1\nlayers: {conv1: {bits: 9}}",
+            r"layer 'conv1': bits 9 is not allowed; use null \(float\), 2..8 or 16",
+        ),
         ("version: 1\nlayers: {conv1: {bits: 1}}", r"bits 1 is not allowed"),
         ("version: 1\nlayers: {conv1: {bitz: 4}}", r"layer 'conv1': unknown key\(s\) bitz"),
-        ("version: 1\nlayers: {conv1: {prune: {ratio: 1.0}}}", r"prune ratio 1.0 is not allowed; use a number in \[0, 1\)"),
+        (
+            "version: 1\nlayers: {conv1: {prune: {ratio: 1.0}}}",
+            r"prune ratio 1.0 is not allowed; use a number in \[0, 1\)",
+        ),
         ("version: 1\nlayers: {conv1: {prune: {ratio: 0.5, kind: random}}}", r"prune kind 'random' is not allowed"),
         ("version: 1\nlayers: {conv1: {prune: {kind: '4:2'}}}", r"N:M needs 0 < N < M"),
         ("version: 1\nlayers: {conv1: {rank: 0}}", r"rank 0 is not allowed; an integer rank must be >= 1"),
-        ("version: 1\nlayers: {conv1: {rank: 1.5}}", r"rank 1.5 is not allowed; a fraction of full rank must be in \(0, 1\]"),
+        (
+            "version: 1\nlayers: {conv1: {rank: 1.5}}",
+            r"rank 1.5 is not allowed; a fraction of full rank must be in \(0, 1\]",
+        ),
         ("version: 1\nlayers: {conv1: {bits: 4, scheme: fancy}}", r"scheme 'fancy' is not allowed"),
-        ("version: 1\nlayers: {'re:(': {bits: 4}}", r"layer entry 're:\(': not a valid regular expression \(missing \): \(\); RE2 syntax is required"),
+        (
+            "version: 1\nlayers: {'re:(': {bits: 4}}",
+            r"layer entry 're:\(': not a valid regular expression \(missing \): \(\); RE2 syntax is required",
+        ),
         ("[1, 2", r"not valid YAML or JSON"),
     ],
 )
@@ -68,7 +80,9 @@ def test_bad_recipes(text, message):
 
 
 def test_names_the_model_lacks():
-    with pytest.raises(CompressError, match=r"layer 'conv9' is not a compressible layer of the model; layers: conv1, conv2"):
+    with pytest.raises(
+        CompressError, match=r"layer 'conv9' is not a compressible layer of the model; layers: conv1, conv2"
+    ):
         Plan(layers={"conv9": LayerConfig(bits=8)}).resolve(LAYERS)
     with pytest.raises(CompressError, match=r"layer entry 're:attn.*' matches no layer"):
         Plan(layers={"re:attn.*": LayerConfig(bits=8)}).resolve(LAYERS)
@@ -94,7 +108,9 @@ def test_the_plan_takes_exactly_the_settings_the_quantizer_takes():
                 try:
                     quantize_weight(weight, bits, scheme, granularity)
                 except ValueError:
-                    with pytest.raises(CompressError, match=f"bits {bits} is not allowed with scheme {scheme}; use 2..8"):
+                    with pytest.raises(
+                        CompressError, match=f"bits {bits} is not allowed with scheme {scheme}; use 2..8"
+                    ):
                         LayerConfig(bits=bits, scheme=scheme, granularity=granularity)
                 else:
                     LayerConfig(bits=bits, scheme=scheme, granularity=granularity)

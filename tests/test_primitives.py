@@ -306,9 +306,7 @@ def test_magnitude_mask_ties_by_index() -> None:
 
 def test_n_m_mask_linear_pattern() -> None:
     w = _t([[0.1, -0.9, 0.5, 0.2, 3.0, 2.0, -1.0, 0.0]])
-    assert torch.equal(
-        n_m_mask(w, 2, 4), torch.tensor([[False, True, True, False, True, True, False, False]])
-    )
+    assert torch.equal(n_m_mask(w, 2, 4), torch.tensor([[False, True, True, False, True, True, False, False]]))
     big = _gaussian(16, 64)
     mask = n_m_mask(big, 2, 4)
     groups = mask.reshape(16, 16, 4)
@@ -429,7 +427,10 @@ def test_split_conv1d_shapes() -> None:
         ({"bits": True}, r"bits=True is not allowed"),
         ({"bits": 4.0}, r"bits=4\.0 is not allowed"),
         ({"bits": 16, "scheme": "kmeans"}, r"bits=16 is not allowed with scheme='kmeans'.*2\.\.8"),
-        ({"bits": 4, "scheme": "log"}, r"scheme='log' is not allowed; choose one of symmetric, asymmetric, pow2, kmeans"),
+        (
+            {"bits": 4, "scheme": "log"},
+            r"scheme='log' is not allowed; choose one of symmetric, asymmetric, pow2, kmeans",
+        ),
         ({"bits": 4, "granularity": "group"}, r"granularity='group' is not allowed; choose one of channel, tensor"),
         ({"bits": 4, "axis": 2}, r"axis=2 is out of range for a 2-D tensor \(allowed -2\.\.1\)"),
     ],

@@ -38,7 +38,10 @@ from compress_core.transform.apply import apply_plan
 # The same examples on every run (derandomize), none stored in the repository (database=None): the
 # suite cannot pass on one run and fail on the next. Explore more with --hypothesis-seed=random.
 PROPERTY = settings(
-    max_examples=100, deadline=None, derandomize=True, database=None,
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 HEAVY_PROPERTY = settings(PROPERTY, max_examples=60)
@@ -73,25 +76,112 @@ def mlp_plans(draw) -> dict:
     return {"version": 1, "default": draw(st.one_of(st.none(), layer_configs())), "layers": layers}
 
 
-TRICKY_SCALARS = st.sampled_from([
-    0, 1, 2, 3, 4, 8, 16, 17, -1, 2**63, 2**200, 1.0, 0.5, 8.0, 1.5, 1e308, -0.0,
-    math.inf, -math.inf, math.nan, True, False, None, "", "8", "0.5", "2:4", "1:4", "0:4", "4:2", "1:0",
-    "999999:1000000", "2:4 ", 124, "symmetric", "asymmetric", "pow2", "kmeans", "channel", "tensor",
-    "unstructured", "structured", "fc1", "head", "re:fc.*", "re:(", "re:", "re:.*", "re:(?P<x>", "re:\\",
-    "re:a{1000000}", "\x00", "\ud800", "é", b"\xff", 1j, (1, 2), frozenset({1}),
-])
+TRICKY_SCALARS = st.sampled_from(
+    [
+        0,
+        1,
+        2,
+        3,
+        4,
+        8,
+        16,
+        17,
+        -1,
+        2**63,
+        2**200,
+        1.0,
+        0.5,
+        8.0,
+        1.5,
+        1e308,
+        -0.0,
+        math.inf,
+        -math.inf,
+        math.nan,
+        True,
+        False,
+        None,
+        "",
+        "8",
+        "0.5",
+        "2:4",
+        "1:4",
+        "0:4",
+        "4:2",
+        "1:0",
+        "999999:1000000",
+        "2:4 ",
+        124,
+        "symmetric",
+        "asymmetric",
+        "pow2",
+        "kmeans",
+        "channel",
+        "tensor",
+        "unstructured",
+        "structured",
+        "fc1",
+        "head",
+        "re:fc.*",
+        "re:(",
+        "re:",
+        "re:.*",
+        "re:(?P<x>",
+        "re:\\",
+        "re:a{1000000}",
+        "\x00",
+        "\ud800",
+        "é",
+        b"\xff",
+        1j,
+        (1, 2),
+        frozenset({1}),
+    ]
+)
 KEYS = st.one_of(
-    st.sampled_from(["version", "default", "layers", "bits", "scheme", "granularity", "prune", "rank", "ratio", "kind",
-                     "fc1", "fc2", "fc3", "head", "re:fc.*", "re:(", "0"]),
-    st.text(max_size=8), st.integers(-3, 3), st.booleans(), st.none(), st.floats(allow_nan=False),
+    st.sampled_from(
+        [
+            "version",
+            "default",
+            "layers",
+            "bits",
+            "scheme",
+            "granularity",
+            "prune",
+            "rank",
+            "ratio",
+            "kind",
+            "fc1",
+            "fc2",
+            "fc3",
+            "head",
+            "re:fc.*",
+            "re:(",
+            "0",
+        ]
+    ),
+    st.text(max_size=8),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
 )
 SCALARS = st.one_of(
-    TRICKY_SCALARS, st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
-    st.binary(max_size=8), st.complex_numbers(), st.dates(),
+    TRICKY_SCALARS,
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.binary(max_size=8),
+    st.complex_numbers(),
+    st.dates(),
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(KEYS, children, max_size=4), st.tuples(children)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(KEYS, children, max_size=4), st.tuples(children)
+    ),
     max_leaves=16,
 )
 PRUNE_DATA = st.one_of(VALUES, st.dictionaries(st.sampled_from(["ratio", "kind", "other"]), VALUES, max_size=3))
@@ -100,7 +190,14 @@ LAYER_DATA = st.one_of(
     VALUES,
     st.fixed_dictionaries(
         {},
-        optional={"bits": VALUES, "scheme": VALUES, "granularity": VALUES, "prune": PRUNE_DATA, "rank": VALUES, "extra": VALUES},
+        optional={
+            "bits": VALUES,
+            "scheme": VALUES,
+            "granularity": VALUES,
+            "prune": PRUNE_DATA,
+            "rank": VALUES,
+            "extra": VALUES,
+        },
     ),
 )
 ANY_RECIPE_DATA = st.one_of(
@@ -141,15 +238,57 @@ def _yaml_of(data) -> str | None:
         return None
 
 
-YAML_FRAGMENTS = st.sampled_from([
-    "version: 1", "version: 1\n", "default: {bits: 8}", "layers:", "  fc1: {bits: 4}", "  fc1:", "    bits: 4",
-    "  head: null", "  're:fc.*': {bits: 2}", "  fc2: {prune: {ratio: 0.5}}", "  fc2: {prune: {kind: 2:4}}",
-    "  fc2: {prune: {kind: '2:4', ratio: 0.3}}", "  fc3: {rank: 0.5}", "  fc3: {rank: 2.0}", "  0: {bits: 8}",
-    "&a [*a]", "*b", "!!binary aGVsbG8=", "!!set {a, b}", "!!python/object:os.system {}", "!!float nan",
-    "2001-12-14", "? [1, 2]\n: 3", "{", "}", "[", "- - -", "'", '"\\x"', "%YAML 1.1", "---", "...", "\t", "1e400",
-    "0x1F", "0o17", "1_000", "12:30:00", "~", ".inf", "-.inf", ".nan", "<<: {bits: 2}", "bits: !!int '8'",
-    "bits: " + "9" * 5000, "[" * 200, "{a: " * 100,
-])
+YAML_FRAGMENTS = st.sampled_from(
+    [
+        "version: 1",
+        "version: 1\n",
+        "default: {bits: 8}",
+        "layers:",
+        "  fc1: {bits: 4}",
+        "  fc1:",
+        "    bits: 4",
+        "  head: null",
+        "  're:fc.*': {bits: 2}",
+        "  fc2: {prune: {ratio: 0.5}}",
+        "  fc2: {prune: {kind: 2:4}}",
+        "  fc2: {prune: {kind: '2:4', ratio: 0.3}}",
+        "  fc3: {rank: 0.5}",
+        "  fc3: {rank: 2.0}",
+        "  0: {bits: 8}",
+        "&a [*a]",
+        "*b",
+        "!!binary aGVsbG8=",
+        "!!set {a, b}",
+        "!!python/object:os.system {}",
+        "!!float nan",
+        "2001-12-14",
+        "? [1, 2]\n: 3",
+        "{",
+        "}",
+        "[",
+        "- - -",
+        "'",
+        '"\\x"',
+        "%YAML 1.1",
+        "---",
+        "...",
+        "\t",
+        "1e400",
+        "0x1F",
+        "0o17",
+        "1_000",
+        "12:30:00",
+        "~",
+        ".inf",
+        "-.inf",
+        ".nan",
+        "<<: {bits: 2}",
+        "bits: !!int '8'",
+        "bits: " + "9" * 5000,
+        "[" * 200,
+        "{a: " * 100,
+    ]
+)
 
 
 @st.composite
@@ -176,7 +315,9 @@ RECIPE_BYTES = st.one_of(
     YAML_TEXT.map(lambda text: text.encode("utf-8", "surrogatepass")),
     YAML_TEXT.map(lambda text: b"\xef\xbb\xbf" + text.encode("utf-8", "surrogatepass")),
     YAML_TEXT.map(lambda text: text.encode("utf-16")),
-    st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(lambda pair: pair[0].encode("utf-8", "surrogatepass") + pair[1]),
+    st.tuples(YAML_TEXT, st.binary(min_size=1, max_size=4)).map(
+        lambda pair: pair[0].encode("utf-8", "surrogatepass") + pair[1]
+    ),
 )
 
 
@@ -244,7 +385,9 @@ def test_a_parsed_plan_resolves_or_refuses_and_survives_its_yaml(data):
 # ------------------------------------------------------------------------------------------------
 
 SHAPES = st.lists(st.integers(0, 4), max_size=4).map(tuple)
-NUMERIC_DTYPES = st.sampled_from(["<f2", "<f4", ">f4", "<f8", "|i1", "<i2", "<i4", "<i8", ">i8", "|u1", "<u2", "<u4", "<u8", "|b1", "<c8", "<c16"])
+NUMERIC_DTYPES = st.sampled_from(
+    ["<f2", "<f4", ">f4", "<f8", "|i1", "<i2", "<i4", "<i8", ">i8", "|u1", "<u2", "<u4", "<u8", "|b1", "<c8", "<c16"]
+)
 
 
 @st.composite
@@ -252,15 +395,21 @@ def arrays(draw) -> np.ndarray:
     """An array of any kind numpy saves: numbers, bools, complex, strings, bytes, objects, records, datetimes."""
     shape = draw(SHAPES)
     size = math.prod(shape)
-    kind = draw(st.sampled_from(["numeric", "numeric", "numeric", "str", "bytes", "object", "record", "datetime", "zero-d"]))
+    kind = draw(
+        st.sampled_from(["numeric", "numeric", "numeric", "str", "bytes", "object", "record", "datetime", "zero-d"])
+    )
     if kind == "numeric":
         dtype = np.dtype(draw(NUMERIC_DTYPES))
         raw = draw(st.binary(min_size=size * dtype.itemsize, max_size=size * dtype.itemsize))
         return np.frombuffer(raw, dtype=dtype).reshape(shape)  # any bit pattern: NaN, inf, subnormals
     if kind == "str":
-        return np.array(draw(st.lists(st.text(max_size=3), min_size=size, max_size=size)) or [], dtype="U3").reshape(shape)
+        return np.array(draw(st.lists(st.text(max_size=3), min_size=size, max_size=size)) or [], dtype="U3").reshape(
+            shape
+        )
     if kind == "bytes":
-        return np.array(draw(st.lists(st.binary(max_size=3), min_size=size, max_size=size)) or [], dtype="S3").reshape(shape)
+        return np.array(draw(st.lists(st.binary(max_size=3), min_size=size, max_size=size)) or [], dtype="S3").reshape(
+            shape
+        )
     if kind == "object":
         values = np.empty(size, dtype=object)
         values[:] = draw(st.lists(SCALARS, min_size=size, max_size=size)) or []
@@ -281,16 +430,35 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 @st.composite
 def npy_headers(draw) -> bytes:
     """A ``.npy`` member whose header says anything (shape, dtype, order), followed by any bytes."""
-    descr = draw(st.one_of(
-        st.sampled_from(["'<f4'", "'<i8'", "'|b1'", "'<c8'", "'<U3'", "'|S2'", "'|O'", "'<M8[s]'", "'bogus'", "[('a', '<f4')]", "3", "None"]),
-        st.text(max_size=6).map(repr),
-    ))
+    descr = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "'<f4'",
+                    "'<i8'",
+                    "'|b1'",
+                    "'<c8'",
+                    "'<U3'",
+                    "'|S2'",
+                    "'|O'",
+                    "'<M8[s]'",
+                    "'bogus'",
+                    "[('a', '<f4')]",
+                    "3",
+                    "None",
+                ]
+            ),
+            st.text(max_size=6).map(repr),
+        )
+    )
     shape = draw(st.one_of(SHAPES, st.lists(st.integers(-2, 2**40), max_size=3).map(tuple), st.text(max_size=4)))
     fortran = draw(st.sampled_from(["False", "True", "1", "None"]))
-    header = draw(st.one_of(
-        st.just(f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape!r}, }}"),
-        st.text(max_size=40),
-    ))
+    header = draw(
+        st.one_of(
+            st.just(f"{{'descr': {descr}, 'fortran_order': {fortran}, 'shape': {shape!r}, }}"),
+            st.text(max_size=40),
+        )
+    )
     encoded = header.encode("latin-1", "replace")
     version = draw(st.sampled_from([(1, 0), (2, 0), (3, 0), (9, 9)]))
     length = struct.pack("<H" if version[0] == 1 else "<I", len(encoded) + 1)
@@ -298,7 +466,9 @@ def npy_headers(draw) -> bytes:
 
 
 MEMBER_NAMES = st.one_of(
-    st.sampled_from(["inputs.npy", "labels.npy", "inputs", "labels", "x.npy", "inputs.npy/", "dir/inputs.npy", "INPUTS.npy"]),
+    st.sampled_from(
+        ["inputs.npy", "labels.npy", "inputs", "labels", "x.npy", "inputs.npy/", "dir/inputs.npy", "INPUTS.npy"]
+    ),
     st.text(min_size=1, max_size=12).map(lambda name: name + ".npy"),
 )
 MEMBER_CONTENT = st.one_of(
@@ -333,11 +503,15 @@ def npz_files(draw) -> bytes:
         inputs, count = draw(plausible_inputs())
         members.append(("inputs.npy", _npy_bytes(inputs)))
         if draw(st.booleans()):
-            labels = draw(st.one_of(
-                st.sampled_from(["int64", "int32", "uint8"]).map(lambda dtype: np.arange(count, dtype=dtype)),
-                st.lists(st.integers(-2**63, 2**63 - 1), min_size=count, max_size=count).map(lambda v: np.asarray(v, dtype=np.int64)),
-                arrays(),
-            ))
+            labels = draw(
+                st.one_of(
+                    st.sampled_from(["int64", "int32", "uint8"]).map(lambda dtype: np.arange(count, dtype=dtype)),
+                    st.lists(st.integers(-(2**63), 2**63 - 1), min_size=count, max_size=count).map(
+                        lambda v: np.asarray(v, dtype=np.int64)
+                    ),
+                    arrays(),
+                )
+            )
             members.append(("labels.npy", _npy_bytes(labels)))
     extras = draw(st.lists(st.tuples(MEMBER_NAMES, MEMBER_CONTENT), max_size=3))
     members = draw(st.permutations(members + extras))
@@ -404,7 +578,9 @@ def _along(values: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
 
 def _assert_on_grid(name: str, weight: torch.Tensor, grid) -> None:
     """Every value of ``weight`` is a level of its grid; for the uniform schemes, checked as integers."""
-    assert torch.equal(weight, grid.values.to(weight.dtype)), f"{name}: the model's weight is not the recorded grid values"
+    assert torch.equal(weight, grid.values.to(weight.dtype)), (
+        f"{name}: the model's weight is not the recorded grid values"
+    )
     if grid.scheme in ("symmetric", "asymmetric"):
         # weight / scale (minus the zero point) is an integer: up to float32 rounding of q * scale,
         # a relative error of 2**-24 of |q - zero point| (up to 65535 at 16 bits)
@@ -416,7 +592,9 @@ def _assert_on_grid(name: str, weight: torch.Tensor, grid) -> None:
             low, high = 0, 2**grid.bits - 1
         else:
             low, high = -(2 ** (grid.bits - 1) - 1), 2 ** (grid.bits - 1) - 1
-        assert integers.min() >= low and integers.max() <= high, f"{name}: levels {integers.min()}..{integers.max()} outside [{low}, {high}]"
+        assert integers.min() >= low and integers.max() <= high, (
+            f"{name}: levels {integers.min()}..{integers.max()} outside [{low}, {high}]"
+        )
     channels = range(weight.shape[grid.axis]) if grid.granularity == "channel" else [None]
     for channel in channels:
         values = weight if channel is None else weight.select(grid.axis, channel)
@@ -451,7 +629,9 @@ def test_apply_keeps_the_original_and_pruned_zeros_and_puts_weights_on_their_gri
         _assert_on_grid(name, weight, grid)
         layer = name.removesuffix(".weight")
         config = configs.get(layer)
-        structured = any(c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0 for c in configs.values())
+        structured = any(
+            c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0 for c in configs.values()
+        )
         if config is not None and config.rank is None and not structured:
             before = original[name] * record.masks[name] if name in record.masks else original[name]
             again = quantize_weight(before, config.bits, config.scheme, config.granularity, axis=0)

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from compress_core import CompressError, load_model
-from compress_core.cli import main
-from compress_core.transform.apply import apply_plan
-from compress_core.models.handle import EvalData, ModelHandle
 from compress_core.analysis.metrics import evaluate, output_fidelity
-from compress_core.plan import Plan
 from compress_core.analysis.recover import finetune, training_data
+from compress_core.cli import main
+from compress_core.models.handle import EvalData, ModelHandle
+from compress_core.plan import Plan
+from compress_core.transform.apply import apply_plan
 from sample_models import digits_split
 
 AGGRESSIVE = "{version: 1, default: {bits: 3, prune: {ratio: 0.7}}}"
@@ -56,12 +56,20 @@ def test_masks_stay_exactly_zero(cnn: ModelHandle, subset: EvalData) -> None:
 @pytest.mark.parametrize(
     ("scheme", "granularity"), [("symmetric", "channel"), ("asymmetric", "tensor"), ("kmeans", "channel")]
 )
-def test_quantized_weights_stay_on_their_grid(cnn: ModelHandle, subset: EvalData, scheme: str, granularity: str) -> None:
-    recipe = f"{{version: 1, default: {{bits: 3, scheme: {scheme}, granularity: {granularity}, prune: {{ratio: 0.5}}}}}}"
+def test_quantized_weights_stay_on_their_grid(
+    cnn: ModelHandle, subset: EvalData, scheme: str, granularity: str
+) -> None:
+    recipe = (
+        f"{{version: 1, default: {{bits: 3, scheme: {scheme}, granularity: {granularity}, prune: {{ratio: 0.5}}}}}}"
+    )
     compressed = compress(cnn, recipe)
     tuned, _ = finetune(cnn, compressed, epochs=1, lr=1e-2, data=subset)
     after = parameters(tuned)
-    assert set(tuned.compression.quantized) == set(compressed.compression.quantized) == {"conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "head.weight"}
+    assert (
+        set(tuned.compression.quantized)
+        == set(compressed.compression.quantized)
+        == {"conv1.weight", "conv2.weight", "conv3.weight", "fc1.weight", "head.weight"}
+    )
     for name, grid in tuned.compression.quantized.items():
         weight = after[name]
         assert torch.equal(grid.values, weight), name
@@ -76,11 +84,16 @@ def test_quantized_weights_stay_on_their_grid(cnn: ModelHandle, subset: EvalData
 def test_loss_falls_and_accuracy_recovers_on_digits_cnn(cnn: ModelHandle, subset: EvalData) -> None:
     compressed = compress(cnn, AGGRESSIVE)
     calls: list[tuple[int, int, float]] = []
-    tuned, history = finetune(cnn, compressed, epochs=3, lr=3e-3, data=subset, progress=lambda *args: calls.append(args))
+    tuned, history = finetune(
+        cnn, compressed, epochs=3, lr=3e-3, data=subset, progress=lambda *args: calls.append(args)
+    )
     assert len(history) == 3 and history[0] > history[1] > history[2]
     assert [(epoch, epochs) for epoch, epochs, _ in calls] == [(1, 3), (2, 3), (3, 3)]
     assert [loss for _, _, loss in calls] == history
-    metrics = evaluate(cnn, compressed, with_zip=False)["compressed"], evaluate(cnn, tuned, with_zip=False)["compressed"]
+    metrics = (
+        evaluate(cnn, compressed, with_zip=False)["compressed"],
+        evaluate(cnn, tuned, with_zip=False)["compressed"],
+    )
     assert metrics[1]["accuracy"] > metrics[0]["accuracy"] + 0.2
     assert any("trained on test subset" in note for note in tuned.compression.notes)
 
@@ -113,7 +126,10 @@ def test_cancel_stops_and_keeps_the_constraints(cnn: ModelHandle, subset: EvalDa
     batches = iter(range(100))
     tuned, history = finetune(cnn, compressed, epochs=5, batch_size=64, data=subset, cancel=lambda: next(batches) >= 6)
     assert len(history) == 1  # 4 batches per epoch: cancelled during the second epoch
-    assert any("fine-tuned for 1 epoch by distillation from the original (cancelled after 1 of 5 epochs)" in note for note in tuned.compression.notes)
+    assert any(
+        "fine-tuned for 1 epoch by distillation from the original (cancelled after 1 of 5 epochs)" in note
+        for note in tuned.compression.notes
+    )
     for name, mask in tuned.compression.masks.items():
         assert int((parameters(tuned)[name][~mask] != 0).sum()) == 0
 
@@ -136,8 +152,13 @@ def test_onnx_handle_is_refused(cnn: ModelHandle) -> None:
 
 @pytest.mark.parametrize(
     ("setting", "message"),
-    [({"epochs": 0}, "epochs 0 is not allowed"), ({"lr": 0.0}, "learning rate 0.0"), ({"alpha": 1.5}, "alpha 1.5"),
-     ({"temperature": -1.0}, "temperature -1.0"), ({"batch_size": 0}, "batch size 0")],
+    [
+        ({"epochs": 0}, "epochs 0 is not allowed"),
+        ({"lr": 0.0}, "learning rate 0.0"),
+        ({"alpha": 1.5}, "alpha 1.5"),
+        ({"temperature": -1.0}, "temperature -1.0"),
+        ({"batch_size": 0}, "batch size 0"),
+    ],
 )
 def test_bad_settings_are_refused(cnn: ModelHandle, setting: dict, message: str) -> None:
     with pytest.raises(CompressError, match=message):
@@ -151,7 +172,9 @@ def test_minilm_distillation_keeps_or_raises_cosine() -> None:
     sentences = EvalData(inputs=minilm.data.inputs[:16], labels=None, origin="16 built-in sentences")
     tuned, history = finetune(minilm, compressed, epochs=1, lr=1e-4, batch_size=16, data=sentences)
     reference = minilm.run(minilm.data.inputs)
-    before, after = (output_fidelity(reference, h.run(minilm.data.inputs), None, "embedding")["cosine"] for h in (compressed, tuned))
+    before, after = (
+        output_fidelity(reference, h.run(minilm.data.inputs), None, "embedding")["cosine"] for h in (compressed, tuned)
+    )
     assert len(history) == 1 and 0 < history[0] < 1
     assert after >= before - 1e-4
 
@@ -162,7 +185,18 @@ def test_cli_writes_weights_recipe_and_metrics(tmp_path: Path, capsys: pytest.Ca
     x_train, y_train, _, _ = digits_split("digits_mlp")
     np.savez(tmp_path / "train.npz", inputs=x_train[:512], labels=y_train[:512])
     out = tmp_path / "out"
-    arguments = ["--recipe", str(recipe), "--epochs", "2", "--lr", "0.003", "--train-data", str(tmp_path / "train.npz"), "--out", str(out)]
+    arguments = [
+        "--recipe",
+        str(recipe),
+        "--epochs",
+        "2",
+        "--lr",
+        "0.003",
+        "--train-data",
+        str(tmp_path / "train.npz"),
+        "--out",
+        str(out),
+    ]
     assert main(["finetune", "digits_mlp", *arguments]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "recipe.yaml"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -180,6 +214,8 @@ def test_cli_writes_weights_recipe_and_metrics(tmp_path: Path, capsys: pytest.Ca
 def test_cli_refuses_zero_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("version: 1\ndefault: {bits: 4}\n")
-    assert main(["finetune", "digits_mlp", "--recipe", str(recipe), "--epochs", "0", "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(["finetune", "digits_mlp", "--recipe", str(recipe), "--epochs", "0", "--out", str(tmp_path / "out")]) == 2
+    )
     assert capsys.readouterr().err == "error: epochs 0 is not allowed; use an integer >= 1\n"
     assert not (tmp_path / "out").exists()

@@ -17,12 +17,12 @@ from compress_core.analysis.metrics import evaluate, output_fidelity
 from compress_core.analysis.recover import finetune
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import Sweep
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.models.evaldata import generated_data
 from compress_core.models.handle import InputSpec, ModelHandle
 from compress_core.ops.sqnr import sqnr_db
 from compress_core.ort.export import to_onnx
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.transform.apply import apply_plan
 from explorer_ui import tuning
 
@@ -49,9 +49,13 @@ def test_the_tune_table_reads_typed_ranks_by_their_form_and_refuses_a_fraction_a
     rows = tuning.plan_rows(Plan(), layer_inventory(cnn))
     typed = tuning.rows_plan(tuning.edit_rows(rows, {0: {"rank": "1.0"}, 1: {"rank": "1"}, 2: {"rank": " "}}))
     assert typed.layers == {"conv1": LayerConfig(rank=1.0), "conv2": LayerConfig(rank=1)}
-    with pytest.raises(CompressError, match=r"^layer 'conv1': rank 2\.7 is not allowed; a fraction of full rank must be in \(0, 1\]$"):
+    with pytest.raises(
+        CompressError, match=r"^layer 'conv1': rank 2\.7 is not allowed; a fraction of full rank must be in \(0, 1\]$"
+    ):
         tuning.rows_plan(tuning.edit_rows(rows, {0: {"rank": "2.7"}}))
-    with pytest.raises(CompressError, match=r"^layer 'fc1': rank 'half' is not allowed; leave it empty, or write a rank"):
+    with pytest.raises(
+        CompressError, match=r"^layer 'fc1': rank 'half' is not allowed; leave it empty, or write a rank"
+    ):
         tuning.rows_plan(tuning.edit_rows(rows, {3: {"rank": "half"}}))
 
 
@@ -129,7 +133,9 @@ def test_onnx_export_keeps_a_static_batch(programs):
     assert [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim] == [FIXED_BATCH, 1, 8, 8]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = fixed.data.inputs[:FIXED_BATCH]
-    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: inputs})[0], fixed.run(inputs), atol=1e-5)
+    np.testing.assert_allclose(
+        session.run(None, {session.get_inputs()[0].name: inputs})[0], fixed.run(inputs), atol=1e-5
+    )
 
 
 def test_sensitivity_and_hessian_batch_a_static_batch_program(programs, layers):
@@ -139,7 +145,9 @@ def test_sensitivity_and_hessian_batch_a_static_batch_program(programs, layers):
     expected = run_sensitivity(free, sweep, cache=False)
     assert [(row.layer, row.kind) for row in got.rows] == [(row.layer, row.kind) for row in expected.rows]
     assert [row.metric for row in got.rows] == pytest.approx([row.metric for row in expected.rows])
-    assert hessian_traces(fixed, layers, samples=2, max_inputs=10) == pytest.approx(hessian_traces(free, layers, samples=2, max_inputs=10), rel=1e-4)
+    assert hessian_traces(fixed, layers, samples=2, max_inputs=10) == pytest.approx(
+        hessian_traces(free, layers, samples=2, max_inputs=10), rel=1e-4
+    )
 
 
 def test_recovery_trains_a_static_batch_program(programs, layers):
@@ -207,7 +215,9 @@ def test_low_rank_splits_a_conv3d_and_refuses_a_conv_transpose():
     handle = _volume_handle()
     compressed = apply_plan(handle, Plan(layers={"conv3d": LayerConfig(rank=0.5)}))
     assert tuple(compressed.model.conv3d[0].weight.shape) == (4, 2, 3, 3, 3)
-    with pytest.raises(CompressError, match=r"^layer 'up': low-rank applies to Linear and Conv1d/2d/3d layers, not ConvTranspose2d$"):
+    with pytest.raises(
+        CompressError, match=r"^layer 'up': low-rank applies to Linear and Conv1d/2d/3d layers, not ConvTranspose2d$"
+    ):
         apply_plan(handle, Plan(layers={"up": LayerConfig(rank=0.5)}))
 
 
@@ -215,7 +225,9 @@ def test_low_rank_splits_a_conv3d_and_refuses_a_conv_transpose():
 
 
 def test_an_n_m_kind_refuses_a_ratio_it_does_not_prune():
-    with pytest.raises(CompressError, match=r"^prune ratio 0\.3 conflicts with kind '2:4', which prunes 0\.5 \(1 - 2/4\)"):
+    with pytest.raises(
+        CompressError, match=r"^prune ratio 0\.3 conflicts with kind '2:4', which prunes 0\.5 \(1 - 2/4\)"
+    ):
         PruneConfig(ratio=0.3, kind="2:4")
     assert PruneConfig(kind="1:4").ratio == PruneConfig(ratio=0.75, kind="1:4").ratio == 0.75
     assert PruneConfig(ratio=0.667, kind="1:3").ratio == pytest.approx(2 / 3)  # rounded as people write it
@@ -229,7 +241,11 @@ def test_an_n_m_kind_refuses_a_ratio_it_does_not_prune():
             r"^layer 'fc1' \(weight 'fc1.1.weight' of shape \(128, 1\) after low-rank / structured pruning\): 1:2 pruning needs the input size \(1\) to be a multiple of 2$",
         ),
         (
-            {"version": 1, "default": {"prune": {"kind": "1:2"}}, "layers": {"fc3": {"prune": {"ratio": 0.78125, "kind": "structured"}}}},
+            {
+                "version": 1,
+                "default": {"prune": {"kind": "1:2"}},
+                "layers": {"fc3": {"prune": {"ratio": 0.78125, "kind": "structured"}}},
+            },
             r"^layer 'head' \(weight 'head.weight' of shape \(10, 7\) after low-rank / structured pruning\): 1:2 pruning needs the input size \(7\) to be a multiple of 2$",
         ),
     ],
@@ -257,7 +273,9 @@ class _NestedOutputs(nn.Module):
 def test_a_model_with_nested_outputs_is_run_and_swept_on_its_first_leaf():
     # One unwrapping: ModelHandle.run took one level of tuple while the sensitivity sweep took every level.
     spec = InputSpec((4,))
-    handle = ModelHandle("nested", "torch", _NestedOutputs().eval(), spec, generated_data(spec, samples=16), kind="sample")
+    handle = ModelHandle(
+        "nested", "torch", _NestedOutputs().eval(), spec, generated_data(spec, samples=16), kind="sample"
+    )
     expected = handle.model.fc(torch.from_numpy(handle.data.inputs)).detach().numpy()
     np.testing.assert_allclose(handle.run(handle.data.inputs), expected, rtol=1e-6)
     table = run_sensitivity(handle, Sweep(bits=(8,), kinds=("bits",)), cache=False)

@@ -185,11 +185,17 @@ def test_hessian_traces_rank_layers(mlp):
 @pytest.mark.parametrize(
     ("sweep", "message"),
     [
-        (dict(kinds=("bits", "depth")), "unknown sensitivity kind 'depth'; use one or more of bits, prune, structured, rank"),
+        (
+            dict(kinds=("bits", "depth")),
+            "unknown sensitivity kind 'depth'; use one or more of bits, prune, structured, rank",
+        ),
         (dict(bits=(9,)), "sensitivity level for 'bits': bits 9 is not allowed; use null (float), 2..8 or 16"),
         (dict(prune=(1.5,)), "sensitivity level for 'prune': prune ratio 1.5 is not allowed; use a number in [0, 1)"),
         (dict(prune=(0,)), "sensitivity level for 'prune': prune ratio 0 is not allowed; use a number in (0, 1)"),
-        (dict(ranks=(1.5,)), "sensitivity level for 'rank': rank 1.5 is not allowed; a fraction of full rank must be in (0, 1]"),
+        (
+            dict(ranks=(1.5,)),
+            "sensitivity level for 'rank': rank 1.5 is not allowed; a fraction of full rank must be in (0, 1]",
+        ),
     ],
 )
 def test_bad_sweeps_are_one_line_errors(sweep, message):
@@ -200,7 +206,22 @@ def test_bad_sweeps_are_one_line_errors(sweep, message):
 
 def test_cli_writes_csv_columns(tmp_path, capsys):
     out = tmp_path / "table.csv"
-    code = main(["sensitivity", "digits_mlp", "--kinds", "bits,prune", "--bits", "8,2", "--ratios", "0.5", "--out", str(out), "--no-cache", "--quiet"])
+    code = main(
+        [
+            "sensitivity",
+            "digits_mlp",
+            "--kinds",
+            "bits,prune",
+            "--bits",
+            "8,2",
+            "--ratios",
+            "0.5",
+            "--out",
+            str(out),
+            "--no-cache",
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = list(csv.reader(out.open()))
     assert tuple(rows[0]) == CSV_COLUMNS == ("layer", "kind", "level", "metric", "drop", "proxy")
@@ -210,4 +231,7 @@ def test_cli_writes_csv_columns(tmp_path, capsys):
 
 def test_cli_bad_kind_is_one_line(tmp_path, capsys):
     assert main(["sensitivity", "digits_mlp", "--kinds", "bits,width", "--out", str(tmp_path / "t.csv")]) == 2
-    assert capsys.readouterr().err == "error: unknown sensitivity kind 'width'; use one or more of bits, prune, structured, rank\n"
+    assert (
+        capsys.readouterr().err
+        == "error: unknown sensitivity kind 'width'; use one or more of bits, prune, structured, rank\n"
+    )

@@ -9,8 +9,8 @@ from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.suggest import Option, _Greedy, measure_plan, suggest_plan, uniform_plan
 from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
 from compress_core.cli import main
-from compress_core.plan.layer_config import LayerConfig
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig
 
 SWEEP = Sweep(kinds=("bits", "prune"))
 
@@ -73,7 +73,21 @@ def test_bad_budgets_are_one_line_errors(cnn, budget, message):
 
 def test_cli_writes_a_recipe(tmp_path, capsys):
     out = tmp_path / "plan.yaml"
-    code = main(["suggest", "digits_mlp", "--target-size", "0.15", "--max-drop", "3", "--out", str(out), "--cache-dir", str(tmp_path), "--compare-uniform"])
+    code = main(
+        [
+            "suggest",
+            "digits_mlp",
+            "--target-size",
+            "0.15",
+            "--max-drop",
+            "3",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path),
+            "--compare-uniform",
+        ]
+    )
     assert code == 0
     plan = Plan.load(out)
     assert set(plan.layers) <= {"fc1", "fc2", "fc3", "head"} and plan.layers
@@ -84,7 +98,13 @@ def test_cli_writes_a_recipe(tmp_path, capsys):
 @pytest.mark.parametrize("granularity", ["channel", "tensor"])
 @pytest.mark.parametrize(
     "option",
-    [Option(bits=4), Option(bits=3, prune_kind="prune", ratio=0.5), Option(bits=4, prune_kind="structured", ratio=0.25), Option(bits=4, rank=0.5), Option(prune_kind="prune", ratio=0.5)],
+    [
+        Option(bits=4),
+        Option(bits=3, prune_kind="prune", ratio=0.5),
+        Option(bits=4, prune_kind="structured", ratio=0.25),
+        Option(bits=4, rank=0.5),
+        Option(prune_kind="prune", ratio=0.5),
+    ],
     ids=["bits", "bits+prune", "bits+structured", "bits+rank", "prune"],
 )
 @pytest.mark.parametrize("scheme", ["kmeans", "symmetric", "asymmetric", "pow2"])
@@ -93,11 +113,18 @@ def test_the_greedy_size_estimate_is_the_measured_plan_bytes(scheme, granularity
     handle = load_model("digits_mlp")
     layers = layer_inventory(handle)
     sweep = Sweep(bits=(option.bits or 8,), kinds=("bits",), scheme=scheme, granularity=granularity)
-    cells = [(kind, level) for kind, level in (("bits", option.bits), (option.prune_kind, option.ratio), ("rank", option.rank)) if kind and level]
+    cells = [
+        (kind, level)
+        for kind, level in (("bits", option.bits), (option.prune_kind, option.ratio), ("rank", option.rank))
+        if kind and level
+    ]
     rows = [SensitivityRow(layer.name, kind, level, 0.0, 0.0, 0.0) for layer in layers for kind, level in cells]
     greedy = _Greedy(handle, layers, SensitivityResult(handle.name, "accuracy", 0.0, sweep, rows=rows))
     last = layers[-1].name  # structured pruning leaves the model's outputs alone, as the sweep does
-    greedy.choice = {layer.name: option if layer.name != last or option.prune_kind != "structured" else Option(bits=option.bits) for layer in layers}
+    greedy.choice = {
+        layer.name: option if layer.name != last or option.prune_kind != "structured" else Option(bits=option.bits)
+        for layer in layers
+    }
     measured = measure_plan(handle, greedy.plan())
     if option.prune_kind == "structured":  # the next layer's inputs shrink too: the estimate ignores that coupling
         assert greedy.ratio("size") * measured["float_bytes"] >= measured["plan_bytes"]

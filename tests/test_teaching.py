@@ -40,7 +40,9 @@ def test_layer_weight_is_a_copy_with_output_channels_first(cnn: ModelHandle, con
     assert tuple(conv2.shape) == (32, 16, 3, 3)
     assert torch.equal(conv2, cnn.model.conv2.weight.detach())
     assert conv2.data_ptr() != cnn.model.conv2.weight.data_ptr()
-    with pytest.raises(CompressError, match="layer 'nope' is not a compressible layer of 'digits_cnn'; layers: conv1, conv2"):
+    with pytest.raises(
+        CompressError, match="layer 'nope' is not a compressible layer of 'digits_cnn'; layers: conv1, conv2"
+    ):
         layer_weight(cnn, "nope")
 
 
@@ -87,7 +89,9 @@ def test_binary_and_ternary_are_the_extremes(conv2: torch.Tensor) -> None:
         sqnr_by_bits(conv2, bits=(2,))
 
 
-@pytest.mark.parametrize(("kind", "ratio", "zeros"), [("unstructured", 0.7, 3226), ("2:4", 0.0, 2304), ("structured", 0.25, 8 * 144)])
+@pytest.mark.parametrize(
+    ("kind", "ratio", "zeros"), [("unstructured", 0.7, 3226), ("2:4", 0.0, 2304), ("structured", 0.25, 8 * 144)]
+)
 def test_pruning_masks_have_the_right_zero_counts(conv2: torch.Tensor, kind: str, ratio: float, zeros: int) -> None:
     view = pruning_mask_2d(conv2, kind, ratio)
     mask = np.array(view["mask"])
@@ -123,7 +127,11 @@ def test_calibration_ranges_are_ordered(cnn: ModelHandle) -> None:
     methods = {row["method"]: row for row in result["methods"]}
     assert list(methods) == ["minmax", "percentile 99.9", "percentile 99.99", "entropy"]
     assert methods["minmax"]["threshold"] == pytest.approx(float(activations.max()))
-    assert methods["percentile 99.9"]["threshold"] <= methods["percentile 99.99"]["threshold"] <= methods["minmax"]["threshold"]
+    assert (
+        methods["percentile 99.9"]["threshold"]
+        <= methods["percentile 99.99"]["threshold"]
+        <= methods["minmax"]["threshold"]
+    )
     assert 0 < methods["entropy"]["threshold"] <= methods["minmax"]["threshold"]
     assert methods["minmax"]["clipped"] == 0 and 0 < methods["percentile 99.9"]["clipped"] <= 0.0011
     assert sum(result["histogram"]["counts"]) == result["samples"] == len(activations)
@@ -133,7 +141,11 @@ def test_entropy_calibration_clips_a_long_tail() -> None:
     values = np.random.default_rng(0).laplace(size=200_000)
     threshold = entropy_threshold(values, bits=4)
     assert threshold < 0.5 * np.abs(values).max()
-    at_minmax, at_entropy = (row["sqnr_db"] for row in calibration_ranges(values, bits=4)["methods"] if row["method"] in ("minmax", "entropy"))
+    at_minmax, at_entropy = (
+        row["sqnr_db"]
+        for row in calibration_ranges(values, bits=4)["methods"]
+        if row["method"] in ("minmax", "entropy")
+    )
     assert at_entropy > at_minmax
 
 

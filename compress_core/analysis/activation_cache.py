@@ -49,7 +49,7 @@ class StagedModel:
         self.mutates = any(self._is_inplace(node) for node in self.nodes)
 
     @classmethod
-    def build(cls, model: nn.Module, example: torch.Tensor) -> "StagedModel | None":
+    def build(cls, model: nn.Module, example: torch.Tensor) -> StagedModel | None:
         """Trace ``model`` (its parameters are shared, not copied); None unless the trace has a single
         input and reproduces the model's output on ``example``."""
         try:

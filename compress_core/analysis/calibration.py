@@ -24,10 +24,14 @@ def layer_input_activations(handle: ModelHandle, layer_name: str, max_samples: i
     """Every value that reaches the input of layer ``layer_name`` on the first ``max_samples``
     evaluation inputs, flattened (float32), collected with a forward pre-hook."""
     if handle.backend != "torch" or isinstance(handle.model, torch.jit.ScriptModule):
-        raise CompressError(f"'{handle.name}': activation histograms need a Python torch model (forward hooks), not {handle.kind}")
+        raise CompressError(
+            f"'{handle.name}': activation histograms need a Python torch model (forward hooks), not {handle.kind}"
+        )
     module = handle.model.get_submodule(torch_layer_names(find_layer(handle, layer_name).weight_name)[1])
     seen: list[np.ndarray] = []
-    hook = module.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach().float().reshape(-1).numpy().copy()))
+    hook = module.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].detach().float().reshape(-1).numpy().copy())
+    )
     try:
         handle.run(handle.data.inputs[:max_samples])
     finally:
@@ -71,7 +75,9 @@ def entropy_threshold(activations: np.ndarray, bits: int = 8, bins: int = ENTROP
     return float(edges[best_cut])
 
 
-def calibration_ranges(activations: np.ndarray, bits: int = 8, percentiles: tuple[float, ...] = PERCENTILES) -> dict[str, Any]:
+def calibration_ranges(
+    activations: np.ndarray, bits: int = 8, percentiles: tuple[float, ...] = PERCENTILES
+) -> dict[str, Any]:
     """The symmetric ranges ``[-t, t]`` that MinMax, Percentile and Entropy calibration choose.
 
     Each method row has the ``threshold`` t, the ``range``, the share of values ``clipped`` and the
@@ -101,4 +107,9 @@ def calibration_ranges(activations: np.ndarray, bits: int = 8, percentiles: tupl
                 "sqnr_db": sqnr_from_energies(signal, noise),
             }
         )
-    return {"bits": bits, "samples": int(len(values)), "histogram": histogram(values, bins=ACTIVATION_HISTOGRAM_BINS), "methods": methods}
+    return {
+        "bits": bits,
+        "samples": int(len(values)),
+        "histogram": histogram(values, bins=ACTIVATION_HISTOGRAM_BINS),
+        "methods": methods,
+    }

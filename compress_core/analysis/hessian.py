@@ -12,7 +12,9 @@ from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.transform.torch_backend import copy_module
 
 
-def hessian_traces(handle: ModelHandle, layers: list[LayerInfo] | None = None, samples: int = 8, max_inputs: int = 256, seed: int = 0) -> dict[str, float]:
+def hessian_traces(
+    handle: ModelHandle, layers: list[LayerInfo] | None = None, samples: int = 8, max_inputs: int = 256, seed: int = 0
+) -> dict[str, float]:
     """Hutchinson estimate of the trace of the loss Hessian for each layer's weight.
 
     The loss is cross-entropy to the labels for a classification model with labels, else the mean

@@ -15,10 +15,23 @@ from compress_core.models.inventory import LayerInfo, layer_inventory, total_par
 from compress_core.ops.sqnr import sqnr_from_energies
 from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 
-METRIC_KEYS = ("accuracy", "agreement", "cosine", "sqnr_db", "params", "nonzero_params", "macs", "float_bytes", "plan_bytes", "zip_bytes")
+METRIC_KEYS = (
+    "accuracy",
+    "agreement",
+    "cosine",
+    "sqnr_db",
+    "params",
+    "nonzero_params",
+    "macs",
+    "float_bytes",
+    "plan_bytes",
+    "zip_bytes",
+)
 
 
-def output_fidelity(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, task: str) -> dict[str, float | None]:
+def output_fidelity(
+    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, task: str
+) -> dict[str, float | None]:
     """Accuracy (labels and class outputs), top-1 agreement, mean cosine and SQNR (dB) of ``outputs``
     (``ops.sqnr.sqnr_from_energies``: ``-inf`` for an all-zero reference that ``outputs`` miss)."""
     reference = reference.reshape(len(reference), -1).astype(np.float64)
@@ -60,7 +73,9 @@ def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
         kept = numel if mask is None else int(mask.sum())
         index = 0 if mask is None else index_bits(numel, kept, record.nm_patterns.get(layer.weight_name))
         q = quantized.get(layer.weight_name)
-        total_bits += weight_bits(kept, None, index=index) if q is None else weight_bits(kept, q.bits, q.scheme, q.groups, index)
+        total_bits += (
+            weight_bits(kept, None, index=index) if q is None else weight_bits(kept, q.bits, q.scheme, q.groups, index)
+        )
     return math.ceil(total_bits / 8)
 
 
@@ -88,7 +103,9 @@ def compression_zeros(handle: ModelHandle) -> int:
     return zeros
 
 
-def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, with_zip: bool = True) -> dict[str, Any]:
+def model_metrics(
+    handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, with_zip: bool = True
+) -> dict[str, Any]:
     """Fidelity of ``outputs`` to ``reference`` plus the handle's size and compute.
 
     Takes the handle's inventory, and exports it to ONNX for ``zip_bytes`` unless ``with_zip=False``;
@@ -102,7 +119,9 @@ def model_metrics(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarra
     return measure(handle, reference, outputs, layer_inventory(handle), zipped)
 
 
-def measure(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, layers: list[LayerInfo], zipped: int | None) -> dict[str, Any]:
+def measure(
+    handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray, layers: list[LayerInfo], zipped: int | None
+) -> dict[str, Any]:
     """``model_metrics`` from the handle's inventory ``layers`` and the zip size of its ONNX export
     (``zipped``, None to leave ``zip_bytes`` out)."""
     params = total_params(handle)

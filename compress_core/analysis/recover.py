@@ -30,16 +30,16 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sample_models import digits_split
 from torch import nn
 
-from compress_core.models import samples
 from compress_core.analysis.activation_cache import first_tensor
 from compress_core.errors import CompressError
-from compress_core.ops.fake_quant import snap_to_grids, straight_through
+from compress_core.models import samples
 from compress_core.models.handle import CompressionRecord, EvalData, ModelHandle
+from compress_core.ops.fake_quant import snap_to_grids, straight_through
 from compress_core.ops.quantize import QuantizedWeight
 from compress_core.transform.torch_backend import copy_module
+from sample_models import digits_split
 
 ProgressCallback = Callable[[int, int, float], None]
 LossFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -95,7 +95,9 @@ def finetune(
 
     inputs = torch.from_numpy(np.array(train.inputs))
     targets = torch.from_numpy(original.run(train.inputs).astype(np.float32))
-    labels = None if train.labels is None or original.task != "classification" else torch.from_numpy(np.array(train.labels))
+    labels = (
+        None if train.labels is None or original.task != "classification" else torch.from_numpy(np.array(train.labels))
+    )
     loss_function = _loss_function(original.task, temperature, alpha)
     optimizer = torch.optim.Adam([p for p in parameters.values() if p.requires_grad], lr=lr)
     history: list[float] = []
@@ -104,7 +106,17 @@ def finetune(
         _set_training(student, compressed, True)
         for epoch in range(epochs):
             loss = _run_epoch(
-                student, parameters, record, optimizer, loss_function, inputs, targets, labels, batch_size, compressed.padded, cancel
+                student,
+                parameters,
+                record,
+                optimizer,
+                loss_function,
+                inputs,
+                targets,
+                labels,
+                batch_size,
+                compressed.padded,
+                cancel,
             )
             if loss is None:
                 break
@@ -159,7 +171,10 @@ def _training_data(original: ModelHandle, data: EvalData | None) -> tuple[EvalDa
         return data, f"trained on {data.origin}"
     train = training_data(original)
     if train is original.data:
-        return train, f"trained on the evaluation data itself ({train.origin}), so metrics after fine-tuning are optimistic"
+        return (
+            train,
+            f"trained on the evaluation data itself ({train.origin}), so metrics after fine-tuning are optimistic",
+        )
     return train, f"trained on the {train.origin}"
 
 
@@ -174,7 +189,9 @@ def _check_settings(*, epochs: int, lr: float, temperature: float, alpha: float,
     if not temperature > 0:
         raise CompressError(f"temperature {temperature!r} is not allowed; use a number > 0")
     if not 0 <= alpha <= 1:
-        raise CompressError(f"alpha {alpha!r} is not allowed; use a number in [0, 1] (the weight of the distillation term)")
+        raise CompressError(
+            f"alpha {alpha!r} is not allowed; use a number in [0, 1] (the weight of the distillation term)"
+        )
 
 
 def _loss_function(task: str, temperature: float, alpha: float) -> LossFunction:
@@ -241,4 +258,3 @@ def _hold_masks(parameters: Mapping[str, nn.Parameter], masks: Mapping[str, torc
             target = parameters[name].grad if gradients else parameters[name]
             if target is not None:
                 target.mul_(mask)
-

@@ -32,17 +32,17 @@ from compress_core.analysis.metrics import output_fidelity, quality_metric
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
 from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
 from compress_core.errors import CompressError
-from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy, first_tensor
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.ops.lowrank import energy_kept, resolve_rank, singular_values, truncated_svd
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.transform.weights import prune_mask
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.transform.apply import apply_plan, check_layer_config, full_rank
 from compress_core.transform.torch_backend import copy_module
+from compress_core.transform.weights import prune_mask
 
 Cancel = Callable[[], bool] | threading.Event | None
 
@@ -85,14 +85,20 @@ def run_sensitivity(
 class _Runner:
     """Evaluates cells: weight swaps in a working copy where possible, ``apply_plan`` elsewhere."""
 
-    def __init__(self, handle: ModelHandle, layers: list[LayerInfo], sweep: Sweep, batch_size: int, staged: bool) -> None:
+    def __init__(
+        self, handle: ModelHandle, layers: list[LayerInfo], sweep: Sweep, batch_size: int, staged: bool
+    ) -> None:
         self.handle, self.layers, self.sweep = handle, layers, sweep
         swappable = handle.backend == "torch" and not isinstance(handle.model, torch.jit.ScriptModule)
         self.work: nn.Module | None = copy_module(handle.model) if swappable else None
         inputs = handle.data.inputs
         self.batches = [torch.from_numpy(np.array(batch)) for batch in handle.input_batches(inputs, batch_size)]
         self.staged = StagedModel.build(self.work, self.batches[0]) if self.work is not None and staged else None
-        self.strategy = "staged activation cache" if self.staged else ("weight swap, full passes" if self.work else "apply_plan, full passes")
+        self.strategy = (
+            "staged activation cache"
+            if self.staged
+            else ("weight swap, full passes" if self.work else "apply_plan, full passes")
+        )
         self.reference = self._run_work(None) if self.work is not None else handle.run(inputs, batch_size)
 
     def sweep_all(self, progress: Callable[[Progress], None] | None, cancel: Cancel) -> SensitivityResult:
@@ -150,18 +156,27 @@ class _Runner:
             return str(exc)
         return None
 
-    def _evaluate(self, layer: LayerInfo, kind: str, level: int | float, state: Any) -> tuple[np.ndarray | None, float | None, str | None]:
+    def _evaluate(
+        self, layer: LayerInfo, kind: str, level: int | float, state: Any
+    ) -> tuple[np.ndarray | None, float | None, str | None]:
         """(outputs, proxy, None), or (None, None, reason) when ``apply_plan`` skipped or refused the change."""
         weight = self._parameter(layer).detach() if self.work is not None else _onnx_weight(self.handle, layer)
         perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep)
         if self.work is None or kind == "structured":
             try:
-                compressed = apply_plan(self.handle, Plan(layers={layer.name: config_for(kind, level, self.sweep)}), self.layers)
+                compressed = apply_plan(
+                    self.handle, Plan(layers={layer.name: config_for(kind, level, self.sweep)}), self.layers
+                )
             except CompressError as exc:  # e.g. structured pruning of a grouped ConvTranspose
                 return None, None, str(exc)
             record = compressed.compression
             if kind == "structured" and record.layer_sqnr.get(layer.name) is not None:
-                return None, None, " ".join(note for note in record.notes if note.startswith(layer.name)) or "structured pruning skipped"
+                return (
+                    None,
+                    None,
+                    " ".join(note for note in record.notes if note.startswith(layer.name))
+                    or "structured pruning skipped",
+                )
             return compressed.run(self.handle.data.inputs, len(self.batches[0])), proxy, None
         parameter = self._parameter(layer)
         original = parameter.detach().clone()
@@ -184,7 +199,9 @@ class _Runner:
         return as_numpy(outputs)[: len(self.handle.data)]
 
 
-def perturb_weight(weight: torch.Tensor, layer: LayerInfo, kind: str, level: int | float, sweep: Sweep) -> tuple[torch.Tensor, float]:
+def perturb_weight(
+    weight: torch.Tensor, layer: LayerInfo, kind: str, level: int | float, sweep: Sweep
+) -> tuple[torch.Tensor, float]:
     """The layer's weight after one cell's change (for ``structured``: its channels zeroed) and the
     cell's proxy (weight SQNR in dB, or energy kept for ``rank``)."""
     axis = layer.out_axis
@@ -214,4 +231,3 @@ def _is_cancelled(cancel: Cancel) -> bool:
     if cancel is None:
         return False
     return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
-

@@ -23,13 +23,13 @@ from compress_core.analysis.metrics import model_metrics, quality_metric
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
 from compress_core.errors import CompressError
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
 from compress_core.ops.lowrank import resolve_rank
 from compress_core.ops.quantize import ALLOWED_BITS
 from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.transform.apply import apply_plan, full_rank
 
 TIE_BREAK = 0.01
@@ -111,11 +111,19 @@ def suggest_plan(
             max_drop is None or metrics["drop"] <= max_drop,
         ]
     )
-    notes = [] if met else [f"budget not met: measured size {metrics['size_ratio']:.4f}, MACs {metrics['macs_ratio']:.4f}, drop {metrics['drop']:.2f}"]
+    notes = (
+        []
+        if met
+        else [
+            f"budget not met: measured size {metrics['size_ratio']:.4f}, MACs {metrics['macs_ratio']:.4f}, drop {metrics['drop']:.2f}"
+        ]
+    )
     return Suggestion(plan=plan, metrics=metrics, estimated_drop=greedy.estimated_drop(), met=met, notes=notes)
 
 
-def measure_plan(handle: ModelHandle, plan: Plan, reference: np.ndarray | None = None, layers: list[LayerInfo] | None = None) -> dict[str, float]:
+def measure_plan(
+    handle: ModelHandle, plan: Plan, reference: np.ndarray | None = None, layers: list[LayerInfo] | None = None
+) -> dict[str, float]:
     """Apply ``plan`` and measure it against the original: metric (%), drop (points), output SQNR
     (dB, the finer measure of fidelity), size ratio (plan bytes / original float bytes), MACs
     ratio, plan bytes and float bytes."""
@@ -147,7 +155,9 @@ def uniform_plan(handle: ModelHandle, target_size: float, sweep: Sweep | None = 
         metrics = measure_plan(handle, plan, reference, layers)
         if metrics["size_ratio"] <= target_size:
             return plan, metrics
-    raise CompressError(f"no uniform bit width reaches size ratio {target_size}; the smallest is 2 bits at {metrics['size_ratio']:.4f}")
+    raise CompressError(
+        f"no uniform bit width reaches size ratio {target_size}; the smallest is 2 bits at {metrics['size_ratio']:.4f}"
+    )
 
 
 class _Greedy:
@@ -164,7 +174,10 @@ class _Greedy:
 
     def _options(self, layer: LayerInfo) -> list[Option]:
         """Every combination of a measured bit width (or float) with one measured prune or rank level."""
-        levels = {kind: [lvl for (name, k, lvl) in self.rows if name == layer.name and k == kind] for kind in ("bits", "prune", "structured", "rank")}
+        levels = {
+            kind: [lvl for (name, k, lvl) in self.rows if name == layer.name and k == kind]
+            for kind in ("bits", "prune", "structured", "rank")
+        }
         shapes = [(None, 0.0, None)]
         shapes += [(kind, ratio, None) for kind in ("prune", "structured") for ratio in levels[kind]]
         shapes += [(None, 0.0, rank) for rank in levels["rank"]]
@@ -182,7 +195,9 @@ class _Greedy:
         return sum(max(row.drop, 0.0) for row in self._rows(layer, option))
 
     def _cost(self, layer: LayerInfo, option: Option) -> float:
-        noise = sum(1 - row.proxy if row.kind == "rank" else 10 ** (-row.proxy / 10) for row in self._rows(layer, option))
+        noise = sum(
+            1 - row.proxy if row.kind == "rank" else 10 ** (-row.proxy / 10) for row in self._rows(layer, option)
+        )
         return self._drop(layer, option) + TIE_BREAK * noise
 
     def _bits(self, layer: LayerInfo, option: Option) -> float:
@@ -215,7 +230,9 @@ class _Greedy:
     def ratio(self, budget: str) -> float:
         """Estimated ``size`` (plan bits / float bits) or ``macs`` ratio of the current allocation."""
         if budget == "size":
-            return (self.fixed_bits + sum(self._bits(layer, self.choice[layer.name]) for layer in self.layers)) / self.float_bits
+            return (
+                self.fixed_bits + sum(self._bits(layer, self.choice[layer.name]) for layer in self.layers)
+            ) / self.float_bits
         return sum(self._macs(layer, self.choice[layer.name]) for layer in self.layers) / self.total_macs
 
     def estimated_drop(self) -> float:
@@ -242,7 +259,10 @@ class _Greedy:
         drop_now = self.estimated_drop()
         for layer in self.layers:
             current = self.choice[layer.name]
-            now = {"size": self._bits(layer, current) / self.float_bits, "macs": self._macs(layer, current) / self.total_macs}
+            now = {
+                "size": self._bits(layer, current) / self.float_bits,
+                "macs": self._macs(layer, current) / self.total_macs,
+            }
             cost_now = self._cost(layer, current)
             for option in self.options[layer.name]:
                 gains = {
@@ -252,7 +272,10 @@ class _Greedy:
                 gain = sum(weight * gains[budget] for budget, weight in weights.items())
                 if min(gains.values()) < 0 or gain <= 0:
                     continue
-                if max_drop is not None and drop_now - self._drop(layer, current) + self._drop(layer, option) > max_drop:
+                if (
+                    max_drop is not None
+                    and drop_now - self._drop(layer, current) + self._drop(layer, option) > max_drop
+                ):
                     continue
                 key = (max(self._cost(layer, option) - cost_now, 0.0) / gain, -gain)
                 if best_key is None or key < best_key:

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from compress_core.errors import CompressError
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
 from compress_core.ops.quantize import GRANULARITIES, SCHEMES
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
 
 KINDS = ("bits", "prune", "structured", "rank")
 CSV_COLUMNS = ("layer", "kind", "level", "metric", "drop", "proxy")
@@ -40,9 +40,13 @@ class Sweep:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         unknown = [kind for kind in self.kinds if kind not in KINDS]
         if unknown or not self.kinds:
-            raise CompressError(f"unknown sensitivity kind '{(unknown or [''])[0]}'; use one or more of {', '.join(KINDS)}")
+            raise CompressError(
+                f"unknown sensitivity kind '{(unknown or [''])[0]}'; use one or more of {', '.join(KINDS)}"
+            )
         if self.scheme not in SCHEMES or self.granularity not in GRANULARITIES:
-            raise CompressError(f"scheme '{self.scheme}' / granularity '{self.granularity}' is not allowed; use {', '.join(SCHEMES)} / {', '.join(GRANULARITIES)}")
+            raise CompressError(
+                f"scheme '{self.scheme}' / granularity '{self.granularity}' is not allowed; use {', '.join(SCHEMES)} / {', '.join(GRANULARITIES)}"
+            )
         for kind in self.kinds:
             if not self.levels(kind):
                 raise CompressError(f"sensitivity kind '{kind}' has no levels to try")
@@ -71,7 +75,9 @@ def config_for(kind: str, level: int | float, sweep: Sweep) -> LayerConfig:
             return LayerConfig(rank=level)
         if isinstance(level, bool) or not isinstance(level, (int, float)) or level <= 0:
             raise CompressError(f"prune ratio {level!r} is not allowed; use a number in (0, 1)")
-        return LayerConfig(prune=PruneConfig(ratio=level, kind="structured" if kind == "structured" else "unstructured"))
+        return LayerConfig(
+            prune=PruneConfig(ratio=level, kind="structured" if kind == "structured" else "unstructured")
+        )
     except CompressError as exc:
         raise CompressError(f"sensitivity level for '{kind}': {exc}") from exc
 
@@ -148,7 +154,9 @@ class SensitivityResult:
 
     def table(self) -> list[SensitivityRow]:
         """The measured rows, then one ``hessian`` row per layer when traces were computed."""
-        traces = [SensitivityRow(name, HESSIAN_KIND, None, None, None, trace) for name, trace in (self.hessian or {}).items()]
+        traces = [
+            SensitivityRow(name, HESSIAN_KIND, None, None, None, trace) for name, trace in (self.hessian or {}).items()
+        ]
         return [*self.rows, *traces]
 
     def to_csv(self) -> str:
@@ -167,7 +175,7 @@ class SensitivityResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SensitivityResult":
+    def from_dict(cls, data: dict[str, Any]) -> SensitivityResult:
         """The result ``to_dict`` wrote."""
         return cls(
             **{

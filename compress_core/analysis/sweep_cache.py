@@ -25,7 +25,13 @@ def default_cache_dir() -> Path:
 def cache_key(handle: ModelHandle, sweep: Sweep, hessian: bool) -> str:
     """A hash of the model's weights, the evaluation data, the sweep and the options."""
     digest = hashlib.sha256()
-    options = {"version": CACHE_VERSION, "backend": handle.backend, "task": handle.task, "sweep": sweep.to_dict(), "hessian": hessian}
+    options = {
+        "version": CACHE_VERSION,
+        "backend": handle.backend,
+        "task": handle.task,
+        "sweep": sweep.to_dict(),
+        "hessian": hessian,
+    }
     digest.update(json.dumps(options, sort_keys=True).encode())
     if handle.backend == "onnx":
         digest.update(handle.model.SerializeToString())

@@ -23,13 +23,13 @@ import torch
 
 from compress_core.analysis.recover import distillation_loss
 from compress_core.errors import CompressError
-from compress_core.plan.layer_config import PruneConfig
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, layer_weight_array
 from compress_core.ops.lowrank import break_even_rank, singular_values
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import SCHEMES, QuantizedWeight, quantize_weight
 from compress_core.ops.sqnr import sqnr_db
+from compress_core.plan.layer_config import PruneConfig
 from compress_core.transform.weights import prune_mask
 
 TEACHING_BITS = (2, 3, 4, 5, 6, 7, 8)
@@ -48,7 +48,9 @@ def find_layer(handle: ModelHandle, layer_name: str) -> LayerInfo:
     """The inventory entry of layer ``layer_name``; a ``CompressError`` listing the layers when there is none."""
     layers = {layer.name: layer for layer in layer_inventory(handle)}
     if layer_name not in layers:
-        raise CompressError(f"layer '{layer_name}' is not a compressible layer of '{handle.name}'; layers: {', '.join(layers)}")
+        raise CompressError(
+            f"layer '{layer_name}' is not a compressible layer of '{handle.name}'; layers: {', '.join(layers)}"
+        )
     return layers[layer_name]
 
 
@@ -70,7 +72,9 @@ def _quantize(weight: torch.Tensor, bits: int, scheme: str, granularity: str, ax
 # --------------------------------------------------------------------------------------------
 
 
-def grid_view(weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int | None) -> dict[str, Any]:
+def grid_view(
+    weight: np.ndarray, out_axis: int, bits: int, scheme: str, granularity: str, channel: int | None
+) -> dict[str, Any]:
     """``weight`` quantized, seen through one of its grids (numpy arrays, for plots).
 
     ``values`` are the weights of output channel ``channel`` (all of them for None) and ``levels``
@@ -124,7 +128,9 @@ def quantization_view(
     }
 
 
-def sqnr_by_bits(weight: torch.Tensor, scheme: str = "symmetric", granularity: str = "channel", bits: tuple[int, ...] = TEACHING_BITS) -> dict[str, Any]:
+def sqnr_by_bits(
+    weight: torch.Tensor, scheme: str = "symmetric", granularity: str = "channel", bits: tuple[int, ...] = TEACHING_BITS
+) -> dict[str, Any]:
     """SQNR (dB) of ``weight`` quantized at each bit width, and the fitted slope in dB per bit.
 
     Each extra bit halves the step, so the noise power drops 4x: about 6.02 dB per bit.
@@ -196,7 +202,13 @@ def pruning_mask_2d(weight: torch.Tensor, kind: str, ratio: float = 0.5) -> dict
             mask = prune_mask(matrix, config, out_axis=0)
     except ValueError as exc:
         raise CompressError(f"{kind} pruning of a {tuple(matrix.shape)} matrix: {exc}") from exc
-    return {"kind": kind, "shape": list(mask.shape), "mask": mask.int().tolist(), "zeros": int((~mask).sum()), "kept": int(mask.sum())}
+    return {
+        "kind": kind,
+        "shape": list(mask.shape),
+        "mask": mask.int().tolist(),
+        "zeros": int((~mask).sum()),
+        "kept": int(mask.sum()),
+    }
 
 
 def low_rank_profile(weight: torch.Tensor) -> dict[str, Any]:
@@ -238,14 +250,18 @@ def _softened_log_probabilities(logits: np.ndarray, temperature: float) -> np.nd
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def distillation_view(teacher: ModelHandle, student: ModelHandle, sample: int = 0, temperature: float = 4.0) -> dict[str, Any]:
+def distillation_view(
+    teacher: ModelHandle, student: ModelHandle, sample: int = 0, temperature: float = 4.0
+) -> dict[str, Any]:
     """Teacher and student probabilities at temperature ``T`` for evaluation sample ``sample``.
 
     Also the label (or None), the entropy of each distribution (nats) and the distillation loss
     term ``T**2 * KL(teacher || student)`` that ``compress_core.analysis.recover.finetune`` minimises.
     """
     if teacher.task != "classification":
-        raise CompressError(f"'{teacher.name}' is an {teacher.task} model; the distillation demo needs class probabilities")
+        raise CompressError(
+            f"'{teacher.name}' is an {teacher.task} model; the distillation demo needs class probabilities"
+        )
     if not 0 <= sample < len(teacher.data):
         raise CompressError(f"sample {sample} is out of range; the evaluation data has {len(teacher.data)} samples")
     inputs = teacher.data.inputs[sample : sample + 1]
@@ -261,5 +277,7 @@ def distillation_view(teacher: ModelHandle, student: ModelHandle, sample: int = 
         "student": q.tolist(),
         "teacher_entropy": float(-np.sum(p * log_p)),
         "student_entropy": float(-np.sum(q * log_q)),
-        "loss_term": float(distillation_loss(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits), temperature)),
+        "loss_term": float(
+            distillation_loss(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits), temperature)
+        ),
     }

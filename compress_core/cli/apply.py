@@ -12,8 +12,8 @@ from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, load_from_args
 from compress_core.models.loading import save_torchscript
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
         written.append(out / "model.ts")
     written.append(plan.save(out / "recipe.yaml"))
     written.append(atomic_write_text(out / "metrics.json", jsonio.dumps(metrics)))
-    written.append(atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed")))
+    written.append(
+        atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed"))
+    )
     onnx.checker.check_model(str(out / "model.onnx"))
     for path in written:
         print(path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 from compress_core.cli.common import format_table, print_json
+from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 
 FLOAT_FILES = ("original_fp32", "compressed_fp32")  # every layer of these is float: no news
 COLUMNS = ("name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes", "float_nodes")
@@ -28,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     print(format_table(COLUMNS, [[row[column] for column in COLUMNS] for row in rows]))
-    print(f"\nbatch {args.batch}, {args.threads} threads, {args.runs} interleaved runs; speedup over original_fp32; "
-          f"accuracy is {rows[0]['quality']} on the folder's evaluation data")
+    print(
+        f"\nbatch {args.batch}, {args.threads} threads, {args.runs} interleaved runs; speedup over original_fp32; "
+        f"accuracy is {rows[0]['quality']} on the folder's evaluation data"
+    )
     for row in rows:
         if row["float_layers"] and row["name"] not in FLOAT_FILES:
             print(f"{row['name']}: still float after ORT's optimization: {', '.join(row['float_layers'])}")
@@ -37,11 +39,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['name']}: slowest nodes: {slowest}")
     per_layer = layer_comparison(rows)
     if per_layer:
-        slower = [f"{row['layer']} ({row['fp32_ms']:.3f} -> {row['int8_ms']:.3f} ms)" for row in per_layer if row["speedup"] < 1]
+        slower = [
+            f"{row['layer']} ({row['fp32_ms']:.3f} -> {row['int8_ms']:.3f} ms)"
+            for row in per_layer
+            if row["speedup"] < 1
+        ]
         unassigned = {row["name"]: row["layer_ms"].get(UNASSIGNED, 0.0) for row in rows}
-        print("per layer (profiler), compressed_fp32 -> compressed_int8: "
-              + (f"int8 is slower on {', '.join(slower)}" if slower else f"int8 is faster on all {len(per_layer)} integer layers")
-              + f"; speed-ups from {per_layer[0]['speedup']:.2f}x to {per_layer[-1]['speedup']:.2f}x;"
-              + f" nodes of no layer (quantize, transposes, pooling, adds) {unassigned['compressed_fp32']:.3f}"
-              + f" -> {unassigned['compressed_int8']:.3f} ms")
+        print(
+            "per layer (profiler), compressed_fp32 -> compressed_int8: "
+            + (
+                f"int8 is slower on {', '.join(slower)}"
+                if slower
+                else f"int8 is faster on all {len(per_layer)} integer layers"
+            )
+            + f"; speed-ups from {per_layer[0]['speedup']:.2f}x to {per_layer[-1]['speedup']:.2f}x;"
+            + f" nodes of no layer (quantize, transposes, pooling, adds) {unassigned['compressed_fp32']:.3f}"
+            + f" -> {unassigned['compressed_int8']:.3f} ms"
+        )
     return 0

@@ -6,8 +6,8 @@ import argparse
 
 from compress_core.analysis.report import ROWS, format_value
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
-from compress_core.plan import Plan
 from compress_core.pipeline import PreparedModel, compress
+from compress_core.plan import Plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,5 +33,7 @@ def run(args: argparse.Namespace) -> int:
     for note in metrics.get("compressed", {}).get("notes", []):
         print(f"note: {note}")
     if handle.data.generated:
-        print("note: no evaluation data was given; inputs were generated, so only fidelity to the original is meaningful")
+        print(
+            "note: no evaluation data was given; inputs were generated, so only fidelity to the original is meaningful"
+        )
     return 0

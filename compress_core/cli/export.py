@@ -7,20 +7,44 @@ import argparse
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.ort.artifacts import export_artifacts, headline
 from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="write ONNX (fp32, optional int8), torch weights, recipe, metrics and report")
+    parser = subparsers.add_parser(
+        "export", help="write ONNX (fp32, optional int8), torch weights, recipe, metrics and report"
+    )
     add_model_arguments(parser)
     parser.add_argument("--recipe", required=True, help="the plan: a YAML or JSON recipe file")
-    parser.add_argument("--out", required=True, help="destination folder (created; existing files of the same name are replaced)")
-    parser.add_argument("--int8", action="store_true", help="also write model_int8.onnx through ONNX Runtime's quantizer")
-    parser.add_argument("--calibration", type=int, default=Int8Options.calibration_samples, metavar="N", help="calibration samples (static int8)")
-    parser.add_argument("--calibrate-method", choices=CALIBRATION_METHODS, default=Int8Options.method, help="activation range calibration")
-    parser.add_argument("--activations", choices=("uint8", "int8"), default=Int8Options.activations, help="activation type (uint8 = U8S8, fastest on x86)")
-    parser.add_argument("--dynamic", action="store_true", help="dynamic int8 (weights only; for transformers) instead of static")
+    parser.add_argument(
+        "--out", required=True, help="destination folder (created; existing files of the same name are replaced)"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also write model_int8.onnx through ONNX Runtime's quantizer"
+    )
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=Int8Options.calibration_samples,
+        metavar="N",
+        help="calibration samples (static int8)",
+    )
+    parser.add_argument(
+        "--calibrate-method",
+        choices=CALIBRATION_METHODS,
+        default=Int8Options.method,
+        help="activation range calibration",
+    )
+    parser.add_argument(
+        "--activations",
+        choices=("uint8", "int8"),
+        default=Int8Options.activations,
+        help="activation type (uint8 = U8S8, fastest on x86)",
+    )
+    parser.add_argument(
+        "--dynamic", action="store_true", help="dynamic int8 (weights only; for transformers) instead of static"
+    )
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     parser.set_defaults(func=run)
 

@@ -20,22 +20,42 @@ from compress_core.analysis.report import ROWS, format_value
 from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
 from compress_core.models.evaldata import load_npz
-from compress_core.plan import Plan
 from compress_core.pipeline import compress
+from compress_core.plan import Plan
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``finetune`` subcommand."""
-    parser = subparsers.add_parser("finetune", help="apply a recipe, then recover accuracy by distillation from the original")
+    parser = subparsers.add_parser(
+        "finetune", help="apply a recipe, then recover accuracy by distillation from the original"
+    )
     add_model_arguments(parser)
     parser.add_argument("--recipe", required=True, help="recipe file (YAML or JSON)")
     parser.add_argument("--epochs", type=int, required=True, help="passes over the training data")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
-    parser.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help=f"distillation temperature (default {DEFAULT_TEMPERATURE})")
-    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help=f"weight of the distillation term against cross-entropy (default {DEFAULT_ALPHA})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"batch size (default {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--train-data", type=Path, help=".npz to train on (default: a digits sample's training split, else the evaluation data)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for model.pt, recipe.yaml and metrics.json")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help=f"distillation temperature (default {DEFAULT_TEMPERATURE})",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=DEFAULT_ALPHA,
+        help=f"weight of the distillation term against cross-entropy (default {DEFAULT_ALPHA})",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"batch size (default {DEFAULT_BATCH_SIZE})"
+    )
+    parser.add_argument(
+        "--train-data",
+        type=Path,
+        help=".npz to train on (default: a digits sample's training split, else the evaluation data)",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for model.pt, recipe.yaml and metrics.json"
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,15 +78,31 @@ def run(args: argparse.Namespace) -> int:
     )
     before = model.evaluate(with_zip=False)
     after = model.fine_tuned(tuned).evaluate(with_zip=False)
-    settings = {"epochs": args.epochs, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha, "batch_size": args.batch_size}
+    settings = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "temperature": args.temperature,
+        "alpha": args.alpha,
+        "batch_size": args.batch_size,
+    }
     buffer = io.BytesIO()
     torch.save(tuned.model.state_dict(), buffer)
     atomic_write_bytes(args.out / "model.pt", buffer.getvalue())
     plan.save(args.out / "recipe.yaml")
-    metrics = {"model": original.name, "data": original.data.origin, "before": before, "after": after, "finetune": {**settings, "loss_history": history}}
+    metrics = {
+        "model": original.name,
+        "data": original.data.origin,
+        "before": before,
+        "after": after,
+        "finetune": {**settings, "loss_history": history},
+    }
     atomic_write_text(args.out / "metrics.json", jsonio.dumps(metrics))
     models = (before["original"], before["compressed"], after["compressed"])
-    rows = [[label, *(format_value(model[key], kind) for model in models)] for key, label, kind in ROWS if key != "zip_bytes"]
+    rows = [
+        [label, *(format_value(model[key], kind) for model in models)]
+        for key, label, kind in ROWS
+        if key != "zip_bytes"
+    ]
     print(format_table(("metric", "original", "compressed", "fine-tuned"), rows))
     for note in after["compressed"]["notes"]:
         print(f"note: {note}")

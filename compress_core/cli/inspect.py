@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.models.inventory import layer_inventory, total_params
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+from compress_core.models.inventory import layer_inventory, total_params
 
 COLUMNS = ("name", "type", "weight_shape", "params", "macs", "min", "max", "std", "kurtosis", "sparsity")
 

@@ -28,11 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, default_kinds: str) -> None:
     """The sweep's kinds and levels, and the result cache."""
-    parser.add_argument("--kinds", default=default_kinds, help=f"comma-separated, of {', '.join(KINDS)} (default {default_kinds})")
+    parser.add_argument(
+        "--kinds", default=default_kinds, help=f"comma-separated, of {', '.join(KINDS)} (default {default_kinds})"
+    )
     parser.add_argument("--bits", default="8,6,4,3,2", help="bit widths to try (default 8,6,4,3,2)")
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="prune ratios to try")
     parser.add_argument("--ranks", default="0.75,0.5,0.25,0.1", help="ranks to try, as fractions of full rank")
-    parser.add_argument("--cache-dir", type=Path, help="folder for cached results (default ~/.cache/compress_explorer/sensitivity)")
+    parser.add_argument(
+        "--cache-dir", type=Path, help="folder for cached results (default ~/.cache/compress_explorer/sensitivity)"
+    )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached results")
 
 
@@ -60,13 +64,24 @@ def _levels(text: str, option: str) -> tuple[int | float, ...]:
 
 
 def _print_progress(step: Progress) -> None:
-    print(f"\rlayer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}", end="", file=sys.stderr, flush=True)
+    print(
+        f"\rlayer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     sweep = sweep_from_args(args)
-    result = run_sensitivity(handle, sweep, hessian=args.hessian, cache=cache_from_args(args), progress=None if args.quiet else _print_progress)
+    result = run_sensitivity(
+        handle,
+        sweep,
+        hessian=args.hessian,
+        cache=cache_from_args(args),
+        progress=None if args.quiet else _print_progress,
+    )
     atomic_write_text(args.out, result.to_csv())
     if not args.quiet:
         print(file=sys.stderr)

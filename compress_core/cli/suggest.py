@@ -17,10 +17,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("suggest", help="suggest a per-layer plan for a size / MACs / drop budget")
     add_model_arguments(parser)
     parser.add_argument("--target-size", type=float, help="plan bytes / float bytes to reach, e.g. 0.15")
-    parser.add_argument("--target-macs", type=float, help="compressed / original MACs to reach, e.g. 0.7 (needs structured or rank kinds)")
+    parser.add_argument(
+        "--target-macs",
+        type=float,
+        help="compressed / original MACs to reach, e.g. 0.7 (needs structured or rank kinds)",
+    )
     parser.add_argument("--max-drop", type=float, help="largest allowed drop of the metric, in points, e.g. 1.0")
     parser.add_argument("--out", type=Path, required=True, help="recipe file to write (.yaml, or .json)")
-    parser.add_argument("--compare-uniform", action="store_true", help="also measure the widest uniform bit width within the size target")
+    parser.add_argument(
+        "--compare-uniform",
+        action="store_true",
+        help="also measure the widest uniform bit width within the size target",
+    )
     add_sweep_arguments(parser, default_kinds="bits,prune")
     parser.set_defaults(func=run)
 
@@ -29,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     sweep = sweep_from_args(args)
     suggestion = suggest_plan(
-        handle, target_size=args.target_size, target_macs=args.target_macs, max_drop=args.max_drop, sweep=sweep, cache=cache_from_args(args)
+        handle,
+        target_size=args.target_size,
+        target_macs=args.target_macs,
+        max_drop=args.max_drop,
+        sweep=sweep,
+        cache=cache_from_args(args),
     )
     suggestion.plan.save(args.out)
     rows = [["suggested", *(suggestion.metrics[key] for key in SHOWN)]]

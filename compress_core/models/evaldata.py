@@ -29,8 +29,15 @@ NPY_MAGIC = b"\x93NUMPY"
 INPUT_KINDS = "biuf"
 LABEL_KINDS = "iu"
 KIND_NAMES = {
-    "U": "strings", "S": "bytes", "O": "Python objects", "V": "structured/void records",
-    "M": "datetimes", "m": "timedeltas", "c": "complex numbers", "f": "floats", "b": "booleans",
+    "U": "strings",
+    "S": "bytes",
+    "O": "Python objects",
+    "V": "structured/void records",
+    "M": "datetimes",
+    "m": "timedeltas",
+    "c": "complex numbers",
+    "f": "floats",
+    "b": "booleans",
 }
 
 

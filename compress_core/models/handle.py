@@ -92,7 +92,7 @@ class ModelHandle:
     fixed_batch: int | None = None  # a torch.export program's static batch size, honoured by ``input_batches``
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
-    def replace(self, **changes: Any) -> "ModelHandle":
+    def replace(self, **changes: Any) -> ModelHandle:
         """A new handle with some fields changed (the ONNX Runtime session is not carried over)."""
         return dataclasses.replace(self, _ort_session=None, **changes)
 

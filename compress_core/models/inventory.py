@@ -189,9 +189,7 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
     model = handle.model
     parameters = dict(model.named_parameters())
     candidates = {
-        p.untyped_storage().data_ptr(): name
-        for name, p in parameters.items()
-        if p.dim() >= 2 and p.is_floating_point()
+        p.untyped_storage().data_ptr(): name for name, p in parameters.items() if p.dim() >= 2 and p.is_floating_point()
     }
     recorder = _WeightUseRecorder(candidates)
     example = torch.from_numpy(np.array(handle.padded(handle.data.inputs[:1])))

@@ -18,9 +18,9 @@ from typing import Any, TypeGuard
 import numpy as np
 import torch
 
-from compress_core.models import samples
 from compress_core.atomic import atomic_write_bytes
 from compress_core.errors import CompressError, first_line
+from compress_core.models import samples
 from compress_core.models.evaldata import generated_data, load_npz
 from compress_core.models.handle import Backend, InputSpec, ModelHandle
 from compress_core.models.trust import ZIP_ERRORS, is_pt2_archive, is_torchscript, pt2_code_risk, require_trust
@@ -221,11 +221,11 @@ def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpe
         module = program.module()
     except Exception as exc:
         raise CompressError(f"{path}: not a readable {PT2_WHAT} ({first_line(exc)})") from exc
-    placeholders = [
-        spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"
-    ]
+    placeholders = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
     if len(placeholders) != 1:
-        raise CompressError(f"{path}: the program takes {len(placeholders)} inputs; only single-input models are supported")
+        raise CompressError(
+            f"{path}: the program takes {len(placeholders)} inputs; only single-input models are supported"
+        )
     node = next(n for n in program.graph.nodes if n.name == placeholders[0])
     value = node.meta.get("val")
     spec = None
@@ -299,7 +299,11 @@ def _load_trusted_pickle(path: Path, trusted: bool) -> Any:
 
 
 def _state_dict_handle(
-    path: Path, state: dict[str, torch.Tensor], given: InputSpec | None, data: str | Path | None, architecture: str | None
+    path: Path,
+    state: dict[str, torch.Tensor],
+    given: InputSpec | None,
+    data: str | Path | None,
+    architecture: str | None,
 ) -> ModelHandle:
     if architecture is None:
         known = ", ".join(samples.digits_names())

@@ -44,11 +44,15 @@ def load_onnx(path: Path, given: InputSpec | None) -> tuple[onnx.ModelProto, Inp
     inputs = graph_inputs(model)
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
-        raise CompressError(f"{path}: the graph has {len(inputs)} inputs ({names}); only single-input models are supported")
+        raise CompressError(
+            f"{path}: the graph has {len(inputs)} inputs ({names}); only single-input models are supported"
+        )
     tensor_type = inputs[0].type.tensor_type
     dtype = ONNX_DTYPES.get(tensor_type.elem_type)
     if dtype is None:
-        raise CompressError(f"{path}: input '{inputs[0].name}' has element type {tensor_type.elem_type}; float32 or int64 is supported")
+        raise CompressError(
+            f"{path}: input '{inputs[0].name}' has element type {tensor_type.elem_type}; float32 or int64 is supported"
+        )
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if given is not None:
         return model, InputSpec(given.shape, dtype)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import functools
 
 import sample_models
-from sample_models.minilm import INSTALL_HINT, load_minilm
-
 from compress_core.errors import CompressError
 from compress_core.models.handle import EvalData, InputSpec, ModelHandle
+from sample_models.minilm import INSTALL_HINT, load_minilm
 
 MINILM = "minilm"
 
@@ -57,4 +56,6 @@ def _load_minilm() -> ModelHandle:
         raise CompressError(f"the sample 'minilm' is not installed; install it with: {INSTALL_HINT}") from exc
     data = EvalData(inputs=token_ids, labels=None, origin="built-in sentences")
     spec = InputSpec(tuple(token_ids.shape[1:]), "int64")
-    return ModelHandle(name=MINILM, backend="torch", model=module, input_spec=spec, data=data, kind="sample", task="embedding")
+    return ModelHandle(
+        name=MINILM, backend="torch", model=module, input_spec=spec, data=data, kind="sample", task="embedding"
+    )

@@ -36,16 +36,74 @@ PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
 # The callables a shape expression (sympy ``srepr`` text) may name: sympy's and torch's symbolic functions.
 SYMPY_NAMES = frozenset(
     {
-        "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Mod", "Abs", "floor",
-        "ceiling", "Piecewise", "ExprCondPair", "Equality", "Unequality", "StrictLessThan", "LessThan",
-        "StrictGreaterThan", "GreaterThan", "And", "Or", "Not", "true", "false", "oo", "zoo", "nan", "int_oo",
-        "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv",
-        "LShift", "RShift", "PowByNatural", "IntTrueDiv", "FloatTrueDiv", "FloatPow", "TruncToFloat",
-        "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "Identity", "IsNonOverlappingAndDenseIndicator",
-        "OpaqueUnaryFn_acos", "OpaqueUnaryFn_asin", "OpaqueUnaryFn_asinh", "OpaqueUnaryFn_atan",
-        "OpaqueUnaryFn_cos", "OpaqueUnaryFn_cosh", "OpaqueUnaryFn_exp", "OpaqueUnaryFn_log", "OpaqueUnaryFn_log2",
-        "OpaqueUnaryFn_sin", "OpaqueUnaryFn_sinh", "OpaqueUnaryFn_sqrt", "OpaqueUnaryFn_tan", "OpaqueUnaryFn_tanh",
-        "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor",
+        "Symbol",
+        "Integer",
+        "Rational",
+        "Float",
+        "Add",
+        "Mul",
+        "Pow",
+        "Max",
+        "Min",
+        "Mod",
+        "Abs",
+        "floor",
+        "ceiling",
+        "Piecewise",
+        "ExprCondPair",
+        "Equality",
+        "Unequality",
+        "StrictLessThan",
+        "LessThan",
+        "StrictGreaterThan",
+        "GreaterThan",
+        "And",
+        "Or",
+        "Not",
+        "true",
+        "false",
+        "oo",
+        "zoo",
+        "nan",
+        "int_oo",
+        "FloorDiv",
+        "ModularIndexing",
+        "Where",
+        "PythonMod",
+        "CleanDiv",
+        "CeilToInt",
+        "FloorToInt",
+        "CeilDiv",
+        "LShift",
+        "RShift",
+        "PowByNatural",
+        "IntTrueDiv",
+        "FloatTrueDiv",
+        "FloatPow",
+        "TruncToFloat",
+        "TruncToInt",
+        "RoundToInt",
+        "RoundDecimal",
+        "ToFloat",
+        "Identity",
+        "IsNonOverlappingAndDenseIndicator",
+        "OpaqueUnaryFn_acos",
+        "OpaqueUnaryFn_asin",
+        "OpaqueUnaryFn_asinh",
+        "OpaqueUnaryFn_atan",
+        "OpaqueUnaryFn_cos",
+        "OpaqueUnaryFn_cosh",
+        "OpaqueUnaryFn_exp",
+        "OpaqueUnaryFn_log",
+        "OpaqueUnaryFn_log2",
+        "OpaqueUnaryFn_sin",
+        "OpaqueUnaryFn_sinh",
+        "OpaqueUnaryFn_sqrt",
+        "OpaqueUnaryFn_tan",
+        "OpaqueUnaryFn_tanh",
+        "BitwiseFn_bitwise_and",
+        "BitwiseFn_bitwise_or",
+        "BitwiseFn_bitwise_xor",
     }
 )
 # Strings in a shape expression: symbol names and Float digits, nothing that sympify could evaluate as code.
@@ -109,7 +167,7 @@ def _loads_as_weights(data: bytes) -> bool:
     """torch reads ``.pt`` entries with ``weights_only=True`` and, when that fails, unpickles them fully."""
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception:  # any failure here sends torch down its full-unpickling fallback
+    except Exception:  # noqa: BLE001 - any failure here sends torch down its full-unpickling fallback
         return False
     return True
 
@@ -180,8 +238,10 @@ def _is_plain_node(node: ast.AST) -> bool:
         return node.arg is not None
     if isinstance(node, ast.Constant):
         value = node.value
-        return value is None or isinstance(value, (int, float)) or (
-            isinstance(value, str) and PLAIN_STRING.fullmatch(value) is not None
+        return (
+            value is None
+            or isinstance(value, (int, float))
+            or (isinstance(value, str) and PLAIN_STRING.fullmatch(value) is not None)
         )
     return isinstance(node, PLAIN_AST_NODES)
 

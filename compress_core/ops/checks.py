@@ -26,9 +26,7 @@ def check_tensor(name: str, value: object, *, min_dim: int = 0) -> torch.Tensor:
     if not value.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
     if value.dim() < min_dim:
-        raise ValueError(
-            f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}"
-        )
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(value.shape)}")
     if value.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
     if not bool(torch.isfinite(value).all()):
@@ -42,9 +40,7 @@ def check_axis(axis: object, ndim: int, name: str = "axis") -> int:
         raise ValueError(f"{name} must be an int, got {axis!r}")
     index = int(axis)
     if not -ndim <= index < ndim:
-        raise ValueError(
-            f"{name}={index} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})"
-        )
+        raise ValueError(f"{name}={index} is out of range for a {ndim}-D tensor (allowed {-ndim}..{ndim - 1})")
     return index % ndim
 
 

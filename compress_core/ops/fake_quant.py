@@ -47,7 +47,9 @@ def straight_through(parameters: Mapping[str, nn.Parameter], grids: Mapping[str,
                 parameters[name].copy_(value)
 
 
-def snap_to_grids(parameters: Mapping[str, nn.Parameter], grids: Mapping[str, QuantizedWeight]) -> dict[str, QuantizedWeight]:
+def snap_to_grids(
+    parameters: Mapping[str, nn.Parameter], grids: Mapping[str, QuantizedWeight]
+) -> dict[str, QuantizedWeight]:
     """Replace each latent weight by its quantized value, for good; return the new grids by name."""
     snapped = {name: requantize(parameters[name], grid) for name, grid in grids.items()}
     with torch.no_grad():

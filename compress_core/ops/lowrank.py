@@ -21,20 +21,14 @@ def resolve_rank(rank: int | float, full_rank: int) -> int:
     if is_int(rank):
         r = int(rank)
         if not 1 <= r <= full_rank:
-            raise ValueError(
-                f"rank={r} is not allowed; an int rank must be in 1..{full_rank} (full rank)"
-            )
+            raise ValueError(f"rank={r} is not allowed; an int rank must be in 1..{full_rank} (full rank)")
         return r
     if is_real(rank):
         frac = float(rank)
         if not (math.isfinite(frac) and 0.0 < frac <= 1.0):
-            raise ValueError(
-                f"rank={rank!r} is not allowed; a float rank is a fraction of full rank in (0, 1]"
-            )
+            raise ValueError(f"rank={rank!r} is not allowed; a float rank is a fraction of full rank in (0, 1]")
         return max(1, int(round(frac * full_rank)))
-    raise ValueError(
-        f"rank={rank!r} is not allowed; use an int in 1..{full_rank} or a float fraction in (0, 1]"
-    )
+    raise ValueError(f"rank={rank!r} is not allowed; use an int in 1..{full_rank} or a float fraction in (0, 1]")
 
 
 def _check_matrix(name: str, matrix: object) -> torch.Tensor:

@@ -73,8 +73,6 @@ def channels_to_prune(weight: torch.Tensor, ratio: float, axis: int = 0) -> torc
     n_channels = scores.numel()
     n_prune = int(round(ratio * n_channels))
     if n_prune >= n_channels:
-        raise ValueError(
-            f"ratio={ratio} would prune all {n_channels} channels; at least one channel must remain"
-        )
+        raise ValueError(f"ratio={ratio} would prune all {n_channels} channels; at least one channel must remain")
     order = torch.sort(scores, stable=True).indices[:n_prune]
     return torch.sort(order).values.to(torch.int64)

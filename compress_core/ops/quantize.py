@@ -96,15 +96,12 @@ class QuantizedWeight:
         if channel is None:
             if self.granularity == "channel":
                 raise ValueError(
-                    "levels() needs a channel index for per-channel quantization "
-                    f"(allowed 0..{n_channels - 1})"
+                    f"levels() needs a channel index for per-channel quantization (allowed 0..{n_channels - 1})"
                 )
             row = 0
         else:
             if not is_int(channel) or not 0 <= int(channel) < n_channels:
-                raise ValueError(
-                    f"channel={channel!r} is out of range; allowed 0..{n_channels - 1}"
-                )
+                raise ValueError(f"channel={channel!r} is out of range; allowed 0..{n_channels - 1}")
             row = int(channel) if self.granularity == "channel" else 0
 
         def pick(t: torch.Tensor) -> torch.Tensor:
@@ -127,7 +124,9 @@ class QuantizedWeight:
         return torch.unique(book)
 
 
-def _check_arguments(weight: torch.Tensor, bits: object, scheme: object, granularity: object, axis: object) -> tuple[int, int]:
+def _check_arguments(
+    weight: torch.Tensor, bits: object, scheme: object, granularity: object, axis: object
+) -> tuple[int, int]:
     """``(bits, axis)`` checked and normalised; ``ValueError`` for anything not allowed."""
     if not is_int(bits) or int(bits) not in ALLOWED_BITS:
         raise ValueError(f"bits={bits!r} is not allowed; bits must be an int in 2..8 or 16")
@@ -140,13 +139,9 @@ def _check_arguments(weight: torch.Tensor, bits: object, scheme: object, granula
             "(a 65536-entry codebook is no longer weight sharing)"
         )
     if not isinstance(granularity, str) or granularity not in GRANULARITIES:
-        raise ValueError(
-            f"granularity={granularity!r} is not allowed; choose one of {', '.join(GRANULARITIES)}"
-        )
+        raise ValueError(f"granularity={granularity!r} is not allowed; choose one of {', '.join(GRANULARITIES)}")
     if granularity == "channel" and weight.dim() == 0:
-        raise ValueError(
-            "granularity='channel' needs a weight with at least 1 dimension, got a 0-d tensor"
-        )
+        raise ValueError("granularity='channel' needs a weight with at least 1 dimension, got a 0-d tensor")
     return width, check_axis(axis, weight.dim()) if weight.dim() > 0 else 0
 
 

@@ -33,8 +33,8 @@ from compress_core.analysis.metrics import output_fidelity
 from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
-from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
 from compress_core.models.sessions import make_session
+from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
 from compress_core.pipeline import CompressedModel
 
 ORIGINAL_ONNX = "original_fp32.onnx"
@@ -80,7 +80,9 @@ def export_artifacts(
     if folder.exists() and not folder.is_dir():
         raise CompressError(f"{folder}: exists and is not a folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{sanitize_filename(original.name)}.", suffix=".partial", dir=folder.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{sanitize_filename(original.name)}.", suffix=".partial", dir=folder.parent)
+    )
     try:
         say("exporting ONNX")
         onnx.save(model.original.onnx_model, staging / ORIGINAL_ONNX)
@@ -99,7 +101,9 @@ def export_artifacts(
         metrics = _metrics(model, staging, int8, quantized)
         (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
         (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
-        sizes = {name: {key: entry[key] for key in ("bytes", "zip_bytes")} for name, entry in metrics["artifacts"].items()}
+        sizes = {
+            name: {key: entry[key] for key in ("bytes", "zip_bytes")} for name, entry in metrics["artifacts"].items()
+        }
         sizes.update({name: file_sizes(staging / name) for name in (METRICS, REPORT)})
         folder.mkdir(exist_ok=True)
         files = {}
@@ -141,7 +145,9 @@ def headline(fidelity: dict[str, Any], task: str) -> tuple[str, float | None]:
     return key, fidelity.get(key)
 
 
-def _metrics(model: CompressedModel, staging: Path, int8: Int8Options | None, quantized: Int8Result | None) -> dict[str, Any]:
+def _metrics(
+    model: CompressedModel, staging: Path, int8: Int8Options | None, quantized: Int8Result | None
+) -> dict[str, Any]:
     original = model.original.handle
     reference = model.original.baseline().reference
     artifacts = {}
@@ -191,16 +197,34 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     for name, entry in metrics["artifacts"].items():
         value = headline(entry, task)[1] if "cosine" in entry else None
         lines.append(f"| {name} | {entry['bytes']:,} | {entry['zip_bytes']:,} | {_percent(value)} |")
-    lines += ["", f"PyTorch simulation: original {_percent(headline(simulated['original'], task)[1])}, "
-              f"compressed {_percent(headline(simulated['compressed'], task)[1])}."]
+    lines += [
+        "",
+        f"PyTorch simulation: original {_percent(headline(simulated['original'], task)[1])}, "
+        f"compressed {_percent(headline(simulated['compressed'], task)[1])}.",
+    ]
     quantized = metrics["int8"]
     if quantized:
-        setup = "dynamic (weights int8, activations quantized at run time)" if quantized["mode"] == "dynamic" else (
-            f"static QDQ, {quantized['method']} calibration on {quantized['calibration_samples']} samples, "
-            f"{'U8S8' if quantized['activations'] == 'uint8' else 'S8S8'} (activations {quantized['activations']})"
+        setup = (
+            "dynamic (weights int8, activations quantized at run time)"
+            if quantized["mode"] == "dynamic"
+            else (
+                f"static QDQ, {quantized['method']} calibration on {quantized['calibration_samples']} samples, "
+                f"{'U8S8' if quantized['activations'] == 'uint8' else 'S8S8'} (activations {quantized['activations']})"
+            )
         )
-        lines += ["", "## Integer model", "", f"Quantization: {setup}.", "", "| layer | node | planned bits | stored as |", "|---|---|---:|---|"]
-        lines += [f"| {row['layer']} | `{row['node']}` | {row['bits'] or 'float'} | {row['storage']} |" for row in quantized["layers"]]
+        lines += [
+            "",
+            "## Integer model",
+            "",
+            f"Quantization: {setup}.",
+            "",
+            "| layer | node | planned bits | stored as |",
+            "|---|---|---:|---|",
+        ]
+        lines += [
+            f"| {row['layer']} | `{row['node']}` | {row['bits'] or 'float'} | {row['storage']} |"
+            for row in quantized["layers"]
+        ]
         if quantized["notes"]:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
     lines += ["", metrics_markdown(simulated, title="PyTorch-simulated metrics").replace("# ", "## ", 1)]

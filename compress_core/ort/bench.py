@@ -16,13 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-from compress_core.ort.artifacts import EVAL_DATA, FP32_ONNX, INT8_ONNX, METRICS, ORIGINAL_ONNX, file_sizes, headline, run_onnx
+from compress_core.analysis.metrics import output_fidelity
 from compress_core.errors import CompressError
 from compress_core.models.evaldata import load_npz
+from compress_core.ort.artifacts import (
+    EVAL_DATA,
+    FP32_ONNX,
+    INT8_ONNX,
+    METRICS,
+    ORIGINAL_ONNX,
+    file_sizes,
+    headline,
+    run_onnx,
+)
 from compress_core.ort.int8 import quantize_ort_default
 from compress_core.ort.latency import measure_latency
-from compress_core.analysis.metrics import output_fidelity
 from compress_core.ort.profiling import NodeTime, op_census, profile_nodes
 
 ORT_DEFAULT = "ort_default_int8"
@@ -46,7 +54,9 @@ def bench_folder(
     folder = Path(folder)
     missing = [name for name in (METRICS, EVAL_DATA, ORIGINAL_ONNX) if not (folder / name).is_file()]
     if missing:
-        raise CompressError(f"{folder}: not an export folder (missing {', '.join(missing)}); write one with: export MODEL --recipe R --out {folder}")
+        raise CompressError(
+            f"{folder}: not an export folder (missing {', '.join(missing)}); write one with: export MODEL --recipe R --out {folder}"
+        )
     metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
     data = load_npz(folder / EVAL_DATA, None)
     inputs, labels = data.inputs, data.labels
@@ -54,12 +64,16 @@ def bench_folder(
     with tempfile.TemporaryDirectory() as scratch:
         paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
         paths[ORT_DEFAULT] = quantize_ort_default(folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs)
-        timings = measure_latency(paths, inputs, threads, batch, warmup, runs, baseline="original_fp32", progress=progress)
+        timings = measure_latency(
+            paths, inputs, threads, batch, warmup, runs, baseline="original_fp32", progress=progress
+        )
         reference = run_onnx(paths["original_fp32"], inputs)
         rows = []
         for timing in timings:
             path = paths[timing.name]
-            key, value = headline(output_fidelity(reference, run_onnx(path, inputs), labels, metrics["task"]), metrics["task"])
+            key, value = headline(
+                output_fidelity(reference, run_onnx(path, inputs), labels, metrics["task"]), metrics["task"]
+            )
             census = op_census(path, layer_nodes)
             profile = profile_nodes(path, inputs, layer_nodes, threads, batch)
             rows.append(
@@ -96,7 +110,9 @@ def layer_totals(profile: list[NodeTime]) -> dict[str, float]:
     return totals
 
 
-def layer_comparison(rows: list[dict[str, Any]], baseline: str = "compressed_fp32", candidate: str = "compressed_int8") -> list[dict[str, Any]]:
+def layer_comparison(
+    rows: list[dict[str, Any]], baseline: str = "compressed_fp32", candidate: str = "compressed_int8"
+) -> list[dict[str, Any]]:
     """Per layer that runs in integer kernels in ``candidate``: ``fp32_ms`` (in ``baseline``),
     ``int8_ms`` and ``speedup``, slowest-down first, so the layers where int8 costs time lead.
 

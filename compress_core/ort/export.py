@@ -43,7 +43,7 @@ def to_onnx(handle: ModelHandle, fold_batchnorm: bool = True) -> onnx.ModelProto
     for exporter in (_export_legacy, _export_dynamo):
         try:
             model = exporter(handle.model, example, fold_batchnorm, dynamic)
-        except Exception as exc:  # each exporter fails in its own way; the message names both
+        except Exception as exc:  # noqa: BLE001 - each exporter fails in its own way; the message names both
             errors.append(f"{exporter.__name__[8:]}: {first_line(exc, 200)}")
             continue
         fold_constant_identities(model)
@@ -52,7 +52,9 @@ def to_onnx(handle: ModelHandle, fold_batchnorm: bool = True) -> onnx.ModelProto
     raise CompressError(f"model '{handle.name}' could not be exported to ONNX ({'; '.join(errors)})")
 
 
-def _export_legacy(module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool) -> onnx.ModelProto:
+def _export_legacy(
+    module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool
+) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,7 +72,9 @@ def _export_legacy(module: torch.nn.Module, example: torch.Tensor, fold_batchnor
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _export_dynamo(module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool) -> onnx.ModelProto:
+def _export_dynamo(
+    module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool
+) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(folder) / "model.onnx"

@@ -58,8 +58,14 @@ class Int8Options:
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
-            raise CompressError(f"calibration method '{self.method}' is not allowed; use one of {', '.join(CALIBRATION_METHODS)}")
-        if isinstance(self.calibration_samples, bool) or not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise CompressError(
+                f"calibration method '{self.method}' is not allowed; use one of {', '.join(CALIBRATION_METHODS)}"
+            )
+        if (
+            isinstance(self.calibration_samples, bool)
+            or not isinstance(self.calibration_samples, int)
+            or self.calibration_samples < 1
+        ):
             raise CompressError(f"calibration samples {self.calibration_samples!r} is not allowed; use an integer >= 1")
         if self.activations not in ACTIVATION_TYPES:
             raise CompressError(f"activation type '{self.activations}' is not allowed; use uint8 or int8")
@@ -147,12 +153,18 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
             dynamic_nodes[grid.granularity == "channel"].append(target.node)
             continue
         _check_static_support(target, out_axes)
-        override, exact = weight_override(weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage))
+        override, exact = weight_override(
+            weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage)
+        )
         overrides[target.weight_tensor] = override
         if not exact:
-            notes.append(f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)")
+            notes.append(
+                f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)"
+            )
         elif storage == "QInt8" and grid.bits != 8:
-            notes.append(f"{layer.name}: {grid.bits}-bit weights are stored in int8, holding the plan's {2 ** grid.bits}-level grid exactly")
+            notes.append(
+                f"{layer.name}: {grid.bits}-bit weights are stored in int8, holding the plan's {2**grid.bits}-level grid exactly"
+            )
     if options.dynamic:
         notes.extend(_dynamic_notes(report, model, weights))
 
@@ -161,7 +173,9 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
             if options.dynamic:
                 quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
             else:
-                reader = EvalDataReader(calibration_inputs(handle.data.inputs, options.calibration_samples), _input_name(model))
+                reader = EvalDataReader(
+                    calibration_inputs(handle.data.inputs, options.calibration_samples), _input_name(model)
+                )
                 quantize_static(
                     model,
                     temporary,
@@ -181,7 +195,9 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
     return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes)
 
 
-def quantize_dynamic_by_granularity(model: onnx.ModelProto, path: Path, per_channel: list[str], per_tensor: list[str]) -> None:
+def quantize_dynamic_by_granularity(
+    model: onnx.ModelProto, path: Path, per_channel: list[str], per_tensor: list[str]
+) -> None:
     """``quantize_dynamic`` of exactly the named nodes, weights per channel or per tensor as listed.
 
     ORT's ``per_channel`` flag holds for a whole call, so a plan that mixes both takes two passes:
@@ -235,7 +251,8 @@ def weight_override(weight: np.ndarray, out_axis: int, grid: Any, quant_type: An
     if not per_channel and np.allclose(scale, scale[0], rtol=1e-6) and (zero == zero[0]).all():
         return [{"quant_type": quant_type, "scale": float(scale[0]), "zero_point": int(zero[0])}], True
     return [
-        {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)} for s, z in zip(scale, zero, strict=True)
+        {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)}
+        for s, z in zip(scale, zero, strict=True)
     ], True
 
 
@@ -264,7 +281,11 @@ def _dynamic_notes(report: list[Int8Layer], model: onnx.ModelProto, weights: dic
 def _calibration_method(name: str) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[name]
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[name]
 
 
 def _input_name(model: onnx.ModelProto) -> str:

@@ -66,7 +66,9 @@ def measure_latency(
     if not candidates:
         raise CompressError("no ONNX file to measure")
     if threads < 1 or runs < 1 or warmup < 0:
-        raise CompressError(f"threads {threads}, runs {runs}, warm-up {warmup}: need threads >= 1, runs >= 1, warm-up >= 0")
+        raise CompressError(
+            f"threads {threads}, runs {runs}, warm-up {warmup}: need threads >= 1, runs >= 1, warm-up >= 0"
+        )
     baseline = baseline if baseline is not None else next(iter(candidates))
     if baseline not in candidates:
         raise CompressError(f"baseline '{baseline}' is not a candidate; candidates: {', '.join(candidates)}")

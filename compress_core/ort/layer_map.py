@@ -40,7 +40,9 @@ class LayerTarget:
     weight_tensor: str
 
 
-def layer_targets(handle: ModelHandle, model: onnx.ModelProto, layers: list[LayerInfo] | None = None) -> dict[str, LayerTarget]:
+def layer_targets(
+    handle: ModelHandle, model: onnx.ModelProto, layers: list[LayerInfo] | None = None
+) -> dict[str, LayerTarget]:
     """Each compressible layer of ``handle`` mapped to its node in ``model`` (the handle's ONNX export).
 
     A layer missing from the result has no node in the export: its output is unused (the exporter
@@ -50,7 +52,9 @@ def layer_targets(handle: ModelHandle, model: onnx.ModelProto, layers: list[Laye
     if handle.backend == "onnx":
         nodes = {node.name: node for node in model.graph.node}
         return {
-            layer.name: LayerTarget(layer.name, layer.weight_name, layer.name, nodes[layer.name].op_type, layer.weight_name)
+            layer.name: LayerTarget(
+                layer.name, layer.weight_name, layer.name, nodes[layer.name].op_type, layer.weight_name
+            )
             for layer in layers
             if layer.name in nodes
         }
@@ -96,7 +100,9 @@ def _weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     return [node for node in model.graph.node if node.name in names or node.op_type in RNN_OPS]
 
 
-def _match_scope(layer: LayerInfo, by_scope: dict[str, list[onnx.NodeProto]], shapes: dict[str, tuple[int, ...]]) -> LayerTarget | None:
+def _match_scope(
+    layer: LayerInfo, by_scope: dict[str, list[onnx.NodeProto]], shapes: dict[str, tuple[int, ...]]
+) -> LayerTarget | None:
     _, module = torch_layer_names(layer.weight_name)
     candidates = by_scope.get(module, [])
     rnn = RNN_WEIGHT.match(layer.weight_name.rsplit(".", 1)[-1])

@@ -34,7 +34,9 @@ def prepare_for_quantization(model: onnx.ModelProto, min_opset: int = MIN_OPSET)
             prepared = version_converter.convert_version(prepared, min_opset)
         except Exception as exc:  # the converter raises bare RuntimeErrors from C++
             first = first_line(exc, 200)
-            raise CompressError(f"the model's opset {opset} could not be converted to {min_opset} for integer storage ({first})") from exc
+            raise CompressError(
+                f"the model's opset {opset} could not be converted to {min_opset} for integer storage ({first})"
+            ) from exc
         notes.append(f"converted from opset {opset} to {min_opset} (per-channel int8 needs 13, int4/int16 storage 21)")
     moved = constants_to_initializers(prepared)
     if moved:

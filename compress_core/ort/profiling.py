@@ -20,14 +20,21 @@ import numpy as np
 import onnx
 
 from compress_core.errors import CompressError
-from compress_core.ort.latency import batch_of
 from compress_core.models.sessions import make_session
+from compress_core.ort.latency import batch_of
 
 FLOAT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")
 FUSED_PREFIX = "fused "  # ORT's name for a node it fused another into, e.g. ``fused /fc1/Gemm``
 INTEGER_COMPUTE_OPS = (
-    "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "QAttention",
+    "QLinearConv",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "QAttention",
 )
 COMPUTE_OPS = FLOAT_COMPUTE_OPS + INTEGER_COMPUTE_OPS
 
@@ -142,7 +149,11 @@ def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -
         _, model, layers = _optimized_session(path, threads, Path(folder), layer_nodes)
     integer = Counter(node.op_type for node in model.graph.node if node.op_type in INTEGER_COMPUTE_OPS)
     floating = [node for node in model.graph.node if node.op_type in FLOAT_COMPUTE_OPS]
-    return OpCensus(dict(integer), dict(Counter(node.op_type for node in floating)), [layers[n.name] for n in floating if n.name in layers])
+    return OpCensus(
+        dict(integer),
+        dict(Counter(node.op_type for node in floating)),
+        [layers[n.name] for n in floating if n.name in layers],
+    )
 
 
 def _optimized_session(
@@ -151,7 +162,9 @@ def _optimized_session(
     """A session on ``path`` (profiling into ``folder`` when asked), the graph ORT optimized from it,
     and ``node_layers`` of that graph."""
     optimized = folder / "optimized.onnx"
-    session = make_session(path, threads, profile_prefix=str(folder / "profile") if profile else None, optimized_path=optimized)
+    session = make_session(
+        path, threads, profile_prefix=str(folder / "profile") if profile else None, optimized_path=optimized
+    )
     model = _graph(optimized)
     return session, model, node_layers(model, _graph(path), layer_nodes)
 

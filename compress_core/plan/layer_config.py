@@ -45,14 +45,16 @@ class PruneConfig:
             object.__setattr__(self, "ratio", _nm_ratio(self.kind, int(nm.group(1)), int(nm.group(2)), self.ratio))
             return
         if self.kind not in PRUNE_KINDS:
-            raise CompressError(f"prune kind {shown(self.kind)} is not allowed; use one of {', '.join(PRUNE_KINDS)} or N:M like '2:4'{_base60_hint(self.kind)}")
+            raise CompressError(
+                f"prune kind {shown(self.kind)} is not allowed; use one of {', '.join(PRUNE_KINDS)} or N:M like '2:4'{_base60_hint(self.kind)}"
+            )
         ratio = 0.0 if self.ratio is None else self.ratio
         if not _is_number(ratio) or not 0 <= ratio < 1:
             raise CompressError(f"prune ratio {shown(ratio)} is not allowed; use a number in [0, 1)")
         object.__setattr__(self, "ratio", ratio)
 
     @classmethod
-    def with_kind(cls, kind: str, ratio: float) -> "PruneConfig":
+    def with_kind(cls, kind: str, ratio: float) -> PruneConfig:
         """A config of ``kind`` for controls that offer one ratio for every kind: ``ratio`` applies
         to unstructured and structured pruning and is ignored for an N:M kind, which implies its own."""
         nm = isinstance(kind, str) and NM_PATTERN.fullmatch(kind)
@@ -137,7 +139,7 @@ class LayerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "LayerConfig":
+    def from_dict(cls, data: dict[str, Any], where: str) -> LayerConfig:
         """Build from recipe data; ``where`` names the entry in error messages."""
         if not isinstance(data, dict):
             raise CompressError(f"{where}: expected a mapping like {{bits: 8}} or null, got {shown(data)}")

@@ -33,7 +33,6 @@ import yaml
 
 from compress_core.atomic import atomic_write_text
 from compress_core.errors import CompressError, first_line
-
 from compress_core.plan.layer_config import LayerConfig, check_keys
 from compress_core.plan.patterns import Pattern, compile_pattern
 from compress_core.plan.quoting import quoted, shown, written
@@ -55,7 +54,9 @@ class Plan:
     def __post_init__(self) -> None:
         for key in self.layers:
             if not isinstance(key, str):
-                raise CompressError(f"layer entry {shown(key)} is not allowed; a layer entry is a layer name or 're:<regex>'")
+                raise CompressError(
+                    f"layer entry {shown(key)} is not allowed; a layer entry is a layer name or 're:<regex>'"
+                )
             if key.startswith(REGEX_PREFIX):
                 self._regex(key)
 
@@ -81,9 +82,13 @@ class Plan:
             if key.startswith(REGEX_PREFIX):
                 regex = self._regex(key)
                 if not any(regex.fullmatch(name) for name in layer_names):
-                    raise CompressError(f"layer entry {quoted(key)} matches no layer of the model; layers: {_names(layer_names)}")
+                    raise CompressError(
+                        f"layer entry {quoted(key)} matches no layer of the model; layers: {_names(layer_names)}"
+                    )
             elif key not in known:
-                raise CompressError(f"layer {quoted(key)} is not a compressible layer of the model; layers: {_names(layer_names)}")
+                raise CompressError(
+                    f"layer {quoted(key)} is not a compressible layer of the model; layers: {_names(layer_names)}"
+                )
         resolved = {}
         for name in layer_names:
             config = self.config_for(name)
@@ -100,32 +105,38 @@ class Plan:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "recipe") -> "Plan":
+    def from_dict(cls, data: Any, source: str = "recipe") -> Plan:
         """Parse recipe data; every problem is a ``CompressError`` naming the entry."""
         if not isinstance(data, dict):
             raise CompressError(f"{source}: expected a mapping with version, default and layers, got {shown(data)}")
         check_keys(data, RECIPE_KEYS, source)
         version = data.get("version")
         if isinstance(version, bool) or version != RECIPE_VERSION:
-            raise CompressError(f"{source}: version {shown(version)} is not supported; this tool reads version {RECIPE_VERSION}")
+            raise CompressError(
+                f"{source}: version {shown(version)} is not supported; this tool reads version {RECIPE_VERSION}"
+            )
         default = data.get("default")
         layers = {} if data.get("layers") is None else data["layers"]
         if not isinstance(layers, dict):
-            raise CompressError(f"{source}: 'layers' must be a mapping from layer name to settings, got {shown(layers)}")
+            raise CompressError(
+                f"{source}: 'layers' must be a mapping from layer name to settings, got {shown(layers)}"
+            )
         entries: dict[str, LayerConfig | None] = {}
         for key, value in layers.items():
             name = _entry_name(key, source)
             if name in entries:
                 raise CompressError(f"{source}: layer {quoted(name)} is given twice (as text and as a number)")
             entries[name] = None if value is None else LayerConfig.from_dict(value, f"{source}: layer {quoted(name)}")
-        return cls(default=None if default is None else LayerConfig.from_dict(default, f"{source}: default"), layers=entries)
+        return cls(
+            default=None if default is None else LayerConfig.from_dict(default, f"{source}: default"), layers=entries
+        )
 
     def to_yaml(self) -> str:
         """The recipe as YAML text."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_text(cls, text: str, source: str = "recipe") -> "Plan":
+    def from_text(cls, text: str, source: str = "recipe") -> Plan:
         """Parse YAML or JSON recipe text (JSON is valid YAML) of at most ``MAX_RECIPE_BYTES``."""
         if len(text) > MAX_RECIPE_BYTES:
             raise CompressError(f"{source}: longer than {MAX_RECIPE_BYTES:,} characters, too large for a recipe")
@@ -140,7 +151,7 @@ class Plan:
         return cls.from_dict(data, source)
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "recipe") -> "Plan":
+    def from_bytes(cls, data: bytes, source: str = "recipe") -> Plan:
         """Parse a recipe file's bytes: UTF-8 (a byte-order mark is allowed), at most ``MAX_RECIPE_BYTES``."""
         if len(data) > MAX_RECIPE_BYTES:
             raise CompressError(f"{source}: larger than {MAX_RECIPE_BYTES:,} bytes, too large for a recipe")
@@ -159,7 +170,7 @@ class Plan:
         return atomic_write_text(path, text)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         """Read a recipe file (see ``from_bytes``)."""
         path = Path(path)
         if not path.is_file():
@@ -178,7 +189,9 @@ def _entry_name(key: Any, source: str) -> str:
         return key
     if isinstance(key, int) and not isinstance(key, bool):
         return str(key)
-    raise CompressError(f"{source}: layer entry {shown(key)} ({type(key).__name__}) is not allowed; a layer entry is a layer name or 're:<regex>' (quote it)")
+    raise CompressError(
+        f"{source}: layer entry {shown(key)} ({type(key).__name__}) is not allowed; a layer entry is a layer name or 're:<regex>' (quote it)"
+    )
 
 
 def _names(names: list[str], limit: int = 12) -> str:

@@ -13,8 +13,8 @@ import math
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory
-from compress_core.plan import LayerConfig, Plan
 from compress_core.ops.lowrank import resolve_rank
+from compress_core.plan import LayerConfig, Plan
 from compress_core.transform.weights import check_n_m_fits
 
 REWRITABLE_KINDS = ("sample", "state_dict", "pickle")
@@ -74,9 +74,13 @@ def check_layer_config(handle: ModelHandle, layer: LayerInfo, config: LayerConfi
                 "every consumer of the layer (BatchNorm, Add, Reshape); use unstructured or N:M pruning"
             )
         if handle.kind not in REWRITABLE_KINDS:
-            raise CompressError(f"{where}: structured pruning needs to rewrite the model, which a {handle.kind} file does not allow")
+            raise CompressError(
+                f"{where}: structured pruning needs to rewrite the model, which a {handle.kind} file does not allow"
+            )
         if layer.type in RNN_TYPES or not layer.weight_name.endswith(".weight"):
-            raise CompressError(f"{where}: structured pruning applies to Conv and Linear layers, not {layer.type} weights")
+            raise CompressError(
+                f"{where}: structured pruning applies to Conv and Linear layers, not {layer.type} weights"
+            )
         channels = layer.weight_shape[layer.out_axis]
         if round(config.prune.ratio * channels) >= channels:
             raise CompressError(

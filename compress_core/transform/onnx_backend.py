@@ -7,15 +7,15 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from compress_core.plan.layer_config import LayerConfig
 from compress_core.models.handle import CompressionRecord, ModelHandle
 from compress_core.models.inventory import LayerInfo
 from compress_core.models.onnx_graph import name_unnamed_nodes
 from compress_core.ops.lowrank import truncated_svd
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.transform.weights import prune_mask
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig
+from compress_core.transform.weights import prune_mask
 
 
 def apply_onnx(
@@ -99,7 +99,9 @@ def constants_to_initializers(model: onnx.ModelProto, float_only: bool = False) 
     return moved
 
 
-def _factorize(model: onnx.ModelProto, store: _WeightStore, layer: LayerInfo, rank: int | float) -> list[tuple[str, int]]:
+def _factorize(
+    model: onnx.ModelProto, store: _WeightStore, layer: LayerInfo, rank: int | float
+) -> list[tuple[str, int]]:
     """Split the layer's node into two nodes by truncated SVD; return the factors' (weight, out axis)."""
     nodes = list(model.graph.node)
     index = next(i for i, node in enumerate(nodes) if node.name == layer.name)
@@ -128,7 +130,9 @@ def _factorize(model: onnx.ModelProto, store: _WeightStore, layer: LayerInfo, ra
         first = helper.make_node("Gemm", [node.input[0], first_w], [hidden], name=first_name, transB=1)
         if "transA" in attributes:
             first.attribute.append(attributes["transA"])
-        second = helper.make_node("Gemm", [hidden, second_w, *node.input[2:]], list(node.output), name=second_name, transB=1)
+        second = helper.make_node(
+            "Gemm", [hidden, second_w, *node.input[2:]], list(node.output), name=second_name, transB=1
+        )
         second.attribute.extend(a for n, a in attributes.items() if n in ("alpha", "beta"))
         targets = [(first_w, 0), (second_w, 0)]
     else:  # MatMul with weight [in, out]

@@ -11,15 +11,15 @@ import torch
 from torch import nn
 
 from compress_core.errors import CompressError, first_line
-from compress_core.plan.layer_config import LayerConfig
 from compress_core.models.handle import CompressionRecord, ModelHandle
 from compress_core.models.inventory import LayerInfo, torch_layer_names
 from compress_core.ops.lowrank import break_even_rank, resolve_rank, split_conv_weight, truncated_svd
 from compress_core.ops.prune import channels_to_prune
 from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
-from compress_core.transform.weights import check_n_m_fits, prune_mask
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LayerConfig
+from compress_core.transform.weights import check_n_m_fits, prune_mask
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -41,7 +41,9 @@ def apply_torch(
     for name, config in configs.items():
         if config.rank is not None:
             targets[name] = _factorize(model, layers[name], config.rank, record)
-    structured = {n: c for n, c in configs.items() if c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0}
+    structured = {
+        n: c for n, c in configs.items() if c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0
+    }
     if structured:
         _prune_structured(model, handle, structured, layers, targets, output_layer, record)
     for name, config in configs.items():
@@ -59,7 +61,9 @@ def apply_torch(
         if config.bits is not None:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                quantized = quantize_weight(parameter.data, config.bits, config.scheme, config.granularity, axis=layers[name].out_axis)
+                quantized = quantize_weight(
+                    parameter.data, config.bits, config.scheme, config.granularity, axis=layers[name].out_axis
+                )
                 parameter.data.copy_(quantized.values)
                 record.quantized[weight_name] = quantized
     for name in configs:
@@ -102,14 +106,27 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
         second = nn.Linear(r, module.out_features, bias=module.bias is not None)
     elif isinstance(module, CONV_TYPES):
         if module.groups != 1:
-            raise CompressError(f"layer '{layer.name}': low-rank is not supported for grouped convolutions (groups={module.groups})")
+            raise CompressError(
+                f"layer '{layer.name}': low-rank is not supported for grouped convolutions (groups={module.groups})"
+            )
         first_weight, second_weight = split_conv_weight(weight, rank)
         r = first_weight.shape[0]
         conv = type(module)
-        first = conv(module.in_channels, r, module.kernel_size, module.stride, module.padding, module.dilation, bias=False, padding_mode=module.padding_mode)
+        first = conv(
+            module.in_channels,
+            r,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            bias=False,
+            padding_mode=module.padding_mode,
+        )
         second = conv(r, module.out_channels, 1, bias=module.bias is not None)
     else:
-        raise CompressError(f"layer '{layer.name}': low-rank applies to Linear and Conv1d/2d/3d layers, not {type(module).__name__}")
+        raise CompressError(
+            f"layer '{layer.name}': low-rank applies to Linear and Conv1d/2d/3d layers, not {type(module).__name__}"
+        )
     with torch.no_grad():
         first.weight.copy_(first_weight)
         second.weight.copy_(second_weight)
@@ -118,7 +135,9 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
     _set_submodule(model, module_name, nn.Sequential(first, second))
     out_size = weight.shape[0]
     if r > break_even_rank(out_size, weight[0].numel()):
-        record.notes.append(f"{layer.name}: rank {r} saves no parameters (break-even rank {break_even_rank(out_size, weight[0].numel())})")
+        record.notes.append(
+            f"{layer.name}: rank {r} saves no parameters (break-even rank {break_even_rank(out_size, weight[0].numel())})"
+        )
     return [f"{module_name}.0.weight", f"{module_name}.1.weight"]
 
 
@@ -147,17 +166,23 @@ def _prune_structured(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about parameters outside modules (positions)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    output_module = model.get_submodule(torch_layer_names(targets[output_layer][-1])[1]) if output_layer in targets else None
+    output_module = (
+        model.get_submodule(torch_layer_names(targets[output_layer][-1])[1]) if output_layer in targets else None
+    )
     for name, config in configs.items():
         module = model.get_submodule(torch_layer_names(targets[name][-1])[1])
         if name == output_layer:
-            record.notes.append(f"{name}: output channels left alone (they are the model's outputs); structured pruning skipped")
+            record.notes.append(
+                f"{name}: output channels left alone (they are the model's outputs); structured pruning skipped"
+            )
             continue
         handler = _out_channel_handler(module, name, tp)
         axis = layers[name].out_axis  # the last factor of a low-rank layer is a Linear or Conv: axis 0 too
         planned_channels = layers[name].weight_shape[axis] if len(targets[name]) == 1 else module.weight.shape[axis]
         if module.weight.shape[axis] < planned_channels:
-            record.notes.append(f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again")
+            record.notes.append(
+                f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again"
+            )
             continue
         indices = channels_to_prune(module.weight.detach(), config.prune.ratio, axis=axis).tolist()
         group = graph.get_pruning_group(module, handler, idxs=indices)
@@ -168,7 +193,9 @@ def _prune_structured(
             record.notes.append(f"{name}: torch-pruning refused this group (it would empty a coupled layer); skipped")
             continue
         group.prune()
-        record.notes.append(f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[axis]} output channels")
+        record.notes.append(
+            f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[axis]} output channels"
+        )
     try:
         with torch.no_grad():
             shape = model(example).shape
@@ -179,7 +206,9 @@ def _prune_structured(
             "prune these layers unstructured or N:M instead"
         ) from exc
     if shape != expected_shape:
-        raise CompressError(f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}")
+        raise CompressError(
+            f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}"
+        )
 
 
 def _out_channel_handler(module: nn.Module, name: str, tp) -> Callable:

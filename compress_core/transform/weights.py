@@ -7,8 +7,8 @@ import math
 import torch
 
 from compress_core.errors import CompressError
-from compress_core.plan.layer_config import PruneConfig
 from compress_core.ops.prune import magnitude_mask, n_m_mask
+from compress_core.plan.layer_config import PruneConfig
 
 
 def prune_mask(weight: torch.Tensor, prune: PruneConfig, out_axis: int) -> torch.Tensor:
@@ -30,4 +30,6 @@ def check_n_m_fits(where: str, prune: PruneConfig, shape: tuple[int, ...], out_a
         return
     in_size = math.prod(shape) // shape[out_axis]
     if in_size % nm[1]:
-        raise CompressError(f"{where}: {prune.kind} pruning needs the input size ({in_size}) to be a multiple of {nm[1]}")
+        raise CompressError(
+            f"{where}: {prune.kind} pruning needs the input size ({in_size}) to be a multiple of {nm[1]}"
+        )
