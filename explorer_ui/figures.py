@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -107,11 +108,11 @@ def spectrum(view: dict, rank: int) -> go.Figure:
     )
 
 
-def mask_heatmap(view: dict, label: str) -> go.Figure:
-    """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs."""
+def mask_figure(mask: Any) -> go.Figure:
+    """A keep-mask (1 kept, 0 pruned) as a heatmap: rows are output channels, columns the flattened inputs."""
     figure = go.Figure(
         go.Heatmap(
-            z=view["mask"],
+            z=mask,
             colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]],
             zmin=0,
             zmax=1,
@@ -120,8 +121,17 @@ def mask_heatmap(view: dict, label: str) -> go.Figure:
         )
     )
     figure.update_yaxes(autorange="reversed")
+    return figure
+
+
+def mask_heatmap(view: dict, label: str) -> go.Figure:
+    """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs."""
     return layout(
-        figure, f"{label}: {view['kept']:.1%} of weights kept", "input (flattened)", "output channel", height=360
+        mask_figure(view["mask"]),
+        f"{label}: {view['kept']:.1%} of weights kept",
+        "input (flattened)",
+        "output channel",
+        height=360,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, layout
+from .figures import ALERT_COLOR, KEPT_COLOR, MAX_DRAWN_LEVELS, MUTED_COLOR, layout, mask_figure
 
 MAX_MASK_ROWS = 64
 MAX_MASK_COLUMNS = 288
@@ -132,17 +132,7 @@ def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
         if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS
         else f", top-left {len(shown)}x{len(shown[0])} shown"
     )
-    figure = go.Figure(
-        go.Heatmap(
-            z=shown,
-            colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]],
-            zmin=0,
-            zmax=1,
-            showscale=False,
-            hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>",
-        )
-    )
-    figure.update_yaxes(autorange="reversed")
+    figure = mask_figure(shown)
     kept = view["kept"] / (view["kept"] + view["zeros"])
     return layout(figure, f"{title}: {kept:.0%} kept{window}", "input (flattened)", "output channel", height=300)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from compress_core import CompressError, ModelHandle
+from compress_core import CompressError, LayerInfo, ModelHandle
 from compress_core.plan import Plan
 
 from . import cache, tuning
@@ -152,6 +152,17 @@ def load_upload(
 def remember(widget_key: str, plain_key: str) -> None:
     """Callback: copy a page widget's value to a plain key, which outlives the page's widgets."""
     st.session_state[plain_key] = st.session_state[widget_key]
+
+
+def pick_layer(state: State, layers: list[LayerInfo], default: str, widget_key: str) -> LayerInfo:
+    """The layer selectbox shared by pages: it opens on the layer chosen on any page (else ``default``)
+    and remembers the choice for the other pages."""
+    names = [layer.name for layer in layers]
+    chosen = state.get(LAYER) if state.get(LAYER) in names else default
+    name = st.selectbox(
+        "Layer", names, index=names.index(chosen), key=widget_key, on_change=remember, args=(widget_key, LAYER)
+    )
+    return next(item for item in layers if item.name == name)
 
 
 def show_error(state: State) -> None:

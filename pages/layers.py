@@ -20,17 +20,8 @@ types = right.multiselect("Types", sorted({layer.type for layer in layers}))
 shown = layer_data.filter_layers(layers, text, types)
 st.dataframe([layer.to_dict(channels=False) for layer in shown], hide_index=True, height=min(38 + 35 * len(shown), 400))
 
-names = [layer.name for layer in layers]
-chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else names[0]
-name = st.selectbox(
-    "Layer",
-    names,
-    index=names.index(chosen),
-    key="layer_widget",
-    on_change=state.remember,
-    args=("layer_widget", state.LAYER),
-)
-layer = next(item for item in layers if item.name == name)
+layer = state.pick_layer(session, layers, layers[0].name, "layer_widget")
+name = layer.name
 st.caption(
     f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters, {layer.macs:,} MACs"
 )

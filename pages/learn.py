@@ -52,18 +52,9 @@ st.caption(
     "Each technique on the real weights and activations of the loaded model: pick a layer, move the controls, "
     "and watch what the technique does to it."
 )
-names = [layer.name for layer in layers]
-first = next((layer.name for layer in layers if layer.params >= DEMO_MIN_PARAMS), names[0])
-chosen = session.get(state.LAYER) if session.get(state.LAYER) in names else first
-name = st.selectbox(
-    "Layer",
-    names,
-    index=names.index(chosen),
-    key="learn_layer_widget",
-    on_change=state.remember,
-    args=("learn_layer_widget", state.LAYER),
-)
-layer = next(item for item in layers if item.name == name)
+first = next((layer.name for layer in layers if layer.params >= DEMO_MIN_PARAMS), layers[0].name)
+layer = state.pick_layer(session, layers, first, "learn_layer_widget")
+name = layer.name
 out_channels = layer.weight_shape[layer.out_axis]
 st.caption(f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters")
 
