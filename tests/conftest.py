@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import tempfile
 from pathlib import Path
 
 import pytest
 
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "avx512vnni", "avxvnni"})  # /proc/cpuinfo and py-cpuinfo spellings
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags: ``/proc/cpuinfo`` where it exists, else py-cpuinfo's; empty when neither tells."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith(("flags", "Features")) and ":" in line:
-                flags.update(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    if not flags:
-        try:
-            import cpuinfo
-
-            flags.update(cpuinfo.get_cpu_info().get("flags", []))
-        except Exception:  # noqa: BLE001 - no flags is an answer too
-            pass
-    return frozenset(flag.lower() for flag in flags)
-
-
-def has_vnni() -> bool:
-    """Whether the CPU has AVX-512 VNNI or AVX-VNNI: ORT's U8S8 int8 kernels then do not saturate."""
-    return bool(cpu_flags() & VNNI_FLAGS)
+from compress_core.ort.cpu import cpu_features
 
 
 @pytest.fixture
 def cpu_has_vnni() -> bool:
-    return has_vnni()
+    """Whether the CPU has AVX-512 VNNI or AVX-VNNI: ORT's U8S8 int8 kernels then do not saturate."""
+    return cpu_features().vnni
 
 
 @pytest.fixture

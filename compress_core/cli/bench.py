@@ -1,4 +1,8 @@
-"""``bench DIR``: latency, speed-up, quality and size of an export folder's ONNX files, side by side."""
+"""``bench DIR``: latency, speed-up, quality and size of an export folder's ONNX files, side by side.
+
+The first line names the CPU, its int8 features, ONNX Runtime's version and the thread count: the
+figures below hold for that machine only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 
 from compress_core.cli.common import format_table, print_json
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
+from compress_core.ort.cpu import cpu_from_record, int8_notes, runtime_line
 
 FLOAT_FILES = ("original_fp32", "compressed_fp32")  # every layer of these is float: no news
 COLUMNS = ("name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes", "float_nodes")
@@ -27,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
+    print(runtime_line(rows[0]["runtime"]))
     print(format_table(COLUMNS, [[row[column] for column in COLUMNS] for row in rows]))
     print(
         f"\nbatch {args.batch}, {args.threads} threads, {args.runs} interleaved runs; speedup over original_fp32; "
@@ -37,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{row['name']}: still float after ORT's optimization: {', '.join(row['float_layers'])}")
         slowest = ", ".join(f"{t['layer'] or t['node']} {100 * t['share']:.0f}%" for t in row["top_layers"][:3])
         print(f"{row['name']}: slowest nodes: {slowest}")
+    for note in int8_notes(cpu_from_record(rows[0]["runtime"])):
+        print(f"this CPU: {note}")
     per_layer = layer_comparison(rows)
     if per_layer:
         slower = [

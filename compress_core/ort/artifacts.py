@@ -9,7 +9,9 @@ folder removes the files it does not make (``model_int8.onnx`` of an earlier bui
 
 Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model.pt``
 (torch handles: the compressed ``state_dict``), ``recipe.yaml``, ``metrics.json``, ``report.md``,
-and what ``bench`` needs: ``original_fp32.onnx`` and ``eval_data.npz``.
+and what ``bench`` needs: ``original_fp32.onnx`` and ``eval_data.npz``. ``metrics.json`` records the
+machine the files were run on (``runtime``: ``cpu.runtime_record``), since int8 accuracy depends on
+the CPU (U8S8 kernels saturate without VNNI); ``report.md`` has it as one line.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
 from compress_core.models.sessions import make_session
+from compress_core.ort.cpu import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
 from compress_core.pipeline import CompressedModel
 
@@ -177,6 +180,7 @@ def _metrics(
             "notes": quantized.notes,
         },
         "layer_nodes": {layer: target.node for layer, target in model.compressed.layer_targets.items()},
+        "runtime": runtime_record(None),
     }
 
 
@@ -184,6 +188,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
     """The export report: each file's size and ORT-measured quality next to the PyTorch simulation."""
     task = metrics["task"]
     simulated = metrics["pytorch"]
+    runtime = metrics.get("runtime")
     key, _ = headline(simulated["compressed"], task)
     lines = [
         f"# Export of {metrics['model']}",
@@ -191,6 +196,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         f"Evaluation data: {metrics['data']['origin']} ({metrics['data']['samples']} samples). "
         f"Quality is {key}, measured with ONNX Runtime on each file; PyTorch-simulated figures follow.",
         "",
+        *([f"Measured on {runtime_line(runtime)}.", ""] if runtime else []),
         f"| file | bytes | zip bytes | {key} (ONNX Runtime) |",
         "|---|---:|---:|---:|",
     ]
@@ -227,6 +233,8 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         ]
         if quantized["notes"]:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
+        if runtime:
+            lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
     lines += ["", metrics_markdown(simulated, title="PyTorch-simulated metrics").replace("# ", "## ", 1)]
     return "\n".join(lines)
 

@@ -5,7 +5,8 @@ the original fp32 model, its quality on the folder's evaluation data (measured i
 size raw and zipped, and the census of compute nodes that still run in float after ORT's
 optimization, with the layers they belong to, the slowest nodes from ORT's profiler and the
 profiled time of every layer; ``layer_comparison`` sets the int8 file's layers against the compressed
-fp32 file's, to show where int8 costs time instead of saving it.
+fp32 file's, to show where int8 costs time instead of saving it. Every row records the CPU it ran
+on (int8 speed-ups differ between AVX2-only, VNNI and AMX machines).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from compress_core.ort.artifacts import (
     headline,
     run_onnx,
 )
+from compress_core.ort.cpu import runtime_record
 from compress_core.ort.int8 import quantize_ort_default
 from compress_core.ort.latency import measure_latency
 from compress_core.ort.profiling import NodeTime, op_census, profile_nodes
@@ -49,8 +51,10 @@ def bench_folder(
 ) -> list[dict[str, Any]]:
     """One dict per candidate: ``name``, ``median_ms``, ``p10_ms``, ``p90_ms``, ``speedup`` (over
     the original fp32), ``accuracy`` (the quality figure named by ``quality``), ``bytes``,
-    ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers``, ``top_layers`` and
-    ``layer_ms`` (``layer_totals``: profiled ms per run of each layer, and of the nodes of no layer)."""
+    ``zip_bytes``, ``integer_nodes``, ``float_nodes``, ``float_layers``, ``top_layers``,
+    ``layer_ms`` (``layer_totals``: profiled ms per run of each layer, and of the nodes of no layer)
+    and ``runtime`` (``cpu.runtime_record``: the CPU, ONNX Runtime's version and ``threads``; the
+    same for every candidate, so that each row tells what it was measured on)."""
     folder = Path(folder)
     missing = [name for name in (METRICS, EVAL_DATA, ORIGINAL_ONNX) if not (folder / name).is_file()]
     if missing:
@@ -61,6 +65,7 @@ def bench_folder(
     data = load_npz(folder / EVAL_DATA, None)
     inputs, labels = data.inputs, data.labels
     layer_nodes = metrics.get("layer_nodes", {})
+    runtime = runtime_record(threads)
     with tempfile.TemporaryDirectory() as scratch:
         paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
         paths[ORT_DEFAULT] = quantize_ort_default(folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs)
@@ -95,6 +100,7 @@ def bench_folder(
                         for row in profile[:TOP_LAYERS]
                     ],
                     "layer_ms": layer_totals(profile),
+                    "runtime": runtime,
                 }
             )
     return rows
