@@ -102,15 +102,14 @@ def run_worker(tree: Path, repeats: int) -> dict[str, list[float]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor name elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def runtime() -> dict:
+    """The machine record of ``compress_core.ort.cpu`` (CPU, int8 features, ORT version; the app's
+    sessions use ORT's default threads). Imported here, not at the top: a worker measuring another
+    checkout must import that checkout's engine, not this one's."""
+    sys.path.insert(0, str(REPO))
+    from compress_core.ort.cpu import runtime_record
+
+    return runtime_record(None)
 
 
 def _commit(tree: Path) -> str:
@@ -124,8 +123,11 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f}, {len(values)})"
 
 
-def report(columns: dict[str, dict[str, list[float]]], command: str, rounds: int) -> str:
-    """The results as Markdown: one row per step, one column per measured checkout (median, range, runs)."""
+def report(columns: dict[str, dict[str, list[float]]], command: str, rounds: int, record: dict) -> str:
+    """The results as Markdown: the machine (``record``, from ``runtime``) first, then one row per
+    step, one column per measured checkout (median, range, runs)."""
+    from compress_core.ort.cpu import runtime_line
+
     names = list(columns)
     header = (
         "| step | "
@@ -135,7 +137,7 @@ def report(columns: dict[str, dict[str, list[float]]], command: str, rounds: int
     lines = [
         "# App benchmark",
         "",
-        f"CPU: {cpu_model()} ({len(os.sched_getaffinity(0))} cores available to the benchmark), Python {platform.python_version()}; "
+        f"{runtime_line(record)}; Python {platform.python_version()}; "
         f"`{command}`, {time.strftime('%Y-%m-%d')}, {rounds} round{'s' if rounds != 1 else ''}"
         f"{' alternating between the checkouts' if len(names) == 2 else ''}.",
         "",
@@ -178,11 +180,12 @@ def main() -> None:
         + (f" --before {args.before}" if args.before else "")
         + f" --rounds {args.rounds} --repeats {args.repeats}"
     )
-    text = report(columns, command, args.rounds)
+    record = runtime()
+    text = report(columns, command, args.rounds, record)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "app.md").write_text(text, encoding="utf-8")
     (RESULTS / "app.json").write_text(
-        json.dumps({"command": command, "cpu": cpu_model(), "times": columns}, indent=1) + "\n", encoding="utf-8"
+        json.dumps({"runtime": record, "command": command, "times": columns}, indent=1) + "\n", encoding="utf-8"
     )
     print(text)
 

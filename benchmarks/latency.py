@@ -25,6 +25,7 @@ import compress_core as cc  # noqa: E402
 from compress_core import jsonio  # noqa: E402
 from compress_core.analysis.recover import finetune  # noqa: E402
 from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
+from compress_core.ort.cpu import runtime_line, runtime_record  # noqa: E402
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
 from compress_core.pipeline import compress  # noqa: E402
@@ -108,9 +109,12 @@ def minilm(scratch: Path) -> list[dict]:
     return measure("minilm", paths, handle, batch=8, runs=40)
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], record: dict) -> str:
+    """The rows as one table per model, under the machine's line (``record``: ``runtime_record``)."""
     lines = [
         "# Latency (ONNX Runtime, CPU)",
+        "",
+        runtime_line(record),
         "",
         "Written by `python benchmarks/latency.py`. Each model's candidates ran interleaved in one run "
         f"({THREADS} threads); speed-up is fp32 median / candidate median.",
@@ -142,10 +146,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         rows = resnet(Path(folder))
         rows += minilm(Path(folder))
+    record = runtime_record(THREADS)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency.json").write_text(jsonio.dumps(rows) + "\n", encoding="utf-8")
-    (RESULTS / "latency.md").write_text(markdown(rows), encoding="utf-8")
-    print(markdown(rows))
+    (RESULTS / "latency.json").write_text(jsonio.dumps({"runtime": record, "rows": rows}) + "\n", encoding="utf-8")
+    (RESULTS / "latency.md").write_text(markdown(rows, record), encoding="utf-8")
+    print(markdown(rows, record))
 
 
 if __name__ == "__main__":

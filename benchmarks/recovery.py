@@ -20,6 +20,7 @@ from compress_core import jsonio, load_model
 from compress_core.analysis.metrics import evaluate
 from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 from compress_core.atomic import atomic_write_text
+from compress_core.ort.cpu import runtime_line, runtime_record
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 
@@ -48,6 +49,7 @@ def run() -> dict[str, Any]:
     }
     drop = accuracy["original"] - accuracy["compressed"]
     return {
+        "runtime": runtime_record(torch.get_num_threads(), threads_of="torch"),
         "model": MODEL,
         "recipe": RECIPE,
         "settings": {
@@ -89,6 +91,8 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(
         [
             "# Recovery by distillation",
+            "",
+            runtime_line(result["runtime"]),
             "",
             f"`{result['model']}` with `{result['recipe']}`; `finetune` settings: {settings}; budget {result['cpu_budget_s']:.0f} s of CPU time.",
             "Produced by `python benchmarks/recovery.py` (test-split accuracy; training on the training split).",

@@ -27,6 +27,7 @@ from compress_core import load_model  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
 from compress_core.analysis.sweep import Sweep  # noqa: E402
+from compress_core.ort.cpu import runtime_line, runtime_record  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE_TARGET = 1 / 6
@@ -55,6 +56,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = {
+        "runtime": runtime_record(torch.get_num_threads(), threads_of="torch"),
         "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
         "sweeps": {},
         "suggestions": {},
@@ -107,6 +109,8 @@ def markdown(report: dict) -> str:
     """The report as a short Markdown page."""
     lines = [
         "# Sensitivity benchmark",
+        "",
+        runtime_line(report["runtime"]),
         "",
         f"`python benchmarks/sensitivity.py`; {report['machine']}",
         "",

@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from compress_core import CompressError, jsonio, load_model
 from compress_core.analysis.metrics import evaluate
 from compress_core.models.samples import sample_names
+from compress_core.ort.cpu import runtime_line, runtime_record
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 
@@ -67,9 +70,16 @@ def measure(name: str) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    """The rows as one markdown table per sample."""
-    lines = ["# Trade-off: plan -> quality, size, compute", "", "Made by `python benchmarks/tradeoff.py`.", ""]
+def markdown(rows: list[dict], record: dict) -> str:
+    """The rows as one markdown table per sample, under the machine's line (``record``: ``runtime_record``)."""
+    lines = [
+        "# Trade-off: plan -> quality, size, compute",
+        "",
+        runtime_line(record),
+        "",
+        "Made by `python benchmarks/tradeoff.py`.",
+        "",
+    ]
     for sample in dict.fromkeys(row["sample"] for row in rows):
         lines += [
             f"## {sample}",
@@ -101,10 +111,11 @@ def main(names: list[str]) -> None:
             rows += measure(name)
         except CompressError as exc:
             print(f"skipped {name}: {exc}")
+    record = runtime_record(torch.get_num_threads(), threads_of="torch")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tradeoff.json").write_text(jsonio.dumps(rows))
-    (RESULTS / "tradeoff.md").write_text(markdown(rows))
-    print(markdown(rows))
+    (RESULTS / "tradeoff.json").write_text(jsonio.dumps({"runtime": record, "rows": rows}))
+    (RESULTS / "tradeoff.md").write_text(markdown(rows, record))
+    print(markdown(rows, record))
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ def test_runtime_record_and_line(monkeypatch):
     monkeypatch.setattr(cpu, "cpu_features", lambda: parsed(VNNI_INTEL, "x86_64"))
     record = runtime_record(2)
     assert json.loads(json.dumps(record)) == record
-    assert record["threads"] == 2 and record["onnxruntime"].count(".") >= 1
+    assert (record["threads"], record["threads_of"]) == (2, "onnxruntime") and record["onnxruntime"].count(".") >= 1
     assert record["cpu"]["int8_features"] == ["AVX2", "AVX-512", "AVX-512 VNNI"]
     assert cpu_from_record(record) == parsed(VNNI_INTEL, "x86_64")
     assert runtime_line(record) == (
@@ -179,6 +179,9 @@ def test_runtime_record_and_line(monkeypatch):
         f"AVX-512 VNNI; ORT {record['onnxruntime']}; 2 threads"
     )
     assert runtime_line(runtime_record(None)).endswith("; ORT's default threads")
+    torch_record = runtime_record(4, threads_of="torch")
+    assert torch_record["threads_of"] == "torch" and runtime_line(torch_record).endswith("; 4 torch threads")
+    assert runtime_line(runtime_record(None, threads_of="torch")).endswith("; torch's default threads")
 
 
 @pytest.fixture(scope="module")

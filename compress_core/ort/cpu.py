@@ -306,13 +306,19 @@ def int8_notes(info: CpuInfo) -> list[str]:
     return notes
 
 
-def runtime_record(threads: int | None) -> dict[str, Any]:
+def runtime_record(threads: int | None, threads_of: str = "onnxruntime") -> dict[str, Any]:
     """What a result records of the machine it was measured on, as JSON data: ``cpu``
-    (``CpuInfo.to_dict``), ``onnxruntime`` (its version) and ``threads`` (intra-op threads; None
-    for ONNX Runtime's default)."""
+    (``CpuInfo.to_dict``), ``onnxruntime`` (its version), ``threads`` (intra-op threads; None for
+    the engine's default) and ``threads_of`` (whose threads: ``onnxruntime``, or ``torch`` for a
+    figure PyTorch measured)."""
     import onnxruntime
 
-    return {"cpu": cpu_features().to_dict(), "onnxruntime": onnxruntime.__version__, "threads": threads}
+    return {
+        "cpu": cpu_features().to_dict(),
+        "onnxruntime": onnxruntime.__version__,
+        "threads": threads,
+        "threads_of": threads_of,
+    }
 
 
 def cpu_from_record(record: Mapping[str, Any]) -> CpuInfo:
@@ -323,11 +329,15 @@ def cpu_from_record(record: Mapping[str, Any]) -> CpuInfo:
 
 def runtime_line(record: Mapping[str, Any]) -> str:
     """One line of a ``runtime_record``: ``CPU: <model>, <n> cores; int8 features: AVX2, AVX-512
-    VNNI; ORT 1.x; 2 threads``."""
+    VNNI; ORT 1.x; 2 threads`` (``2 torch threads`` when torch's threads were recorded)."""
     info = cpu_from_record(record)
     features = ", ".join(info.int8_features()) or ("none" if info.known else "unknown")
-    threads = record.get("threads")
-    threads_text = "ORT's default threads" if threads is None else f"{threads} thread{'s' if threads != 1 else ''}"
+    threads, engine = record.get("threads"), record.get("threads_of", "onnxruntime")
+    engine_name = "" if engine == "onnxruntime" else f"{engine} "
+    if threads is None:
+        threads_text = f"{'ORT' if engine == 'onnxruntime' else engine}'s default threads"
+    else:
+        threads_text = f"{threads} {engine_name}thread{'s' if threads != 1 else ''}"
     return (
         f"CPU: {info.model}, {info.cores_text()}; int8 features: {features}; "
         f"ORT {record['onnxruntime']}; {threads_text}"
