@@ -18,6 +18,7 @@ from typing import Any
 from compress_core import CompressError, LayerInfo
 from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
+from compress_core.ort.cpu import cpu_features, int8_notes
 from compress_core.ort.int8 import Int8Options
 from compress_core.pipeline import CompressedModel
 from compress_core.plan import Plan
@@ -138,3 +139,10 @@ def unassigned_caption(rows: list[dict[str, Any]]) -> str:
         f"Nodes of no layer (quantize / dequantize, layout transposes, pooling, adds) take "
         f"{unassigned['compressed_fp32']:.3f} ms in fp32 and {unassigned['compressed_int8']:.3f} ms in int8."
     )
+
+
+def this_cpu() -> tuple[str, list[str]]:
+    """The "This CPU" panel: a title (model, cores, int8 features) and what the features imply for
+    int8 in ONNX Runtime (``cpu.int8_notes``), since latency and int8 accuracy hold for this CPU only."""
+    info = cpu_features()
+    return f"This CPU: {info.summary()}", int8_notes(info)

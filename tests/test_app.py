@@ -10,7 +10,7 @@ from apptest_helpers import RUN_TIMEOUT, button, finish_job, first_run
 from streamlit.testing.v1 import AppTest
 
 from compress_core.models.samples import digits_names
-from explorer_ui import sensitivity_view, state
+from explorer_ui import exporting, sensitivity_view, state
 
 PAGES = ("pages/model.py", "pages/layers.py", "pages/tune.py", "pages/sensitivity.py", "pages/export.py")
 
@@ -175,6 +175,9 @@ def test_export_builds_every_file_and_times_it(app):
     assert not app.exception and not app.error
     names = {button.key.removeprefix("download-") for button in app.get("download_button")}
     assert {"model_fp32.onnx", "model_int8.onnx", "recipe.yaml", "report.md", "metrics.json"} <= names
+    title, notes = exporting.this_cpu()
+    cpu = next(item for item in app.expander if item.label == title)
+    assert title.startswith("This CPU: ") and all(note in cpu.markdown[0].value for note in notes)
     app.number_input[2].set_value(5).run()
     button(app, "Run latency benchmark").click().run()
     assert not app.exception and not app.error

@@ -114,6 +114,12 @@ class CpuInfo:
             return f"{self.available_cores} of {self.logical_cores} cores"
         return f"{self.available_cores} core{'s' if self.available_cores != 1 else ''}"
 
+    def summary(self) -> str:
+        """``<model>, <n> cores; int8 features: AVX2, AVX-512 VNNI`` (``none``, or ``unknown`` when
+        they could not be read)."""
+        features = ", ".join(self.int8_features()) or ("none" if self.known else "unknown")
+        return f"{self.model}, {self.cores_text()}; int8 features: {features}"
+
     def to_dict(self) -> dict[str, Any]:
         """The fields, plus ``int8_features``, as plain JSON data."""
         return {**asdict(self), "int8_features": self.int8_features()}
@@ -331,14 +337,10 @@ def runtime_line(record: Mapping[str, Any]) -> str:
     """One line of a ``runtime_record``: ``CPU: <model>, <n> cores; int8 features: AVX2, AVX-512
     VNNI; ORT 1.x; 2 threads`` (``2 torch threads`` when torch's threads were recorded)."""
     info = cpu_from_record(record)
-    features = ", ".join(info.int8_features()) or ("none" if info.known else "unknown")
     threads, engine = record.get("threads"), record.get("threads_of", "onnxruntime")
     engine_name = "" if engine == "onnxruntime" else f"{engine} "
     if threads is None:
         threads_text = f"{'ORT' if engine == 'onnxruntime' else engine}'s default threads"
     else:
         threads_text = f"{threads} {engine_name}thread{'s' if threads != 1 else ''}"
-    return (
-        f"CPU: {info.model}, {info.cores_text()}; int8 features: {features}; "
-        f"ORT {record['onnxruntime']}; {threads_text}"
-    )
+    return f"CPU: {info.summary()}; ORT {record['onnxruntime']}; {threads_text}"
