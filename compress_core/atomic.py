@@ -38,8 +38,8 @@ def current_umask() -> int:
     return int(found.group(1), 8) if found else DEFAULT_UMASK
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` then rename the result to ``path``; on failure remove it."""
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)`` (its return value is ignored) then rename the result to ``path``; on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

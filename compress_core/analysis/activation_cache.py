@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -30,10 +31,11 @@ MATCH_ATOL = 1e-5
 
 @dataclass
 class StageState:
-    """The values alive just before stage ``cut``, one environment per batch."""
+    """The values alive just before stage ``cut``, one environment per batch. A value is whatever its
+    node computed (a tensor, a size, a tuple of tensors...), as in ``torch.fx.Interpreter``."""
 
     cut: int
-    batches: list[dict[fx.Node, object]]
+    batches: list[dict[fx.Node, Any]]
 
 
 class StagedModel:
@@ -107,17 +109,20 @@ class StagedModel:
                 env[node] = self._execute(node, env)
         return outputs
 
-    def _execute(self, node: fx.Node, env: dict[fx.Node, object]) -> object:
+    def _execute(self, node: fx.Node, env: dict[fx.Node, Any]) -> object:
         args = fx.node.map_arg(node.args, env.__getitem__)
         kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-        if node.op == "call_module":
-            return self.modules[node.target](*args, **kwargs)
+        target = node.target
         if node.op == "call_function":
-            return node.target(*args, **kwargs)
+            assert callable(target), f"fx call_function node {node.name} has target {target!r}"
+            return target(*args, **kwargs)
+        assert isinstance(target, str), f"fx {node.op} node {node.name} has target {target!r}, not a name"
+        if node.op == "call_module":
+            return self.modules[target](*args, **kwargs)
         if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
+            return getattr(args[0], target)(*args[1:], **kwargs)
         if node.op == "get_attr":
-            return self._attribute(node.target)
+            return self._attribute(target)
         raise AssertionError(f"unexpected fx node {node.op} after the input")
 
     def _attribute(self, target: str) -> object:

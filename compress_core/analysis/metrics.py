@@ -49,8 +49,9 @@ def quality_metric(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarr
     """The one number to rank by: accuracy in % where labels exist, else agreement or cosine in %."""
     fidelity = output_fidelity(reference, outputs, handle.data.labels, handle.task)
     for key in ("accuracy", "agreement", "cosine"):
-        if fidelity[key] is not None:
-            return 100.0 * fidelity[key]
+        value = fidelity[key]
+        if value is not None:
+            return 100.0 * value
     raise AssertionError("cosine is always defined")
 
 
@@ -64,6 +65,7 @@ def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
     record = handle.compression
     quantized = record.quantized if record else {}
     masks = record.masks if record else {}
+    nm_patterns = record.nm_patterns if record else {}
     layer_weights = sum(int(np.prod(layer.weight_shape)) for layer in layers)
     other = total_params(handle) - layer_weights
     total_bits = other * FLOAT_BITS
@@ -71,7 +73,7 @@ def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
         numel = int(np.prod(layer.weight_shape))
         mask = masks.get(layer.weight_name)
         kept = numel if mask is None else int(mask.sum())
-        index = 0 if mask is None else index_bits(numel, kept, record.nm_patterns.get(layer.weight_name))
+        index = 0 if mask is None else index_bits(numel, kept, nm_patterns.get(layer.weight_name))
         q = quantized.get(layer.weight_name)
         total_bits += (
             weight_bits(kept, None, index=index) if q is None else weight_bits(kept, q.bits, q.scheme, q.groups, index)

@@ -20,13 +20,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from compress_core.analysis.activation_cache import StagedModel
+from compress_core.analysis.activation_cache import StagedModel, StageState
 from compress_core.analysis.hessian import hessian_traces
 from compress_core.analysis.metrics import output_fidelity, quality_metric
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
@@ -113,24 +112,28 @@ class _Runner:
         )
         cells = self.sweep.cells()
         total, done = len(cells) * len(self.layers), 0
-        order = sorted(self.layers, key=self._cut) if self.staged else self.layers
-        state = self.staged.start(self.batches) if self.staged else None
+        staged = self.staged
+        order = sorted(self.layers, key=lambda layer: self._cut(staged, layer)) if staged else self.layers
+        state: StageState | None = None  # the values alive before the current layer's stage, when staged
         for layer_index, layer in enumerate(order, start=1):
-            if self.staged:
-                state = self.staged.advance(state, self._cut(layer))
+            if staged:
+                state = staged.advance(staged.start(self.batches) if state is None else state, self._cut(staged, layer))
             for kind, level in cells:
                 reason = self._skip_reason(layer, kind, level)
                 if reason is None:
                     if _is_cancelled(cancel):
                         result.cancelled = True
                         break
-                    outputs, proxy, reason = self._evaluate(layer, kind, level, state)
+                    evaluated = self._evaluate(layer, kind, level, state)
                     result.evaluations += 1
+                    if isinstance(evaluated, str):
+                        reason = evaluated
+                    else:
+                        outputs, proxy = evaluated
+                        metric = quality_metric(self.handle, self.reference, outputs)
+                        result.rows.append(SensitivityRow(layer.name, kind, level, metric, baseline - metric, proxy))
                 if reason is not None:
                     result.skipped.append(SkippedCell(layer.name, kind, level, reason))
-                else:
-                    metric = quality_metric(self.handle, self.reference, outputs)
-                    result.rows.append(SensitivityRow(layer.name, kind, level, metric, baseline - metric, proxy))
                 done += 1
                 if progress is not None:
                     progress(Progress(layer.name, layer_index, len(order), done, total))
@@ -141,11 +144,17 @@ class _Runner:
         result.skipped.sort(key=lambda cell: position[cell.layer])
         return result
 
-    def _cut(self, layer: LayerInfo) -> int:
-        return self.staged.cut_for(self._parameter(layer))
+    def _cut(self, staged: StagedModel, layer: LayerInfo) -> int:
+        return staged.cut_for(self._parameter(layer))
+
+    def _working_copy(self) -> nn.Module:
+        """The torch copy whose weights cells swap; only the callers that have one ask for it."""
+        if self.work is None:
+            raise AssertionError(f"model '{self.handle.name}' has no torch working copy to swap weights in")
+        return self.work
 
     def _parameter(self, layer: LayerInfo) -> nn.Parameter:
-        return dict(self.work.named_parameters())[layer.weight_name]
+        return dict(self._working_copy().named_parameters())[layer.weight_name]
 
     def _skip_reason(self, layer: LayerInfo, kind: str, level: int | float) -> str | None:
         if kind == "structured" and layer is self.layers[-1]:
@@ -157,9 +166,9 @@ class _Runner:
         return None
 
     def _evaluate(
-        self, layer: LayerInfo, kind: str, level: int | float, state: Any
-    ) -> tuple[np.ndarray | None, float | None, str | None]:
-        """(outputs, proxy, None), or (None, None, reason) when ``apply_plan`` skipped or refused the change."""
+        self, layer: LayerInfo, kind: str, level: int | float, state: StageState | None
+    ) -> tuple[np.ndarray, float] | str:
+        """(outputs, proxy), or the reason when ``apply_plan`` skipped or refused the change."""
         weight = self._parameter(layer).detach() if self.work is not None else _onnx_weight(self.handle, layer)
         perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep)
         if self.work is None or kind == "structured":
@@ -168,34 +177,34 @@ class _Runner:
                     self.handle, Plan(layers={layer.name: config_for(kind, level, self.sweep)}), self.layers
                 )
             except CompressError as exc:  # e.g. structured pruning of a grouped ConvTranspose
-                return None, None, str(exc)
+                return str(exc)
             record = compressed.compression
+            assert record is not None, "apply_plan records what it did"
             if kind == "structured" and record.layer_sqnr.get(layer.name) is not None:
                 return (
-                    None,
-                    None,
                     " ".join(note for note in record.notes if note.startswith(layer.name))
-                    or "structured pruning skipped",
+                    or "structured pruning skipped"
                 )
-            return compressed.run(self.handle.data.inputs, len(self.batches[0])), proxy, None
+            return compressed.run(self.handle.data.inputs, len(self.batches[0])), proxy
         parameter = self._parameter(layer)
         original = parameter.detach().clone()
         with torch.no_grad():
             parameter.copy_(perturbed)
         try:
-            return self._run_work(state), proxy, None
+            return self._run_work(state), proxy
         finally:
             with torch.no_grad():
                 parameter.copy_(original)
 
-    def _run_work(self, state: Any) -> np.ndarray:
+    def _run_work(self, state: StageState | None) -> np.ndarray:
         """The working copy's outputs: from ``state`` (or the input) when staged, else full passes
         (without the outputs of a fixed-batch program's padding)."""
         with torch.inference_mode():
             if self.staged is not None:
                 outputs = self.staged.run_from(self.staged.start(self.batches) if state is None else state)
             else:
-                outputs = [first_tensor(self.work(batch)) for batch in self.batches]
+                work = self._working_copy()
+                outputs = [first_tensor(work(batch)) for batch in self.batches]
         return as_numpy(outputs)[: len(self.handle.data)]
 
 
@@ -207,6 +216,7 @@ def perturb_weight(
     axis = layer.out_axis
     with torch.no_grad():
         if kind == "bits":
+            assert isinstance(level, int), "config_for admits only integer bit widths"
             changed = quantize_weight(weight, level, sweep.scheme, sweep.granularity, axis=axis).values
         elif kind == "prune":
             changed = weight * prune_mask(weight, PruneConfig(ratio=level), axis)

@@ -21,7 +21,7 @@ import numpy as np
 
 from compress_core.analysis.metrics import model_metrics, quality_metric
 from compress_core.analysis.sensitivity import run_sensitivity
-from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep
+from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep, measured
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
@@ -29,7 +29,7 @@ from compress_core.ops.lowrank import resolve_rank
 from compress_core.ops.quantize import ALLOWED_BITS
 from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 from compress_core.plan import Plan
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig, checked_bits
 from compress_core.transform.apply import apply_plan, full_rank
 
 TIE_BREAK = 0.01
@@ -101,8 +101,8 @@ def suggest_plan(
         greedy.run({"size": size_goal, "macs": target_macs}, max_drop)
         plan = greedy.plan()
         metrics = measure_plan(handle, plan, reference, layers)
-        if target_size is None or metrics["size_ratio"] <= target_size:
-            break
+        if target_size is None or size_goal is None or metrics["size_ratio"] <= target_size:
+            break  # size_goal is None exactly when target_size is
         size_goal -= metrics["size_ratio"] - greedy.ratio("size")
     met = all(
         [
@@ -165,7 +165,7 @@ class _Greedy:
 
     def __init__(self, handle: ModelHandle, layers: list[LayerInfo], table: SensitivityResult) -> None:
         self.layers, self.sweep = layers, table.sweep
-        self.rows = {(row.layer, row.kind, row.level): row for row in table.rows}
+        self.rows = {(row.layer, row.kind, measured(row)[0]): row for row in table.rows}
         self.options = {layer.name: self._options(layer) for layer in layers}
         self.float_bits = total_params(handle) * FLOAT_BITS
         self.fixed_bits = self.float_bits - sum(math.prod(layer.weight_shape) for layer in layers) * FLOAT_BITS
@@ -178,13 +178,14 @@ class _Greedy:
             kind: [lvl for (name, k, lvl) in self.rows if name == layer.name and k == kind]
             for kind in ("bits", "prune", "structured", "rank")
         }
-        shapes = [(None, 0.0, None)]
+        widths = [None, *(checked_bits(bits) for bits in levels["bits"])]
+        shapes: list[tuple[str | None, float, int | float | None]] = [(None, 0.0, None)]
         shapes += [(kind, ratio, None) for kind in ("prune", "structured") for ratio in levels[kind]]
         shapes += [(None, 0.0, rank) for rank in levels["rank"]]
-        return [Option(bits, kind, ratio, rank) for bits in [None, *levels["bits"]] for kind, ratio, rank in shapes]
+        return [Option(bits, kind, ratio, rank) for bits in widths for kind, ratio, rank in shapes]
 
     def _rows(self, layer: LayerInfo, option: Option) -> list[SensitivityRow]:
-        keys = [("bits", option.bits)] if option.bits else []
+        keys: list[tuple[str, int | float]] = [("bits", option.bits)] if option.bits else []
         if option.prune_kind:
             keys.append((option.prune_kind, option.ratio))
         if option.rank is not None:
@@ -192,11 +193,11 @@ class _Greedy:
         return [self.rows[(layer.name, kind, level)] for kind, level in keys]
 
     def _drop(self, layer: LayerInfo, option: Option) -> float:
-        return sum(max(row.drop, 0.0) for row in self._rows(layer, option))
+        return sum(max(measured(row)[1], 0.0) for row in self._rows(layer, option))
 
     def _cost(self, layer: LayerInfo, option: Option) -> float:
         noise = sum(
-            1 - row.proxy if row.kind == "rank" else 10 ** (-row.proxy / 10) for row in self._rows(layer, option)
+            1 - _proxy(row) if row.kind == "rank" else 10 ** (-_proxy(row) / 10) for row in self._rows(layer, option)
         )
         return self._drop(layer, option) + TIE_BREAK * noise
 
@@ -286,3 +287,10 @@ class _Greedy:
         """The current allocation as a ``Plan`` (float layers left out)."""
         entries = {name: option.config(self.sweep) for name, option in self.choice.items()}
         return Plan(layers={name: config for name, config in entries.items() if config is not None})
+
+
+def _proxy(row: SensitivityRow) -> float:
+    """The proxy of a measured row: weight SQNR (dB) or, for ``rank``, energy kept."""
+    if row.proxy is None:
+        raise CompressError(f"sensitivity row ({row.layer}, {row.kind}, {row.level}) has no proxy; run the sweep again")
+    return row.proxy

@@ -15,7 +15,7 @@ from typing import Any
 
 from compress_core.errors import CompressError
 from compress_core.ops.quantize import GRANULARITIES, SCHEMES
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LayerConfig, PruneConfig, checked_bits
 
 KINDS = ("bits", "prune", "structured", "rank")
 CSV_COLUMNS = ("layer", "kind", "level", "metric", "drop", "proxy")
@@ -70,7 +70,7 @@ def config_for(kind: str, level: int | float, sweep: Sweep) -> LayerConfig:
     """The one-layer config of a cell; a bad level is a one-line ``CompressError``."""
     try:
         if kind == "bits":
-            return LayerConfig(bits=level, scheme=sweep.scheme, granularity=sweep.granularity)
+            return LayerConfig(bits=checked_bits(level), scheme=sweep.scheme, granularity=sweep.granularity)
         if kind == "rank":
             return LayerConfig(rank=level)
         if isinstance(level, bool) or not isinstance(level, (int, float)) or level <= 0:
@@ -138,7 +138,8 @@ class SensitivityResult:
         if kind == HESSIAN_KIND:
             if self.hessian is None:
                 raise CompressError("this sensitivity table has no Hessian traces; run it with hessian=True")
-            return sorted(self.hessian, key=lambda name: -self.hessian[name])
+            traces = self.hessian
+            return sorted(traces, key=lambda name: -traces[name])
         return [row.layer for row in self.ranked_rows(kind, level)]
 
     def ranked_rows(self, kind: str = "bits", level: int | float | None = None) -> list[SensitivityRow]:
@@ -149,8 +150,8 @@ class SensitivityResult:
             found = ", ".join(sorted({row.kind for row in self.rows})) or "none"
             raise CompressError(f"this sensitivity table has no '{kind}' rows; it has {found}")
         harshest = max if kind in ("prune", "structured") else min
-        level = harshest(row.level for row in rows) if level is None else level
-        return sorted((row for row in rows if row.level == level), key=lambda row: (-row.drop, row.proxy))
+        level = harshest(measured(row)[0] for row in rows) if level is None else level
+        return sorted((row for row in rows if row.level == level), key=lambda row: (-measured(row)[1], row.proxy))
 
     def table(self) -> list[SensitivityRow]:
         """The measured rows, then one ``hessian`` row per layer when traces were computed."""
@@ -185,3 +186,11 @@ class SensitivityResult:
                 "skipped": [SkippedCell(**cell) for cell in data["skipped"]],
             }
         )
+
+
+def measured(row: SensitivityRow) -> tuple[int | float, float]:
+    """(level, drop) of a measured row: ``run_sensitivity`` fills both for every row of
+    ``SensitivityResult.rows``; only the ``hessian`` rows of ``table()`` leave them out."""
+    if row.level is None or row.drop is None:
+        raise CompressError(f"sensitivity row ({row.layer}, {row.kind}) has no level or drop; run the sweep again")
+    return row.level, row.drop

@@ -43,7 +43,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser, default_kinds: str) -> 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
     """The ``Sweep`` the arguments describe; bad values are one-line errors."""
     return Sweep(
-        bits=_levels(args.bits, "--bits"),
+        bits=_bit_widths(args.bits, "--bits"),
         prune=_levels(args.ratios, "--ratios"),
         ranks=_levels(args.ranks, "--ranks"),
         kinds=tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip()),
@@ -61,6 +61,14 @@ def _levels(text: str, option: str) -> tuple[int | float, ...]:
         return tuple(int(part) if part.strip().isdigit() else float(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise CompressError(f"{option} '{text}' is not a comma-separated list of numbers") from exc
+
+
+def _bit_widths(text: str, option: str) -> tuple[int, ...]:
+    """``"8,4"`` -> ``(8, 4)``: bit widths are integers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise CompressError(f"{option} '{text}' is not a comma-separated list of integers") from exc
 
 
 def _print_progress(step: Progress) -> None:

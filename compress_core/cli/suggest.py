@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     rows = [["suggested", *(suggestion.metrics[key] for key in SHOWN)]]
     if args.compare_uniform and args.target_size is not None:
         plan, metrics = uniform_plan(handle, args.target_size, sweep)
+        assert plan.default is not None, "a uniform plan is its default config"
         rows.append([f"uniform {plan.default.bits}-bit", *(metrics[key] for key in SHOWN)])
     print(format_table(("plan", *SHOWN), rows))
     status = "all budgets met" if suggestion.met else "; ".join(suggestion.notes)

@@ -104,7 +104,7 @@ class ModelHandle:
         """``batch`` (numpy or torch, samples first) filled up to ``fixed_batch`` samples by repeating its
         last sample, so that a static-batch program takes it; the outputs of the copies are to be dropped
         (they follow the real ones). Returned unchanged when the batch size is free or already full."""
-        missing = (self.fixed_batch or 0) - len(batch)
+        missing: int = (self.fixed_batch or 0) - len(batch)
         if missing <= 0:
             return batch
         return batch[[*range(len(batch)), *[len(batch) - 1] * missing]]

@@ -9,6 +9,7 @@ one example run in ONNX Runtime.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,7 +130,13 @@ class _WeightUseRecorder(TorchDispatchMode):
         self.ops: dict[str, list[str]] = {}
         self.macs: dict[str, int] = {}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Sequence[type],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
@@ -145,7 +152,15 @@ class _WeightUseRecorder(TorchDispatchMode):
         return out
 
 
-def _op_macs(func, op: str, args, kwargs, out, weight: torch.Tensor, tensors: list[torch.Tensor]) -> int:
+def _op_macs(
+    func: torch._ops.OpOverload,
+    op: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    out: Any,
+    weight: torch.Tensor,
+    tensors: list[torch.Tensor],
+) -> int:
     formula = flop_registry.get(func._overloadpacket)
     if formula is not None:
         return int(formula(*args, **kwargs, out_val=out)) // 2

@@ -13,7 +13,7 @@ from compress_core.errors import CompressError, first_line
 from compress_core.models.handle import InputSpec
 
 COMPRESSIBLE_OPS = ("Conv", "Gemm", "MatMul")
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+ONNX_DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,10 @@ def load_onnx(path: Path, given: InputSpec | None) -> tuple[onnx.ModelProto, Inp
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
     if given is not None:
         return model, InputSpec(given.shape, dtype)
-    if len(dims) < 2 or any(d is None or d <= 0 for d in dims[1:]):
+    sample_dims = [int(d) for d in dims[1:] if d is not None and d > 0]
+    if len(dims) < 2 or len(sample_dims) < len(dims) - 1:
         return model, None
-    return model, InputSpec(tuple(int(d) for d in dims[1:]), dtype)
+    return model, InputSpec(tuple(sample_dims), dtype)
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

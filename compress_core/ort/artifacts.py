@@ -94,8 +94,10 @@ def export_artifacts(
             torch.save(compressed.model.state_dict(), staging / TORCH_WEIGHTS)
         model.plan.save(staging / RECIPE)
         data = original.data
-        arrays = {"inputs": data.inputs} if data.labels is None else {"inputs": data.inputs, "labels": data.labels}
-        np.savez_compressed(staging / EVAL_DATA, **arrays)
+        if data.labels is None:
+            np.savez_compressed(staging / EVAL_DATA, inputs=data.inputs)
+        else:
+            np.savez_compressed(staging / EVAL_DATA, inputs=data.inputs, labels=data.labels)
         quantized = None
         if int8 is not None:
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")

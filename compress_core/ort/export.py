@@ -61,7 +61,7 @@ def _export_legacy(
         torch.onnx.export(
             module,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object too; torch types f as a path
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],

@@ -28,30 +28,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PruneConfig:
     """``ratio`` in [0, 1) of the weights (or output channels) to remove; ``kind`` is
     ``unstructured`` (smallest magnitudes), ``structured`` (whole output channels, physically
     removed) or an N:M pattern such as ``"2:4"`` (keep N of every M consecutive weights). An N:M
     kind implies the ratio 1 - N/M: leave ``ratio`` out (None), or give that value; another ratio is
-    an error. Without a ratio, unstructured and structured pruning remove nothing."""
+    an error. Without a ratio, unstructured and structured pruning remove nothing.
 
-    ratio: float | None = None
-    kind: str = "unstructured"
+    ``ratio`` is optional when made but always a float once made (0.0 or 1 - N/M when left out)."""
 
-    def __post_init__(self) -> None:
-        nm = NM_PATTERN.fullmatch(self.kind) if isinstance(self.kind, str) else None
-        if nm:
-            object.__setattr__(self, "ratio", _nm_ratio(self.kind, int(nm.group(1)), int(nm.group(2)), self.ratio))
-            return
-        if self.kind not in PRUNE_KINDS:
-            raise CompressError(
-                f"prune kind {shown(self.kind)} is not allowed; use one of {', '.join(PRUNE_KINDS)} or N:M like '2:4'{_base60_hint(self.kind)}"
-            )
-        ratio = 0.0 if self.ratio is None else self.ratio
-        if not _is_number(ratio) or not 0 <= ratio < 1:
-            raise CompressError(f"prune ratio {shown(ratio)} is not allowed; use a number in [0, 1)")
-        object.__setattr__(self, "ratio", ratio)
+    ratio: float
+    kind: str
+
+    def __init__(self, ratio: float | None = None, kind: str = "unstructured") -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "ratio", _checked_ratio(kind, ratio))
 
     @classmethod
     def with_kind(cls, kind: str, ratio: float) -> PruneConfig:
@@ -68,6 +60,21 @@ class PruneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind} if self.n_m else {"ratio": self.ratio, "kind": self.kind}
+
+
+def _checked_ratio(kind: Any, ratio: Any) -> float:
+    """The ratio a ``PruneConfig`` of ``kind`` stores, given ``ratio`` (None: not given)."""
+    nm = NM_PATTERN.fullmatch(kind) if isinstance(kind, str) else None
+    if nm:
+        return _nm_ratio(kind, int(nm.group(1)), int(nm.group(2)), ratio)
+    if kind not in PRUNE_KINDS:
+        raise CompressError(
+            f"prune kind {shown(kind)} is not allowed; use one of {', '.join(PRUNE_KINDS)} or N:M like '2:4'{_base60_hint(kind)}"
+        )
+    checked = 0.0 if ratio is None else ratio
+    if not _is_number(checked) or not 0 <= checked < 1:
+        raise CompressError(f"prune ratio {shown(checked)} is not allowed; use a number in [0, 1)")
+    return checked
 
 
 def _nm_ratio(kind: str, n: int, m: int, given: Any) -> float:
@@ -103,8 +110,7 @@ class LayerConfig:
     rank: int | float | None = None
 
     def __post_init__(self) -> None:
-        if self.bits is not None and (isinstance(self.bits, bool) or not isinstance(self.bits, int)):
-            raise CompressError(f"bits {shown(self.bits)} is not allowed; use an integer: {BITS_ALLOWED}")
+        checked_bits(self.bits)
         if self.bits is not None and self.bits not in ALLOWED_BITS:
             raise CompressError(f"bits {self.bits} is not allowed; use {BITS_ALLOWED}")
         if not isinstance(self.scheme, str) or self.scheme not in SCHEMES:
@@ -154,6 +160,13 @@ class LayerConfig:
             )
         except CompressError as exc:
             raise CompressError(f"{where}: {exc}") from exc
+
+
+def checked_bits(bits: object) -> int | None:
+    """``bits`` when it is None or an integer (not a bool); else the ``CompressError`` of ``LayerConfig``."""
+    if bits is None or (isinstance(bits, int) and not isinstance(bits, bool)):
+        return bits
+    raise CompressError(f"bits {shown(bits)} is not allowed; use an integer: {BITS_ALLOWED}")
 
 
 def _check_rank(rank: Any) -> None:

@@ -9,6 +9,8 @@ this module turns into a ``CompressError`` naming the pattern.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import re2
 
 from compress_core.errors import CompressError
@@ -23,7 +25,18 @@ def _options() -> re2.Options:
 
 
 OPTIONS = _options()
-Pattern = re2._Regexp  # the binding's compiled-pattern type, which it exports under no public name
+
+
+class Pattern(Protocol):
+    """What the project uses of a compiled RE2 pattern (the binding's ``re2._Regexp``, which it
+    exports under no public name and without type hints)."""
+
+    @property
+    def pattern(self) -> str: ...
+
+    def fullmatch(self, text: str) -> object | None: ...
+
+    def search(self, text: str) -> object | None: ...
 
 
 def compile_pattern(pattern: str, what: str) -> Pattern:

@@ -33,6 +33,7 @@ def apply_plan(handle: ModelHandle, plan: Plan, layers: list[LayerInfo] | None =
     configs = plan.resolve([layer.name for layer in layers])
     for name, config in configs.items():
         check_layer_config(handle, by_name[name], config)
+    model: object  # an onnx.ModelProto or a torch.nn.Module, as ``handle.model``
     if handle.backend == "onnx":
         from compress_core.transform.onnx_backend import apply_onnx
 

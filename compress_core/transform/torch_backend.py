@@ -42,7 +42,9 @@ def apply_torch(
         if config.rank is not None:
             targets[name] = _factorize(model, layers[name], config.rank, record)
     structured = {
-        n: c for n, c in configs.items() if c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0
+        n: c.prune.ratio
+        for n, c in configs.items()
+        if c.prune is not None and c.prune.kind == "structured" and c.prune.ratio > 0
     }
     if structured:
         _prune_structured(model, handle, structured, layers, targets, output_layer, record)
@@ -98,7 +100,9 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
     """Replace a Linear / Conv by two thinner ones (truncated SVD); return the factors' weight names."""
     _, module_name = torch_layer_names(layer.weight_name)
     module = model.get_submodule(module_name)
-    weight = module.weight.detach()
+    weight = _weight(module).detach()
+    first: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+    second: nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
     if isinstance(module, nn.Linear):
         first_weight, second_weight = _linear_factors(weight, rank)
         r = first_weight.shape[0]
@@ -112,16 +116,10 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
         first_weight, second_weight = split_conv_weight(weight, rank)
         r = first_weight.shape[0]
         conv = type(module)
-        first = conv(
-            module.in_channels,
-            r,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            bias=False,
-            padding_mode=module.padding_mode,
-        )
+        # _ConvNd types kernel_size, stride, padding and dilation as tuple[int, ...]; each ConvNd's
+        # constructor wants its own N-tuple, which these are (they come from a module of that type).
+        layout = (module.kernel_size, module.stride, module.padding, module.dilation)
+        first = conv(module.in_channels, r, *layout, bias=False, padding_mode=module.padding_mode)  # type: ignore[arg-type]
         second = conv(r, module.out_channels, 1, bias=module.bias is not None)
     else:
         raise CompressError(
@@ -130,7 +128,7 @@ def _factorize(model: nn.Module, layer: LayerInfo, rank: int | float, record: Co
     with torch.no_grad():
         first.weight.copy_(first_weight)
         second.weight.copy_(second_weight)
-        if module.bias is not None:
+        if module.bias is not None and second.bias is not None:  # second has a bias exactly when module has
             second.bias.copy_(module.bias)
     _set_submodule(model, module_name, nn.Sequential(first, second))
     out_size = weight.shape[0]
@@ -151,13 +149,13 @@ def _linear_factors(weight: torch.Tensor, rank: int | float) -> tuple[torch.Tens
 def _prune_structured(
     model: nn.Module,
     handle: ModelHandle,
-    configs: dict[str, LayerConfig],
+    ratios: dict[str, float],
     layers: dict[str, LayerInfo],
     targets: dict[str, list[str]],
     output_layer: str,
     record: CompressionRecord,
 ) -> None:
-    """Remove whole output channels with torch-pruning's DepGraph, so coupled layers shrink too."""
+    """Remove whole output channels (``ratios``: of each layer) with torch-pruning's DepGraph, so coupled layers shrink too."""
     import torch_pruning as tp
 
     example = torch.from_numpy(handle.data.inputs[:1].copy())
@@ -169,7 +167,7 @@ def _prune_structured(
     output_module = (
         model.get_submodule(torch_layer_names(targets[output_layer][-1])[1]) if output_layer in targets else None
     )
-    for name, config in configs.items():
+    for name, ratio in ratios.items():
         module = model.get_submodule(torch_layer_names(targets[name][-1])[1])
         if name == output_layer:
             record.notes.append(
@@ -178,13 +176,13 @@ def _prune_structured(
             continue
         handler = _out_channel_handler(module, name, tp)
         axis = layers[name].out_axis  # the last factor of a low-rank layer is a Linear or Conv: axis 0 too
-        planned_channels = layers[name].weight_shape[axis] if len(targets[name]) == 1 else module.weight.shape[axis]
-        if module.weight.shape[axis] < planned_channels:
+        planned_channels = layers[name].weight_shape[axis] if len(targets[name]) == 1 else _weight(module).shape[axis]
+        if _weight(module).shape[axis] < planned_channels:
             record.notes.append(
                 f"{name}: its output channels are coupled to a layer pruned before it (residual add); not pruned again"
             )
             continue
-        indices = channels_to_prune(module.weight.detach(), config.prune.ratio, axis=axis).tolist()
+        indices = channels_to_prune(_weight(module).detach(), ratio, axis=axis).tolist()
         group = graph.get_pruning_group(module, handler, idxs=indices)
         if output_module is not None and _group_touches_outputs(group, output_module, tp):
             record.notes.append(f"{name}: its channels are coupled to the model's outputs; structured pruning skipped")
@@ -194,14 +192,14 @@ def _prune_structured(
             continue
         group.prune()
         record.notes.append(
-            f"{name}: removed {len(indices)} of {len(indices) + module.weight.shape[axis]} output channels"
+            f"{name}: removed {len(indices)} of {len(indices) + _weight(module).shape[axis]} output channels"
         )
     try:
         with torch.no_grad():
             shape = model(example).shape
     except RuntimeError as exc:
         raise CompressError(
-            f"structured pruning of {_some(list(configs))} broke the model's forward pass ({first_line(exc)}): "
+            f"structured pruning of {_some(list(ratios))} broke the model's forward pass ({first_line(exc)}): "
             "the channel dependencies go through reshapes torch-pruning cannot follow (attention heads, for example); "
             "prune these layers unstructured or N:M instead"
         ) from exc
@@ -209,6 +207,14 @@ def _prune_structured(
         raise CompressError(
             f"structured pruning changed the output shape from {tuple(expected_shape)} to {tuple(shape)}"
         )
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight`` (``nn.Module`` types an attribute as a tensor or a module)."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise CompressError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
 
 
 def _out_channel_handler(module: nn.Module, name: str, tp) -> Callable:
