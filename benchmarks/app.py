@@ -107,7 +107,7 @@ def runtime() -> dict:
     sessions use ORT's default threads). Imported here, not at the top: a worker measuring another
     checkout must import that checkout's engine, not this one's."""
     sys.path.insert(0, str(REPO))
-    from compress_core.ort.cpu import runtime_record
+    from compress_core.ort.runtime import runtime_record
 
     return runtime_record(None)
 
@@ -126,7 +126,7 @@ def _cell(values: list[float]) -> str:
 def report(columns: dict[str, dict[str, list[float]]], command: str, rounds: int, record: dict) -> str:
     """The results as Markdown: the machine (``record``, from ``runtime``) first, then one row per
     step, one column per measured checkout (median, range, runs)."""
-    from compress_core.ort.cpu import runtime_line
+    from compress_core.ort.runtime import runtime_line
 
     names = list(columns)
     header = (

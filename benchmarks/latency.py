@@ -25,9 +25,9 @@ import compress_core as cc  # noqa: E402
 from compress_core import jsonio  # noqa: E402
 from compress_core.analysis.recover import finetune  # noqa: E402
 from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
-from compress_core.ort.cpu import runtime_line, runtime_record  # noqa: E402
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
+from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
 from compress_core.pipeline import compress  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
 

@@ -20,7 +20,7 @@ from compress_core import jsonio, load_model
 from compress_core.analysis.metrics import evaluate
 from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
 from compress_core.atomic import atomic_write_text
-from compress_core.ort.cpu import runtime_line, runtime_record
+from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 

@@ -27,7 +27,7 @@ from compress_core import load_model  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
 from compress_core.analysis.sweep import Sweep  # noqa: E402
-from compress_core.ort.cpu import runtime_line, runtime_record  # noqa: E402
+from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE_TARGET = 1 / 6

@@ -14,7 +14,7 @@ import torch
 from compress_core import CompressError, jsonio, load_model
 from compress_core.analysis.metrics import evaluate
 from compress_core.models.samples import sample_names
-from compress_core.ort.cpu import runtime_line, runtime_record
+from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 

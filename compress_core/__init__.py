@@ -24,7 +24,8 @@ from compress_core.analysis.sweep import Sweep
 from compress_core.errors import CompressError
 from compress_core.models.handle import EvalData, InputSpec, ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
-from compress_core.models.loading import load_model, save_torchscript
+from compress_core.models.loading import load_model
+from compress_core.models.torchscript import save_torchscript
 from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.pipeline import CompressedModel, compress

@@ -18,8 +18,9 @@ from typing import Any
 from compress_core import CompressError, LayerInfo
 from compress_core.ort.artifacts import export_artifacts
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
-from compress_core.ort.cpu import cpu_features, int8_notes
+from compress_core.ort.cpu import cpu_features
 from compress_core.ort.int8 import Int8Options
+from compress_core.ort.runtime import int8_notes
 from compress_core.pipeline import CompressedModel
 from compress_core.plan import Plan
 

@@ -9,20 +9,11 @@ import pytest
 
 import compress_core as cc
 from compress_core.cli import main
-from compress_core.ort import cpu
+from compress_core.ort import cpu, runtime
 from compress_core.ort.artifacts import export_artifacts
-from compress_core.ort.cpu import (
-    CpuInfo,
-    cpu_features,
-    cpu_from_record,
-    from_py_cpuinfo,
-    int8_notes,
-    parse_proc_cpuinfo,
-    read_cpu_features,
-    runtime_line,
-    runtime_record,
-)
+from compress_core.ort.cpu import CpuInfo, cpu_features, from_py_cpuinfo, parse_proc_cpuinfo, read_cpu_features
 from compress_core.ort.int8 import Int8Options
+from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.pipeline import compress
 from compress_core.plan import LayerConfig, Plan
 
@@ -168,7 +159,7 @@ def test_int8_notes_per_kind():
 
 
 def test_runtime_record_and_line(monkeypatch):
-    monkeypatch.setattr(cpu, "cpu_features", lambda: parsed(VNNI_INTEL, "x86_64"))
+    monkeypatch.setattr(runtime, "cpu_features", lambda: parsed(VNNI_INTEL, "x86_64"))
     record = runtime_record(2)
     assert json.loads(json.dumps(record)) == record
     assert (record["threads"], record["threads_of"]) == (2, "onnxruntime") and record["onnxruntime"].count(".") >= 1

@@ -31,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from compress_core.cli import main
-from compress_core.models.loading import INPUT_SPEC_EXTRA_FILE
+from compress_core.models.torchscript import INPUT_SPEC_EXTRA_FILE
 from compress_core.models.trust import is_plain_expression
 
 ROOT = Path(__file__).resolve().parents[1]

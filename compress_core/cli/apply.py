@@ -11,7 +11,7 @@ from compress_core import jsonio
 from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, load_from_args
-from compress_core.models.loading import save_torchscript
+from compress_core.models.torchscript import save_torchscript
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 

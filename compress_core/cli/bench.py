@@ -10,7 +10,7 @@ import argparse
 
 from compress_core.cli.common import format_table, print_json
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
-from compress_core.ort.cpu import cpu_from_record, int8_notes, runtime_line
+from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line
 
 FLOAT_FILES = ("original_fp32", "compressed_fp32")  # every layer of these is float: no news
 COLUMNS = ("name", "median_ms", "p10_ms", "p90_ms", "speedup", "accuracy", "bytes", "zip_bytes", "float_nodes")

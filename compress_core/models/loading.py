@@ -5,25 +5,22 @@ Files whose loading runs code stored in them pass the trust gate in ``compress_c
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import pickle
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import torch
 
-from compress_core.atomic import atomic_write_bytes
 from compress_core.errors import CompressError, first_line
 from compress_core.models import samples
 from compress_core.models.evaldata import generated_data, load_npz
 from compress_core.models.handle import Backend, InputSpec, ModelHandle
-from compress_core.models.trust import ZIP_ERRORS, is_pt2_archive, is_torchscript, pt2_code_risk, require_trust
+from compress_core.models.torchscript import is_torchscript_file, load_torchscript
+from compress_core.models.trust import is_pt2_archive, pt2_code_risk, require_trust, zip_archive
 
 ONNX_SUFFIXES = {".onnx"}
 TORCHSCRIPT_SUFFIXES = {".ts", ".torchscript", ".jit"}
@@ -34,10 +31,6 @@ SUPPORTED = (
     ".onnx, .pt2, .safetensors (a state_dict), .ts/.torchscript/.jit, "
     ".pt/.pth/.bin (TorchScript, a state_dict, or a trusted pickle)"
 )
-# Stored inside TorchScript files that this project writes, so they can be reopened without asking.
-INPUT_SPEC_EXTRA_FILE = "compress_explorer_input_spec.json"
-SPEC_DTYPES = ("float32", "int64")
-SPEC_EXAMPLE = '{"shape": [1, 8, 8], "dtype": "float32"}'
 PT2_WHAT = "torch.export (.pt2) program"
 
 
@@ -99,8 +92,8 @@ def _load_file(
         handle = _file_handle(path, "torch", module, given or spec, "exported", data)
         handle.fixed_batch = fixed_batch
         return handle
-    if suffix in TORCHSCRIPT_SUFFIXES or (suffix in WEIGHTS_SUFFIXES and _is_torchscript(path)):
-        module, spec = _load_torchscript(path, trusted)
+    if suffix in TORCHSCRIPT_SUFFIXES or (suffix in WEIGHTS_SUFFIXES and is_torchscript_file(path)):
+        module, spec = load_torchscript(path, trusted)
         return _file_handle(path, "torch", module, given or spec, "torchscript", data)
     if suffix in SAFETENSORS_SUFFIXES:
         return _state_dict_handle(path, _read_safetensors(path), given, data, architecture)
@@ -131,87 +124,6 @@ def _with_data(handle: ModelHandle, data: str | Path) -> ModelHandle:
     return handle.replace(data=load_npz(data, handle.input_spec))
 
 
-@contextmanager
-def _zip_archive(path: Path, what: str) -> Iterator[zipfile.ZipFile]:
-    """``path`` open as a zip archive; a damaged one (also while reading) is a one-line error naming ``what``.
-
-    The body must not raise ``CompressError`` itself: it is a ``ValueError``, one of ``ZIP_ERRORS``.
-    """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            yield archive
-    except ZIP_ERRORS as exc:
-        raise CompressError(f"{path}: not a readable {what} ({first_line(exc)})") from exc
-
-
-def _is_torchscript(path: Path) -> bool:
-    """Whether a ``.pt``-like file is a TorchScript archive rather than a ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False  # torch's legacy (pre-1.6) format: a plain pickle stream
-    with _zip_archive(path, "PyTorch file") as archive:
-        return is_torchscript(archive)
-
-
-def _load_torchscript(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpec | None]:
-    """Every TorchScript archive holds code (its ``__setstate__`` runs on load): trusted files only."""
-    with _zip_archive(path, "TorchScript file"):
-        pass  # not a zip at all: say so rather than call it TorchScript
-    require_trust(path, "is a TorchScript archive", trusted)
-    extra = {INPUT_SPEC_EXTRA_FILE: ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:  # torch raises RuntimeError or ValueError depending on the damage
-        raise CompressError(f"{path}: not a readable TorchScript file ({first_line(exc)})") from exc
-    module.eval()
-    spec = _spec_from_json(path, extra[INPUT_SPEC_EXTRA_FILE]) or _spec_from_traced_graph(module)
-    return module, spec
-
-
-def _spec_from_json(path: Path, text: str | bytes) -> InputSpec | None:
-    """The input spec stored in a TorchScript file by ``save_torchscript``, checked; None when absent."""
-    if not text:
-        return None
-    try:
-        payload = json.loads(text)
-    except ValueError as exc:
-        raise _malformed_spec(path, first_line(exc)) from exc
-    shape = payload.get("shape") if isinstance(payload, dict) else None
-    dtype = payload.get("dtype", "float32") if isinstance(payload, dict) else None
-    if not _is_shape(shape) or dtype not in SPEC_DTYPES:
-        shown = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
-        raise _malformed_spec(path, f"got {shown[:80]!r}")
-    return InputSpec(tuple(shape), dtype)
-
-
-def _is_shape(value: Any) -> TypeGuard[list[int]]:
-    return isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
-
-
-def _malformed_spec(path: Path, detail: str) -> CompressError:
-    return CompressError(
-        f"{path}: its stored input spec ({INPUT_SPEC_EXTRA_FILE}) is malformed ({detail}); "
-        f"expected JSON like {SPEC_EXAMPLE} with dtype one of {', '.join(SPEC_DTYPES)}"
-    )
-
-
-def spec_to_json(spec: InputSpec) -> str:
-    """The input spec as stored beside a TorchScript file's code (see ``INPUT_SPEC_EXTRA_FILE``)."""
-    return json.dumps({"shape": list(spec.shape), "dtype": spec.dtype})
-
-
-def _spec_from_traced_graph(module: torch.jit.ScriptModule) -> InputSpec | None:
-    """A traced module's graph records the example input's sizes; a scripted one does not."""
-    inputs = list(module.graph.inputs())[1:]
-    if len(inputs) != 1:
-        return None
-    tensor_type = inputs[0].type()
-    sizes = tensor_type.sizes() if hasattr(tensor_type, "sizes") else None
-    if not sizes or any(size is None for size in sizes):
-        return None
-    dtype = "int64" if tensor_type.scalarType() == "Long" else "float32"
-    return InputSpec(tuple(sizes[1:]), dtype)
-
-
 def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpec | None, int | None]:
     """The program's module, its input spec when static, and its batch size when that is static."""
     _check_pt2_archive(path, trusted)
@@ -237,7 +149,7 @@ def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpe
 
 def _check_pt2_archive(path: Path, trusted: bool) -> None:
     """Refuse a file that ``torch.export.save`` did not write and, unless trusted, one whose loading runs code."""
-    with _zip_archive(path, PT2_WHAT) as archive:
+    with zip_archive(path, PT2_WHAT) as archive:
         written_by_torch = is_pt2_archive(archive)
         risk = pt2_code_risk(archive) if written_by_torch and not trusted else None
     if not written_by_torch:
@@ -336,12 +248,3 @@ def _check_runs(handle: ModelHandle) -> None:
         ) from exc
     if output.ndim == 0:
         raise CompressError(f"{handle.source}: the model returns a scalar; expected a batch of outputs")
-
-
-def save_torchscript(handle: ModelHandle, path: str | Path) -> None:
-    """Trace a torch handle's model and save it with its input spec stored inside the file."""
-    example = torch.from_numpy(handle.input_spec.example())
-    traced = torch.jit.trace(handle.model, example)
-    buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={INPUT_SPEC_EXTRA_FILE: spec_to_json(handle.input_spec)})
-    atomic_write_bytes(path, buffer.getvalue())

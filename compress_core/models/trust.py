@@ -17,12 +17,13 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from compress_core.errors import CompressError
+from compress_core.errors import CompressError, first_line
 
 TRUST_HINT = (
     "so it is refused unless you say you trust it (CLI: --trust-code; app: tick 'I trust this file: it may run code')"
@@ -261,3 +262,16 @@ def _is_operator(target: str) -> bool:
     if isinstance(value, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
         return True
     return any(value is op for op in _SYM_OPS)
+
+
+@contextmanager
+def zip_archive(path: Path, what: str) -> Iterator[zipfile.ZipFile]:
+    """``path`` open as a zip archive; a damaged one (also while reading) is a one-line error naming ``what``.
+
+    The body must not raise ``CompressError`` itself: it is a ``ValueError``, one of ``ZIP_ERRORS``.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except ZIP_ERRORS as exc:
+        raise CompressError(f"{path}: not a readable {what} ({first_line(exc)})") from exc

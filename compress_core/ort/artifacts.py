@@ -36,8 +36,8 @@ from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
 from compress_core.models.sessions import make_session
-from compress_core.ort.cpu import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
+from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
 
 ORIGINAL_ONNX = "original_fp32.onnx"

@@ -30,10 +30,10 @@ from compress_core.ort.artifacts import (
     headline,
     run_onnx,
 )
-from compress_core.ort.cpu import runtime_record
 from compress_core.ort.int8 import quantize_ort_default
 from compress_core.ort.latency import measure_latency
 from compress_core.ort.profiling import NodeTime, op_census, profile_nodes
+from compress_core.ort.runtime import runtime_record
 
 ORT_DEFAULT = "ort_default_int8"
 CANDIDATES = (("original_fp32", ORIGINAL_ONNX), ("compressed_fp32", FP32_ONNX), ("compressed_int8", INT8_ONNX))
