@@ -191,6 +191,34 @@ def _pt2_aoti_library(tmp_path: Path, pt2_files) -> list:
     return ["inspect", _rewrite_zip(pt2_files["static"], tmp_path / "aoti.pt2", lambda name, data: data, extra)]
 
 
+def _pt2_legacy_layout(tmp_path: Path, pt2_files) -> list:
+    """torch's pre-2.7 layout: its loader retries ``serialized_state_dict.json`` with full unpickling."""
+    with zipfile.ZipFile(pt2_files["static"]) as source:
+        program = source.read(next(name for name in source.namelist() if name.endswith("models/model.json")))
+    buffer = io.BytesIO()
+    torch.save(((torch.zeros(1, 4),), {}), buffer)
+    with zipfile.ZipFile(tmp_path / "legacy.pt2", "w") as archive:
+        archive.writestr("version", "8.0")
+        archive.writestr("serialized_exported_program.json", program)
+        archive.writestr("serialized_state_dict.json", pickle.dumps(WritesMarker(tmp_path / MARKER)))
+        archive.writestr("serialized_example_inputs.pt", buffer.getvalue())
+    return ["inspect", tmp_path / "legacy.pt2"]
+
+
+def _pt2_shifted_index(tmp_path: Path, pt2_files) -> list:
+    """Bytes before the archive: Python's zip reader shifts every offset to match, other readers do not,
+    so a crafted file can show each reader different entries."""
+    target = tmp_path / "shifted.pt2"
+    target.write_bytes(b"\0" * 64 + pt2_files["static"].read_bytes())
+    return ["inspect", target]
+
+
+def _pt2_repeated_entry(tmp_path: Path, pt2_files) -> list:
+    """Two entries of one name: zip readers differ on which one they read."""
+    extra = {"models/model.json": b"{}"}
+    return ["inspect", _rewrite_zip(pt2_files["static"], tmp_path / "twice.pt2", lambda name, data: data, extra)]
+
+
 def _full_pickle(tmp_path: Path, pt2_files) -> list:
     torch.save(WritesMarker(tmp_path / MARKER), tmp_path / "full.pt")
     return ["inspect", tmp_path / "full.pt"]
@@ -316,6 +344,26 @@ def _npz_size_mismatch(tmp_path: Path, pt2_files) -> list:
     return ["inspect", "digits_cnn", "--data", tmp_path / "data.npz"]
 
 
+def _npz_negative_shape(tmp_path: Path, pt2_files) -> list:
+    """A header whose sizes multiply to a plausible count: (-1, -4) holds 4 values."""
+    with zipfile.ZipFile(tmp_path / "data.npz", "w") as archive, archive.open("inputs.npy", "w") as member:
+        np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (-1, -4)})
+        member.write(bytes(16))
+    return ["inspect", "digits_cnn", "--data", tmp_path / "data.npz"]
+
+
+def _npz_grows_when_loaded(tmp_path: Path, pt2_files) -> list:
+    """300 MiB of booleans (compressed to almost nothing) become 1.2 GiB of float32 once loaded."""
+    count = 300 * 2**20
+    with zipfile.ZipFile(tmp_path / "data.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("inputs.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|b1", "fortran_order": False, "shape": (count, 1)})
+            chunk = bytes(2**24)
+            for _ in range(count // len(chunk)):
+                member.write(chunk)
+    return ["inspect", "digits_cnn", "--data", tmp_path / "data.npz"]
+
+
 def _npz_empty(tmp_path: Path, pt2_files) -> list:
     (tmp_path / "data.npz").write_bytes(b"")
     return ["inspect", "digits_cnn", "--data", tmp_path / "data.npz"]
@@ -360,6 +408,19 @@ HOSTILE = {
     "pt2 AOTInductor library": (
         _pt2_aoti_library,
         "aoti.pt2: is a .pt2 archive that holds AOTInductor compiled code ('data/aotinductor/model/model.so')",
+    ),
+    "pt2 pre-2.7 layout": (
+        _pt2_legacy_layout,
+        "legacy.pt2: is a .pt2 archive that is in torch's pre-2.7 layout ('serialized_exported_program.json'), "
+        "whose loader unpickles its entries",
+    ),
+    "pt2 shifted zip index": (
+        _pt2_shifted_index,
+        "shifted.pt2: is a .pt2 archive that has its zip index away from where the archive's end record says",
+    ),
+    "pt2 repeated entry": (
+        _pt2_repeated_entry,
+        "twice.pt2: is a .pt2 archive that has two entries named 'models/model.json'",
     ),
     "TorchScript spec not JSON": (
         _torchscript_spec("{not json"),
@@ -441,6 +502,15 @@ HOSTILE = {
         _npz_size_mismatch,
         "data.npz: member 'inputs.npy' is 1,408 bytes, but its header declares 2,688 (shape (10, 1, 8, 8), float32); "
         "the archive is damaged",
+    ),
+    "negative shape": (
+        _npz_negative_shape,
+        "data.npz: member 'inputs.npy' declares the shape (-1, -4), with a negative size",
+    ),
+    "array that grows when loaded": (
+        _npz_grows_when_loaded,
+        "data.npz: member 'inputs.npy' takes 1,258,291,200 bytes once loaded (shape (314572800, 1), bool), "
+        "over the limit of 536,870,912 bytes",
     ),
     "empty .npz": (_npz_empty, "data.npz: is empty (0 bytes); expected an .npz archive; save with numpy.savez"),
     "data folder": (_npz_data_folder, "data.npz: is a folder; expected an .npz file"),
@@ -546,7 +616,7 @@ def test_npz_bomb_is_refused_from_its_header(bombs, capfd):
     _assert_one_line(
         code,
         err,
-        "inputs_bomb.npz: member 'inputs.npy' holds 1,073,741,824 bytes (shape (268435456,), float32), "
+        "inputs_bomb.npz: member 'inputs.npy' takes 1,073,741,824 bytes once loaded (shape (268435456,), float32), "
         "over the limit of 536,870,912 bytes; use less data or raise COMPRESS_EXPLORER_MAX_DATA_BYTES",
     )
 

@@ -153,9 +153,7 @@ def test_bad_npz_files(files, tmp_path):
 def test_npz_size_limit_from_argument_and_environment(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4))
     assert len(load_npz(tmp_path / "d.npz", None, max_bytes=1024)) == 4  # inputs: exactly 1,024 bytes
-    too_big = (
-        r"d.npz: member 'inputs.npy' holds 1,024 bytes \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
-    )
+    too_big = r"d.npz: member 'inputs.npy' takes 1,024 bytes once loaded \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
     with pytest.raises(CompressError, match=too_big):
         load_npz(tmp_path / "d.npz", None, max_bytes=1023)
     monkeypatch.setenv(MAX_DATA_BYTES_ENV, "1000")

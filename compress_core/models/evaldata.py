@@ -111,8 +111,10 @@ def _read_member(archive: zipfile.ZipFile, path: Path, key: str, kinds: str, lim
             shape, fortran_order, dtype = _read_header(stream)
             header_bytes = stream.tell()
         _check_dtype(path, key, dtype, kinds)
+        if any(size < 0 for size in shape):
+            raise CompressError(f"{path}: member '{name}' declares the shape {shape}, with a negative size")
         nbytes = math.prod(shape) * dtype.itemsize
-        _check_size(path, name, shape, dtype, nbytes, limit)
+        _check_size(path, name, shape, dtype, math.prod(shape) * _loaded_itemsize(key, dtype), limit)
         if info.file_size != header_bytes + nbytes:
             raise CompressError(
                 f"{path}: member '{name}' is {info.file_size:,} bytes, but its header declares "
@@ -150,10 +152,18 @@ def _check_dtype(path: Path, key: str, dtype: np.dtype, kinds: str) -> None:
     raise CompressError(f"{path}: '{key}' has dtype {dtype.str} ({what}); expected {expected}")
 
 
+def _loaded_itemsize(key: str, dtype: np.dtype) -> int:
+    """Bytes per value once loaded: labels become int64, inputs float32 or int64 (never fewer than stored)."""
+    if key == "labels" or dtype.kind in "iu":
+        return max(dtype.itemsize, 8)
+    return max(dtype.itemsize, 4)
+
+
 def _check_size(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, nbytes: int, limit: int) -> None:
+    """Refuse an array that would take more than ``limit`` bytes once loaded (``nbytes``, after conversion)."""
     if nbytes > limit:
         raise CompressError(
-            f"{path}: member '{name}' holds {nbytes:,} bytes (shape {shape}, {dtype}), over the limit of "
+            f"{path}: member '{name}' takes {nbytes:,} bytes once loaded (shape {shape}, {dtype}), over the limit of "
             f"{limit:,} bytes; use less data or raise {MAX_DATA_BYTES_ENV}"
         )
 

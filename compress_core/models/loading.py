@@ -5,6 +5,7 @@ Files whose loading runs code stored in them pass the trust gate in ``compress_c
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 from collections.abc import Iterator
@@ -126,10 +127,11 @@ def _with_data(handle: ModelHandle, data: str | Path) -> ModelHandle:
 
 def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpec | None, int | None]:
     """The program's module, its input spec when static, and its batch size when that is static."""
-    _check_pt2_archive(path, trusted)
+    content = path.read_bytes()  # checked and loaded from the same bytes: the file cannot change in between
+    _check_pt2_archive(path, content, trusted)
     try:
         with _quiet_logger("torch"):
-            program = torch.export.load(str(path))
+            program = torch.export.load(io.BytesIO(content))
         module = program.module()
     except Exception as exc:
         raise CompressError(f"{path}: not a readable {PT2_WHAT} ({first_line(exc)})") from exc
@@ -147,9 +149,9 @@ def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpe
     return module, spec, fixed_batch
 
 
-def _check_pt2_archive(path: Path, trusted: bool) -> None:
+def _check_pt2_archive(path: Path, content: bytes, trusted: bool) -> None:
     """Refuse a file that ``torch.export.save`` did not write and, unless trusted, one whose loading runs code."""
-    with zip_archive(path, PT2_WHAT) as archive:
+    with zip_archive(path, PT2_WHAT, content) as archive:
         written_by_torch = is_pt2_archive(archive)
         risk = pt2_code_risk(archive) if written_by_torch and not trusted else None
     if not written_by_torch:

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -33,6 +33,7 @@ ZIP_ERRORS = (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedE
 # A .pt2 entry that must be read to be checked (.json, .pt) is not read when larger than this (a graph is far smaller).
 MAX_CHECKED_ENTRY_BYTES = 256 * 2**20
 AOTI_DIR = "data/aotinductor/"
+LEGACY_PREFIX = "serialized_"  # torch < 2.7 wrote serialized_exported_program.json, serialized_state_dict.json, ...
 PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")
 # The callables a shape expression (sympy ``srepr`` text) may name: sympy's and torch's symbolic functions.
 SYMPY_NAMES = frozenset(
@@ -136,11 +137,43 @@ def pt2_code_risk(archive: zipfile.ZipFile) -> str | None:
 
     The answer completes "is a .pt2 archive that ...". Raises ``ZIP_ERRORS`` for a damaged archive.
     """
+    risk = _layout_risk(archive)
+    if risk is not None:
+        return risk
     for info in archive.infolist():
         risk = _member_risk(archive, info)
         if risk is not None:
             return risk
     return None
+
+
+def _layout_risk(archive: zipfile.ZipFile) -> str | None:
+    """What makes torch read the archive differently from this check: torch's pre-2.7 layout (whose
+    loader retries every ``serialized_*`` entry with full unpickling, whatever its name), two entries
+    of one name, or a central directory that is not where the end record says (Python's reader then
+    shifts every offset, torch's does not, and the two see different files)."""
+    names = [_inner_name(info.filename) for info in archive.infolist()]
+    legacy = next((name for name in names if name.startswith(LEGACY_PREFIX)), None)
+    if legacy is not None:
+        return f"is in torch's pre-2.7 layout ('{legacy}'), whose loader unpickles its entries"
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        return f"has two entries named '{repeated}'"
+    if archive.fp is None or _central_directory_shift(archive.fp) != 0:
+        return "has its zip index away from where the archive's end record says"
+    return None
+
+
+def _central_directory_shift(stream: IO[bytes]) -> int:
+    """How far the central directory sits from where the end record says (``zipfile``'s "concat"): 0 in
+    an archive that every zip reader reads alike."""
+    end = zipfile._EndRecData(stream)  # type: ignore[attr-defined]  # zipfile's own reading of the end record
+    if end is None:
+        return -1
+    shift = end[zipfile._ECD_LOCATION] - end[zipfile._ECD_SIZE] - end[zipfile._ECD_OFFSET]  # type: ignore[attr-defined]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:  # type: ignore[attr-defined]
+        shift -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator  # type: ignore[attr-defined]
+    return int(shift)
 
 
 def _member_risk(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> str | None:
@@ -177,7 +210,7 @@ def _json_risk(member: str, data: bytes) -> str | None:
     try:
         document = json.loads(data.decode("utf-8"))
     except (ValueError, RecursionError):
-        return None  # torch parses the same text the same way and fails before evaluating anything
+        return f"has an entry '{member}' that is not JSON"  # torch would fail on it, or take another path
     for node in _dicts(document):
         risk = _payload_risk(member, node) or _expression_risk(node) or _target_risk(node)
         if risk is not None:
@@ -265,13 +298,14 @@ def _is_operator(target: str) -> bool:
 
 
 @contextmanager
-def zip_archive(path: Path, what: str) -> Iterator[zipfile.ZipFile]:
-    """``path`` open as a zip archive; a damaged one (also while reading) is a one-line error naming ``what``.
+def zip_archive(path: Path, what: str, content: bytes | None = None) -> Iterator[zipfile.ZipFile]:
+    """``path`` (or its ``content``, already read) open as a zip archive; a damaged one (also while
+    reading) is a one-line error naming ``what``.
 
     The body must not raise ``CompressError`` itself: it is a ``ValueError``, one of ``ZIP_ERRORS``.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if content is None else io.BytesIO(content)) as archive:
             yield archive
     except ZIP_ERRORS as exc:
         raise CompressError(f"{path}: not a readable {what} ({first_line(exc)})") from exc
