@@ -5,19 +5,22 @@ from __future__ import annotations
 import io
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from compress_core.analysis import quality
+from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
-from compress_core.ops.sqnr import sqnr_from_energies
 from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 
 METRIC_KEYS = (
     "accuracy",
     "agreement",
+    "exact_match",
     "cosine",
     "sqnr_db",
     "params",
@@ -30,29 +33,79 @@ METRIC_KEYS = (
 
 
 def output_fidelity(
-    reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None, task: str
+    reference: np.ndarray,
+    outputs: np.ndarray,
+    labels: np.ndarray | None,
+    task: str,
+    ctc_blank: int | None = None,
 ) -> dict[str, float | None]:
-    """Accuracy (labels and class outputs), top-1 agreement, mean cosine and SQNR (dB) of ``outputs``
-    (``ops.sqnr.sqnr_from_energies``: ``-inf`` for an all-zero reference that ``outputs`` miss)."""
-    reference = reference.reshape(len(reference), -1).astype(np.float64)
-    outputs = outputs.reshape(len(outputs), -1).astype(np.float64)
-    classes = task == "classification" and outputs.shape[1] > 1
-    accuracy = float((outputs.argmax(1) == labels).mean()) if classes and labels is not None else None
-    agreement = float((outputs.argmax(1) == reference.argmax(1)).mean()) if classes else None
-    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(outputs, axis=1)
-    cosine = float(np.mean(np.sum(reference * outputs, axis=1) / np.maximum(norms, 1e-12)))
-    sqnr = sqnr_from_energies(float(np.sum(reference**2)), float(np.sum((reference - outputs) ** 2)))
-    return {"accuracy": accuracy, "agreement": agreement, "cosine": cosine, "sqnr_db": sqnr}
+    """``quality.fidelity`` of ``outputs`` for ``task``: accuracy (with labels), agreement and exact
+    match as the task defines them, mean cosine and SQNR (dB; ``ops.sqnr.sqnr_from_energies``:
+    ``-inf`` for an all-zero reference that ``outputs`` miss)."""
+    return quality.fidelity(task, reference, outputs, labels, ctc_blank)
+
+
+def output_quality(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray) -> dict[str, float | None]:
+    """``output_fidelity`` of the handle's ranked output with its task and ``quality`` settings, plus
+    ``user_metric`` (the user's function's value) when the handle has one."""
+    measured = output_fidelity(reference, outputs, handle.data.labels, handle.task, handle.quality.ctc_blank)
+    metric = handle.quality.metric
+    if metric is not None:
+        measured[quality.USER_METRIC] = quality.call_user_metric(
+            metric, _metric_name(handle, metric), reference, outputs, handle.data.labels
+        )
+    return measured
+
+
+def user_metric_label(handle: ModelHandle) -> str | None:
+    """The name of the handle's user metric (``file.py:function``), None without one."""
+    metric = handle.quality.metric
+    return None if metric is None else _metric_name(handle, metric)
+
+
+def _metric_name(handle: ModelHandle, metric: quality.UserMetric) -> str:
+    return handle.quality.metric_label or str(getattr(metric, "__name__", "user metric"))
+
+
+def quality_ranking(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray) -> tuple[str, float]:
+    """The name and value of the one number to rank by (``quality.quality_value``): the user metric
+    as it is, else accuracy in % where labels exist, else agreement or cosine in %."""
+    metric = handle.quality.metric
+    if metric is None:
+        return quality.quality_value(handle.task, output_quality(handle, reference, outputs))
+    name = _metric_name(handle, metric)
+    return name, quality.call_user_metric(metric, name, reference, outputs, handle.data.labels)
 
 
 def quality_metric(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray) -> float:
-    """The one number to rank by: accuracy in % where labels exist, else agreement or cosine in %."""
-    fidelity = output_fidelity(reference, outputs, handle.data.labels, handle.task)
-    for key in ("accuracy", "agreement", "cosine"):
-        value = fidelity[key]
-        if value is not None:
-            return 100.0 * value
-    raise AssertionError("cosine is always defined")
+    """The value of ``quality_ranking``: what sensitivity and ``suggest`` rank layers and plans by."""
+    return quality_ranking(handle, reference, outputs)[1]
+
+
+def per_output_fidelity(
+    handle: ModelHandle, references: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
+) -> list[dict[str, Any]]:
+    """Fidelity of each of a model's outputs: ``index``, ``task``, ``ranked`` and the fidelity keys.
+
+    The ranked output (``quality.output``) is measured as ``output_quality`` does (the handle's task,
+    labels, CTC blank and user metric); every other output with its detected task and no labels. An
+    other output that cannot be compared (its shape changed) gets ``error`` and no figures, instead
+    of failing the whole evaluation.
+    """
+    measured: list[dict[str, Any]] = []
+    for index, (reference, output) in enumerate(zip(references, outputs, strict=True)):
+        ranked = index == handle.quality.output
+        task = handle.task if ranked else quality.detect_task(reference)
+        row: dict[str, Any] = {"index": index, "task": task, "ranked": ranked}
+        if ranked:
+            row.update(output_quality(handle, reference, output))
+        else:
+            try:
+                row.update(output_fidelity(reference, output, None, task))
+            except CompressError as exc:
+                row.update({**dict.fromkeys(quality.FIDELITY_KEYS), "error": str(exc)})
+        measured.append(row)
+    return measured
 
 
 def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
@@ -128,7 +181,7 @@ def measure(
     (``zipped``, None to leave ``zip_bytes`` out)."""
     params = total_params(handle)
     return {
-        **output_fidelity(reference, outputs, handle.data.labels, handle.task),
+        **output_quality(handle, reference, outputs),
         "params": params,
         "nonzero_params": params - compression_zeros(handle),
         "macs": sum(layer.macs for layer in layers),
@@ -146,16 +199,25 @@ def compression_details(handle: ModelHandle) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Baseline:
-    """The original model's outputs on its evaluation data and its metrics, computed once."""
+    """The original model's outputs on its evaluation data and its metrics, computed once.
+
+    ``reference`` is the ranked output; ``outputs`` holds every output when the model has several
+    (empty otherwise, or when the caller did not keep them)."""
 
     reference: np.ndarray
     metrics: dict[str, Any]
+    outputs: tuple[np.ndarray, ...] = ()
 
 
 def baseline(original: ModelHandle, with_zip: bool = True) -> Baseline:
     """Run the original once; pass the result to ``evaluate`` to compare many plans cheaply."""
-    reference = original.run(original.data.inputs)
-    return Baseline(reference, model_metrics(original, reference, reference, with_zip))
+    outputs = original.run_outputs(original.data.inputs)
+    reference = outputs[original.quality.output]
+    metrics = model_metrics(original, reference, reference, with_zip)
+    if len(outputs) == 1:
+        return Baseline(reference, metrics)
+    metrics["outputs"] = per_output_fidelity(original, outputs, outputs)
+    return Baseline(reference, metrics, tuple(outputs))
 
 
 def evaluate(
@@ -167,10 +229,15 @@ def evaluate(
     """``{"original": {...}, "compressed": {...}}`` (compressed only when given), with the keys of
     ``METRIC_KEYS``, plus ``layer_sqnr`` (per planned layer, dB) and ``notes`` for the compressed
     model. ``with_zip=False`` skips the ONNX export behind ``zip_bytes`` (it is then None); ``base``
-    reuses the original's outputs and metrics from ``baseline``."""
+    reuses the original's outputs and metrics from ``baseline``. A model with several outputs gets
+    ``outputs`` on each side (``per_output_fidelity``); ``user_metric`` is there with a user metric."""
     base = base or baseline(original, with_zip)
     result = {"original": dict(base.metrics)}
     if compressed is not None:
-        metrics = model_metrics(compressed, base.reference, compressed.run(original.data.inputs), with_zip)
+        outputs = compressed.run_outputs(original.data.inputs)
+        metrics = model_metrics(compressed, base.reference, outputs[compressed.quality.output], with_zip)
+        if len(outputs) > 1:
+            references = base.outputs or tuple(original.run_outputs(original.data.inputs))
+            metrics["outputs"] = per_output_fidelity(compressed, references, outputs)
         result["compressed"] = {**metrics, **compression_details(compressed)}
     return result

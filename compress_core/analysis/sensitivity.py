@@ -27,7 +27,7 @@ from torch import nn
 
 from compress_core.analysis.activation_cache import StagedModel, StageState
 from compress_core.analysis.hessian import hessian_traces
-from compress_core.analysis.metrics import output_fidelity, quality_metric
+from compress_core.analysis.metrics import quality_metric, quality_ranking
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
 from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
 from compress_core.errors import CompressError
@@ -101,11 +101,10 @@ class _Runner:
         self.reference = self._run_work(None) if self.work is not None else handle.run(inputs, batch_size)
 
     def sweep_all(self, progress: Callable[[Progress], None] | None, cancel: Cancel) -> SensitivityResult:
-        fidelity = output_fidelity(self.reference, self.reference, self.handle.data.labels, self.handle.task)
-        baseline = quality_metric(self.handle, self.reference, self.reference)
+        metric_name, baseline = quality_ranking(self.handle, self.reference, self.reference)
         result = SensitivityResult(
             model=self.handle.name,
-            metric_name=next(key for key in ("accuracy", "agreement", "cosine") if fidelity[key] is not None),
+            metric_name=metric_name,
             baseline=baseline,
             sweep=self.sweep,
             strategy=self.strategy,

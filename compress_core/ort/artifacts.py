@@ -31,7 +31,8 @@ import onnx
 import torch
 
 from compress_core import jsonio
-from compress_core.analysis.metrics import output_fidelity
+from compress_core.analysis import quality
+from compress_core.analysis.metrics import output_quality, user_metric_label
 from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
@@ -144,9 +145,13 @@ def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
         raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
 
 
-def headline(fidelity: dict[str, Any], task: str) -> tuple[str, float | None]:
-    """The one figure to show: accuracy where labels exist, cosine for embeddings, else agreement."""
-    key = "cosine" if task == "embedding" else ("accuracy" if fidelity.get("accuracy") is not None else "agreement")
+def headline(fidelity: dict[str, Any], task: str, metric_label: str | None = None) -> tuple[str, float | None]:
+    """The one figure to show and its key, as ``quality.ranked_key`` picks it: the user metric (with
+    ``metric_label``), else accuracy where labels exist, agreement, or cosine (always for embeddings).
+    The value is None where ``fidelity`` has none (a file that was not run)."""
+    key = quality.ranked_key(task, fidelity, metric_label)
+    if key is None:
+        key = quality.USER_METRIC if metric_label else ("cosine" if task == "embedding" else "agreement")
     return key, fidelity.get(key)
 
 
@@ -163,11 +168,13 @@ def _metrics(
         entry: dict[str, Any] = file_sizes(path)
         if name in ONNX_FILES:
             outputs = run_onnx(path, original.data.inputs)
-            entry.update(output_fidelity(reference, outputs, original.data.labels, original.task))
+            entry.update(output_quality(original, reference, outputs))
         artifacts[name] = entry
     return {
         "model": original.name,
         "task": original.task,
+        "ctc_blank": original.quality.ctc_blank,
+        "metric_label": user_metric_label(original),
         "data": {"origin": original.data.origin, "samples": len(original.data)},
         "pytorch": model.evaluate(),
         "artifacts": artifacts,
@@ -187,29 +194,32 @@ def _metrics(
 
 
 def report_markdown(metrics: dict[str, Any]) -> str:
-    """The export report: each file's size and ORT-measured quality next to the PyTorch simulation."""
-    task = metrics["task"]
+    """The export report: the task kind and its metric, each file's size and ORT-measured quality
+    next to the PyTorch simulation."""
+    task, label = metrics["task"], metrics.get("metric_label")
     simulated = metrics["pytorch"]
     runtime = metrics.get("runtime")
-    key, _ = headline(simulated["compressed"], task)
+    titles = [title for title, _ in _figures(simulated["compressed"], task, label)]
+    ctc = "" if metrics.get("ctc_blank") is None else f", CTC-decoded with blank {metrics['ctc_blank']}"
     lines = [
         f"# Export of {metrics['model']}",
         "",
         f"Evaluation data: {metrics['data']['origin']} ({metrics['data']['samples']} samples). "
-        f"Quality is {key}, measured with ONNX Runtime on each file; PyTorch-simulated figures follow.",
+        f"Task: {quality.describe_task(task)}{ctc}. Quality is {' and '.join(titles)}, measured with ONNX "
+        "Runtime on each file; PyTorch-simulated figures follow.",
         "",
         *([f"Measured on {runtime_line(runtime)}.", ""] if runtime else []),
-        f"| file | bytes | zip bytes | {key} (ONNX Runtime) |",
-        "|---|---:|---:|---:|",
+        "| file | bytes | zip bytes | " + " | ".join(f"{title} (ONNX Runtime)" for title in titles) + " |",
+        "|---|---:|---:|" + "---:|" * len(titles),
     ]
     for name, entry in metrics["artifacts"].items():
-        value = headline(entry, task)[1] if "cosine" in entry else None
-        lines.append(f"| {name} | {entry['bytes']:,} | {entry['zip_bytes']:,} | {_percent(value)} |")
-    lines += [
-        "",
-        f"PyTorch simulation: original {_percent(headline(simulated['original'], task)[1])}, "
-        f"compressed {_percent(headline(simulated['compressed'], task)[1])}.",
-    ]
+        values = [value for _, value in _figures(entry, task, label)] if "cosine" in entry else ["n/a"] * len(titles)
+        lines.append(f"| {name} | {entry['bytes']:,} | {entry['zip_bytes']:,} | " + " | ".join(values) + " |")
+    original, compressed = (
+        ", ".join(f"{title} {value}" for title, value in _figures(simulated[side], task, label))
+        for side in ("original", "compressed")
+    )
+    lines += ["", f"PyTorch simulation ({task}): original {original}; compressed {compressed}."]
     quantized = metrics["int8"]
     if quantized:
         setup = (
@@ -239,6 +249,17 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
     lines += ["", metrics_markdown(simulated, title="PyTorch-simulated metrics").replace("# ", "## ", 1)]
     return "\n".join(lines)
+
+
+def _figures(fidelity: dict[str, Any], task: str, metric_label: str | None) -> list[tuple[str, str]]:
+    """The headline figure, and exact match for sequences and ids, as (title, formatted value)."""
+    key, value = headline(fidelity, task, metric_label)
+    if key == quality.USER_METRIC:
+        return [(str(metric_label), "n/a" if value is None else f"{value:.4g}")]
+    figures = [(quality.metric_title(task, key), _percent(value))]
+    if task in ("sequence", "ids"):
+        figures.append((quality.metric_title(task, "exact_match"), _percent(fidelity.get("exact_match"))))
+    return figures
 
 
 def _percent(value: float | None) -> str:

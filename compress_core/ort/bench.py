@@ -76,9 +76,9 @@ def bench_folder(
         rows = []
         for timing in timings:
             path = paths[timing.name]
-            key, value = headline(
-                output_fidelity(reference, run_onnx(path, inputs), labels, metrics["task"]), metrics["task"]
-            )
+            outputs = run_onnx(path, inputs)
+            fidelity = output_fidelity(reference, outputs, labels, metrics["task"], metrics.get("ctc_blank"))
+            key, value = headline(fidelity, metrics["task"])
             census = op_census(path, layer_nodes)
             profile = profile_nodes(path, inputs, layer_nodes, threads, batch)
             rows.append(
