@@ -491,12 +491,15 @@ HOSTILE = {
     ),
     "wrong input shape": (
         _npz(inputs=np.zeros((3, 64), np.float32)),
-        "data.npz: 'inputs' has samples of shape (64,), but the model takes (1, 8, 8)",
+        "data.npz: input 'input' has samples of shape (64,), but the model takes input float32[N, 1, 8, 8]",
     ),
-    "no inputs": (_npz(x=FLOATS), "data.npz: has no 'inputs' array (found: x)"),
+    "no inputs": (
+        _npz(x=FLOATS),
+        "data.npz: has no array for input 'input' (found: x); expected 'input' (or 'inputs') and optional 'labels'",
+    ),
     "no samples": (
         _npz(inputs=np.zeros((0, 1, 8, 8), np.float32)),
-        "'inputs' has shape (0, 1, 8, 8); expected (N, *sample_shape) with N >= 1",
+        "input 'input' has no samples (shape (0, 1, 8, 8)); give at least one",
     ),
     "member size mismatch": (
         _npz_size_mismatch,

@@ -113,7 +113,7 @@ def test_int8_accuracy_within_one_point_of_fp32(cnn, tmp_path):
     compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
     result = quantize_int8(compressed, tmp_path / "int8.onnx", OPTIONS)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    int8 = (session.run(None, {"input": cnn.data.inputs})[0].argmax(1) == cnn.data.labels).mean()
+    int8 = (session.run(None, cnn.data.inputs.feed())[0].argmax(1) == cnn.data.labels).mean()
     fp32 = (cnn.run(cnn.data.inputs).argmax(1) == cnn.data.labels).mean()
     assert abs(int8 - fp32) <= 0.01
 
@@ -187,7 +187,7 @@ def test_opset11_with_constant_weights_is_converted_and_quantized(tmp_path):
     per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "W_quantized"]
     assert len(per_channel) == 1 and any(a.name == "axis" for a in per_channel[0].attribute)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    assert session.run(None, {"input": handle.data.inputs[:4]})[0].shape == (4, 10)
+    assert session.run(None, handle.data.inputs[:4].feed())[0].shape == (4, 10)
 
 
 def test_op_ort_cannot_quantize_names_op_layer_and_fallback(tmp_path):
@@ -208,7 +208,7 @@ def test_dynamic_quantization_of_a_transformer(tmp_path):
     assert result.mode == "dynamic" and ops & {"MatMulInteger", "DynamicQuantizeMatMul"}
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     agreement = (
-        session.run(None, {"input": handle.data.inputs})[0].argmax(1) == handle.run(handle.data.inputs).argmax(1)
+        session.run(None, handle.data.inputs.feed())[0].argmax(1) == handle.run(handle.data.inputs).argmax(1)
     ).mean()
     assert agreement >= 0.95
 
@@ -243,7 +243,7 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
     )
     inputs = minilm.data.inputs
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    int8, reference = session.run(None, {"input": inputs})[0], minilm.run(inputs)
+    int8, reference = session.run(None, inputs.feed())[0], minilm.run(inputs)
     cosine = (int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(reference, axis=1)
     # Without VNNI, ORT's U8S8 kernels add pairs of u8 x s8 products in 16 bits, which can saturate:
     # 0.9879 was measured on an AVX2-only CPU, so the bound there is 0.98; with VNNI there is no such loss.

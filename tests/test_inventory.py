@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from compress_core import layer_inventory, load_model, total_params
-from compress_core.models.handle import EvalData, InputSpec, ModelHandle
+from compress_core.models.handle import EvalData, Inputs, InputSpec, ModelHandle
 from compress_core.models.inventory import weight_statistics
 from compress_core.ort.export import to_onnx
 
@@ -28,7 +28,9 @@ class Small(nn.Module):
 
 def _handle(model, shape) -> ModelHandle:
     spec = InputSpec(shape)
-    return ModelHandle("small", "torch", model.eval(), spec, EvalData(spec.example(4), None, "generated"), "sample")
+    return ModelHandle(
+        "small", "torch", model.eval(), (spec,), EvalData(Inputs.single(spec.example(4)), None, "generated"), "sample"
+    )
 
 
 def test_hand_computed_macs_and_params():

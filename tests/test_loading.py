@@ -11,6 +11,7 @@ from torch import nn
 
 from compress_core import CompressError, layer_inventory, load_model, save_torchscript, total_params
 from compress_core.models.evaldata import MAX_DATA_BYTES_ENV, load_npz
+from compress_core.models.inputs import InputSpec
 from compress_core.ort.export import to_onnx
 
 TRUST_REFUSAL = (
@@ -43,7 +44,7 @@ def _summary(handle):
 def test_sample_has_its_test_split(cnn):
     assert cnn.backend == "torch"
     assert cnn.input_spec.shape == (1, 8, 8)
-    assert cnn.data.inputs.shape == (450, 1, 8, 8)
+    assert cnn.data.inputs.first.shape == (450, 1, 8, 8)
     assert cnn.data.labels is not None and not cnn.data.generated
 
 
@@ -100,10 +101,10 @@ def test_torchscript_needs_trust_even_when_this_project_wrote_it(cnn, tmp_path, 
 
 
 def test_npz_data_with_and_without_labels(files, tmp_path, cnn):
-    np.savez(tmp_path / "d.npz", inputs=cnn.data.inputs[:20], labels=cnn.data.labels[:20])
+    np.savez(tmp_path / "d.npz", inputs=cnn.data.inputs.first[:20], labels=cnn.data.labels[:20])
     handle = load_model(files / "cnn.onnx", data=tmp_path / "d.npz")
     assert handle.data.origin == "file d.npz" and len(handle.data) == 20
-    np.savez(tmp_path / "x.npz", inputs=cnn.data.inputs[:7])
+    np.savez(tmp_path / "x.npz", inputs=cnn.data.inputs.first[:7])
     assert load_model("digits_cnn", data=tmp_path / "x.npz").data.labels is None
 
 
@@ -136,11 +137,15 @@ def test_truncated_onnx_and_torchscript(files, tmp_path):
 
 def test_bad_npz_files(files, tmp_path):
     np.savez(tmp_path / "nothing.npz", x=np.zeros((3, 1, 8, 8), np.float32))
-    with pytest.raises(CompressError, match=r"nothing.npz: has no 'inputs' array \(found: x\)"):
+    with pytest.raises(
+        CompressError,
+        match=r"nothing.npz: has no array for input 'input' \(found: x\); expected 'input' \(or 'inputs'\)",
+    ):
         load_model("digits_cnn", data=tmp_path / "nothing.npz")
     np.savez(tmp_path / "shape.npz", inputs=np.zeros((3, 64), np.float32))
     with pytest.raises(
-        CompressError, match=r"shape.npz: 'inputs' has samples of shape \(64,\), but the model takes \(1, 8, 8\)"
+        CompressError,
+        match=r"cnn.onnx: input 'input' is declared \[N, 1, 8, 8\]; samples of shape \(64,\) \(from .*shape.npz\)",
     ):
         load_model(files / "cnn.onnx", data=tmp_path / "shape.npz")
     np.savez(tmp_path / "labels.npz", inputs=np.zeros((3, 1, 8, 8), np.float32), labels=np.zeros(2, np.int64))
@@ -152,10 +157,10 @@ def test_bad_npz_files(files, tmp_path):
 
 def test_npz_size_limit_from_argument_and_environment(tmp_path, monkeypatch):
     np.savez(tmp_path / "d.npz", inputs=np.zeros((4, 1, 8, 8), np.float32), labels=np.arange(4))
-    assert len(load_npz(tmp_path / "d.npz", None, max_bytes=1024)) == 4  # inputs: exactly 1,024 bytes
+    assert len(load_npz(tmp_path / "d.npz", [InputSpec((1, 8, 8))], max_bytes=1024)) == 4  # inputs: exactly 1,024 bytes
     too_big = r"d.npz: member 'inputs.npy' takes 1,024 bytes once loaded \(shape \(4, 1, 8, 8\), float32\), over the limit of 1,023 bytes"
     with pytest.raises(CompressError, match=too_big):
-        load_npz(tmp_path / "d.npz", None, max_bytes=1023)
+        load_npz(tmp_path / "d.npz", [InputSpec((1, 8, 8))], max_bytes=1023)
     monkeypatch.setenv(MAX_DATA_BYTES_ENV, "1000")
     with pytest.raises(
         CompressError, match=r"over the limit of 1,000 bytes; use less data or raise " + MAX_DATA_BYTES_ENV
@@ -169,9 +174,9 @@ def test_npz_size_limit_from_argument_and_environment(tmp_path, monkeypatch):
 def test_npz_fortran_order_and_integer_inputs(tmp_path):
     inputs = np.asfortranarray(np.arange(3 * 64, dtype=np.int16).reshape(3, 1, 8, 8))
     np.savez(tmp_path / "f.npz", inputs=inputs, labels=np.array([2, 0, 1], np.uint8))
-    data = load_npz(tmp_path / "f.npz", None)
-    assert data.inputs.dtype == np.int64 and data.labels.dtype == np.int64
-    np.testing.assert_array_equal(data.inputs, inputs)
+    data = load_npz(tmp_path / "f.npz", [InputSpec((1, 8, 8), "int64")])
+    assert data.inputs.first.dtype == np.int64 and data.labels.dtype == np.int64
+    np.testing.assert_array_equal(data.inputs.first, inputs)
     np.testing.assert_array_equal(data.labels, [2, 0, 1])
 
 
@@ -183,7 +188,10 @@ def test_input_shape_that_does_not_fit(files):
 def test_scripted_module_without_shape_asks_for_one(tmp_path):
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 3)))
     scripted.save(str(tmp_path / "s.ts"))
-    with pytest.raises(CompressError, match=r"s.ts: the file does not say its input shape.*--input-shape"):
+    with pytest.raises(
+        CompressError,
+        match=r"s.ts: input 'input' \(shape unknown\) is open; give one sample's shape without the batch axis \(CLI: --input-shape",
+    ):
         load_model(tmp_path / "s.ts", trust_code=True)
     assert load_model(tmp_path / "s.ts", input_shape=(4,), trust_code=True).input_spec.shape == (4,)
 

@@ -13,7 +13,7 @@ from compress_core import CompressError, load_model
 from compress_core.analysis.metrics import evaluate, output_fidelity
 from compress_core.analysis.recover import finetune, training_data
 from compress_core.cli import main
-from compress_core.models.handle import EvalData, ModelHandle
+from compress_core.models.handle import EvalData, Inputs, ModelHandle
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 from sample_models import digits_split
@@ -31,7 +31,7 @@ def cnn() -> ModelHandle:
 def subset() -> EvalData:
     """A small slice of the training split, so that each fine-tuning run takes about a second."""
     x_train, y_train, _, _ = digits_split("digits_cnn")
-    return EvalData(inputs=x_train[:TRAIN_SAMPLES], labels=y_train[:TRAIN_SAMPLES], origin="test subset")
+    return EvalData(inputs=Inputs.single(x_train[:TRAIN_SAMPLES]), labels=y_train[:TRAIN_SAMPLES], origin="test subset")
 
 
 def compress(handle: ModelHandle, recipe: str) -> ModelHandle:

@@ -133,9 +133,7 @@ def test_onnx_export_keeps_a_static_batch(programs):
     assert [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim] == [FIXED_BATCH, 1, 8, 8]
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     inputs = fixed.data.inputs[:FIXED_BATCH]
-    np.testing.assert_allclose(
-        session.run(None, {session.get_inputs()[0].name: inputs})[0], fixed.run(inputs), atol=1e-5
-    )
+    np.testing.assert_allclose(session.run(None, inputs.feed())[0], fixed.run(inputs), atol=1e-5)
 
 
 def test_sensitivity_and_hessian_batch_a_static_batch_program(programs, layers):
@@ -180,7 +178,7 @@ class _VolumeNet(nn.Module):
 
 def _volume_handle(groups: int = 1) -> ModelHandle:
     spec = InputSpec((2, 4, 8, 8))
-    return ModelHandle("volume", "torch", _VolumeNet(groups).eval(), spec, generated_data(spec), kind="sample")
+    return ModelHandle("volume", "torch", _VolumeNet(groups).eval(), (spec,), generated_data([spec]), kind="sample")
 
 
 def test_the_inventory_gives_a_conv_transpose_its_output_axis():
@@ -274,9 +272,9 @@ def test_a_model_with_nested_outputs_is_run_and_swept_on_its_first_leaf():
     # One unwrapping: ModelHandle.run took one level of tuple while the sensitivity sweep took every level.
     spec = InputSpec((4,))
     handle = ModelHandle(
-        "nested", "torch", _NestedOutputs().eval(), spec, generated_data(spec, samples=16), kind="sample"
+        "nested", "torch", _NestedOutputs().eval(), (spec,), generated_data([spec], samples=16), kind="sample"
     )
-    expected = handle.model.fc(torch.from_numpy(handle.data.inputs)).detach().numpy()
+    expected = handle.model.fc(torch.from_numpy(handle.data.inputs.first)).detach().numpy()
     np.testing.assert_allclose(handle.run(handle.data.inputs), expected, rtol=1e-6)
     table = run_sensitivity(handle, Sweep(bits=(8,), kinds=("bits",)), cache=False)
     assert [row.layer for row in table.rows] == ["fc"] and table.rows[0].drop == pytest.approx(0.0, abs=1.0)

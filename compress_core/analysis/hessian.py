@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import ModelHandle, first_tensor
+from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.transform.torch_backend import copy_module
 
@@ -29,12 +29,12 @@ def hessian_traces(
     for parameter in named.values():
         parameter.requires_grad_(False)
     weights = [named[layer.weight_name].requires_grad_(True) for layer in layers]
-    inputs = np.array(handle.data.inputs[:max_inputs])
+    inputs = handle.data.inputs[:max_inputs]
     labels = handle.data.labels
     generator = torch.Generator().manual_seed(seed)
     with torch.enable_grad():
         batches = handle.input_batches(inputs, len(inputs))  # one batch, or a fixed-batch program's batches
-        output = torch.cat([first_tensor(work(torch.from_numpy(batch))) for batch in batches])[: len(inputs)]
+        output = torch.cat([handle.call(work, batch) for batch in batches])[: len(inputs)]
         if handle.task == "classification" and labels is not None:
             loss = nn.functional.cross_entropy(output, torch.from_numpy(np.array(labels[:max_inputs])))
         else:

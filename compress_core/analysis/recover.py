@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress_core.analysis.activation_cache import first_tensor
 from compress_core.errors import CompressError
 from compress_core.models import samples
-from compress_core.models.handle import CompressionRecord, EvalData, ModelHandle
+from compress_core.models.evaldata import check_inputs
+from compress_core.models.handle import CompressionRecord, EvalData, Inputs, ModelHandle
 from compress_core.ops.fake_quant import snap_to_grids, straight_through
 from compress_core.ops.quantize import QuantizedWeight
 from compress_core.transform.torch_backend import copy_module
@@ -81,10 +81,7 @@ def finetune(
             f"'{compressed.name}' is an ONNX model; fine-tuning needs a torch model (load the .pt, .pt2 or TorchScript file instead)"
         )
     train, origin_note = _training_data(original, data)
-    if tuple(train.inputs.shape[1:]) != tuple(compressed.input_spec.shape):
-        raise CompressError(
-            f"training inputs have samples of shape {tuple(train.inputs.shape[1:])}, but the model takes {tuple(compressed.input_spec.shape)}"
-        )
+    check_inputs("training data", compressed.input_specs, train.inputs)
     record = compressed.compression or CompressionRecord(plan=None)
     batch_size = compressed.batch_size_for(batch_size)
     student = copy_module(compressed.model)
@@ -93,7 +90,7 @@ def finetune(
         if name not in parameters:
             raise CompressError(f"weight '{name}' of the compression record is not a parameter of the compressed model")
 
-    inputs = torch.from_numpy(np.array(train.inputs))
+    inputs = train.inputs
     targets = torch.from_numpy(original.run(train.inputs).astype(np.float32))
     labels = (
         None if train.labels is None or original.task != "classification" else torch.from_numpy(np.array(train.labels))
@@ -115,7 +112,7 @@ def finetune(
                 targets,
                 labels,
                 batch_size,
-                compressed.padded,
+                lambda batch: compressed.call(student, compressed.padded(batch)),
                 cancel,
             )
             if loss is None:
@@ -161,7 +158,7 @@ def training_data(handle: ModelHandle) -> EvalData:
     base_name = handle.name.split(" (", 1)[0]
     if handle.kind == "sample" and base_name in samples.digits_names():
         x_train, y_train, _, _ = digits_split(base_name)
-        return EvalData(inputs=x_train, labels=y_train, origin="training split of scikit-learn digits")
+        return EvalData(inputs=Inputs.single(x_train), labels=y_train, origin="training split of scikit-learn digits")
     return handle.data
 
 
@@ -224,16 +221,17 @@ def _run_epoch(
     record: CompressionRecord,
     optimizer: torch.optim.Optimizer,
     loss_function: LossFunction,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     targets: torch.Tensor,
     labels: torch.Tensor | None,
     batch_size: int,
-    padded: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[Inputs], torch.Tensor],
     cancel: Callable[[], bool] | None,
 ) -> float | None:
     """One pass over the data in shuffled batches; the mean loss, or None when cancelled.
 
-    ``padded`` is the handle's: it adds the rows a fixed-batch program needs, whose outputs are dropped.
+    ``forward`` runs the student on a batch, padded to a fixed-batch program's size (the padding's
+    outputs follow the real ones and are dropped).
     """
     total = 0.0
     for batch in torch.randperm(len(inputs)).split(batch_size):
@@ -241,7 +239,7 @@ def _run_epoch(
             return None
         optimizer.zero_grad()
         with straight_through(parameters, record.quantized):
-            outputs = first_tensor(student(inputs[padded(batch)]))[: len(batch)]
+            outputs = forward(inputs[batch.numpy()])[: len(batch)]
             loss = loss_function(outputs, targets[batch], None if labels is None else labels[batch])
             loss.backward()
         _hold_masks(parameters, record.masks, gradients=True)

@@ -31,7 +31,7 @@ from compress_core.analysis.metrics import quality_metric, quality_ranking
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
 from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
 from compress_core.errors import CompressError
-from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy, first_tensor
+from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.ops.lowrank import energy_kept, resolve_rank, singular_values, truncated_svd
 from compress_core.ops.prune import channels_to_prune
@@ -91,8 +91,11 @@ class _Runner:
         swappable = handle.backend == "torch" and not isinstance(handle.model, torch.jit.ScriptModule)
         self.work: nn.Module | None = copy_module(handle.model) if swappable else None
         inputs = handle.data.inputs
-        self.batches = [torch.from_numpy(np.array(batch)) for batch in handle.input_batches(inputs, batch_size)]
-        self.staged = StagedModel.build(self.work, self.batches[0]) if self.work is not None and staged else None
+        self.batches = handle.input_batches(inputs, batch_size)
+        # the staged cache follows one input to the first output
+        stageable = staged and len(handle.input_specs) == 1 and handle.quality.output == 0
+        self.tensors = [batch.tensors()[0] for batch in self.batches] if stageable else []
+        self.staged = StagedModel.build(self.work, self.tensors[0]) if self.work is not None and stageable else None
         self.strategy = (
             "staged activation cache"
             if self.staged
@@ -116,7 +119,7 @@ class _Runner:
         state: StageState | None = None  # the values alive before the current layer's stage, when staged
         for layer_index, layer in enumerate(order, start=1):
             if staged:
-                state = staged.advance(staged.start(self.batches) if state is None else state, self._cut(staged, layer))
+                state = staged.advance(staged.start(self.tensors) if state is None else state, self._cut(staged, layer))
             for kind, level in cells:
                 reason = self._skip_reason(layer, kind, level)
                 if reason is None:
@@ -200,10 +203,10 @@ class _Runner:
         (without the outputs of a fixed-batch program's padding)."""
         with torch.inference_mode():
             if self.staged is not None:
-                outputs = self.staged.run_from(self.staged.start(self.batches) if state is None else state)
+                outputs = self.staged.run_from(self.staged.start(self.tensors) if state is None else state)
             else:
                 work = self._working_copy()
-                outputs = [first_tensor(work(batch)) for batch in self.batches]
+                outputs = [self.handle.call(work, batch) for batch in self.batches]
         return as_numpy(outputs)[: len(self.handle.data)]
 
 

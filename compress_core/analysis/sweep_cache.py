@@ -39,7 +39,7 @@ def cache_key(handle: ModelHandle, sweep: Sweep, hessian: bool) -> str:
         for name, tensor in handle.model.state_dict().items():
             digest.update(name.encode())
             digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    for array in (handle.data.inputs, handle.data.labels):
+    for array in [*handle.data.inputs.arrays.values(), handle.data.labels]:
         if array is not None:
             digest.update(str((array.shape, array.dtype)).encode())
             digest.update(np.ascontiguousarray(array).tobytes())

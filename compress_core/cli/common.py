@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from compress_core import jsonio
+from compress_core.analysis.quality import load_user_metric
 from compress_core.errors import CompressError
 from compress_core.models.evaldata import MAX_DATA_BYTES, MAX_DATA_BYTES_ENV
-from compress_core.models.handle import ModelHandle
+from compress_core.models.handle import ModelHandle, Quality
 from compress_core.models.loading import load_model
 
 
@@ -22,6 +23,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{MAX_DATA_BYTES // 2**20} MiB unless {MAX_DATA_BYTES_ENV} says otherwise",
     )
     parser.add_argument("--input-shape", type=parse_shape, help="one sample's shape without batch, e.g. 1,8,8")
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        type=parse_input,
+        default=[],
+        metavar="NAME=SHAPE|VALUE",
+        help="an input the file leaves open: one sample's shape without batch (input1=1,64,160), or a scalar "
+        "input's value (sr=16000); repeat for several inputs",
+    )
+    parser.add_argument(
+        "--task",
+        default="auto",
+        help="how outputs are compared: auto (from the output's shape and dtype), classification, sequence, "
+        "dense, ids or embedding",
+    )
+    parser.add_argument("--output", type=int, default=0, help="index of the output that ranks (default 0)")
+    parser.add_argument(
+        "--ctc-blank", type=int, help="collapse CTC repeats and this blank id before comparing sequences"
+    )
+    parser.add_argument(
+        "--metric",
+        help="your own quality metric: path.py:function, called as function(reference, outputs, labels) -> "
+        "float, higher is better (your code, run as it is)",
+    )
     parser.add_argument(
         "--architecture", help="built-in architecture a state_dict file (.pt/.pth/.bin or .safetensors) fits"
     )
@@ -37,13 +63,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_from_args(args: argparse.Namespace) -> ModelHandle:
     """Load the model the common arguments describe."""
+    metric, label = load_user_metric(args.metric) if args.metric else (None, None)
     return load_model(
         args.model,
         input_shape=args.input_shape,
+        inputs=dict(args.inputs),
         data=args.data,
         architecture=args.architecture,
         trust_code=args.trust_code,
+        quality=Quality(args.task, args.output, args.ctc_blank, metric, label),
     )
+
+
+def parse_input(text: str) -> tuple[str, tuple[float, ...]]:
+    """``"input1=1,64,160"`` -> ``("input1", (1.0, 64.0, 160.0))``: a name and a shape or a value."""
+    name, separator, numbers = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"--input '{text}': expected NAME=SHAPE or NAME=VALUE, e.g. input1=1,64,160")
+    try:
+        values = tuple(float(part) for part in numbers.replace("x", ",").split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--input '{text}': '{numbers}' is not a comma-separated list of numbers"
+        ) from exc
+    if not values:
+        raise argparse.ArgumentTypeError(f"--input '{text}': give a shape (1,64,160) or a value (16000)")
+    return name.strip(), values
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     plan = Plan.load(args.recipe)
     original = load_from_args(args)
     model = compress(original, plan)
-    train = load_npz(args.train_data, original.input_spec) if args.train_data else None
+    train = load_npz(args.train_data, original.input_specs) if args.train_data else None
     tuned, history = finetune(
         original,
         model.compressed.handle,

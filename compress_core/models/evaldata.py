@@ -1,7 +1,9 @@
-"""Evaluation data: a user's ``.npz`` file, checked against the model's input spec, or generated inputs.
+"""Evaluation data: a user's ``.npz`` file, checked against the model's input specs, or generated inputs.
 
-An ``.npz`` is read member by member: only ``inputs.npy`` and ``labels.npy``, each refused from its
-``.npy`` header (shape and dtype) before any data is read when it is too large or not numeric.
+An ``.npz`` holds one array per model input, named after the input (``input_ids.npy``,
+``attention_mask.npy``); a single-input model's array may also be called ``inputs``. Optional
+``labels`` hold integer labels. It is read member by member: only those members, each refused from
+its ``.npy`` header (shape and dtype) before any data is read when it is too large or not numeric.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -17,13 +19,15 @@ from typing import IO
 import numpy as np
 
 from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import EvalData, InputSpec
+from compress_core.models.handle import EvalData
+from compress_core.models.inputs import Inputs, InputSpec, generated_inputs
 from compress_core.models.trust import ZIP_ERRORS
 
 GENERATED_SAMPLES = 256
 MAX_DATA_BYTES = 512 * 2**20
 MAX_DATA_BYTES_ENV = "COMPRESS_EXPLORER_MAX_DATA_BYTES"
-SAVE_HINT = "save with numpy.savez(path, inputs=..., labels=...)"
+SAVE_HINT = "save with numpy.savez(path, inputs=..., labels=...), or one array per input name"
+SINGLE_INPUT_KEY = "inputs"
 NPY_MAGIC = b"\x93NUMPY"
 # numpy dtype kinds: inputs may be bool, integers or floats; labels must be integers.
 INPUT_KINDS = "biuf"
@@ -41,30 +45,62 @@ KIND_NAMES = {
 }
 
 
-def load_npz(path: str | Path, spec: InputSpec | None, max_bytes: int | None = None) -> EvalData:
-    """Read ``inputs`` (and optional ``labels``) from an ``.npz`` file; check they fit ``spec``.
+def load_npz(path: str | Path, specs: Sequence[InputSpec], max_bytes: int | None = None) -> EvalData:
+    """Read the model's inputs (and optional ``labels``) from an ``.npz`` file; check they fit ``specs``."""
+    arrays, labels = read_npz(path, [spec.name for spec in specs], max_bytes)
+    return eval_data(Path(path), specs, arrays, labels)
 
-    Only the members ``inputs.npy`` and ``labels.npy`` are read, and each is refused before its
-    data is read when it would take more than ``max_bytes`` of memory (default: the environment
-    variable ``COMPRESS_EXPLORER_MAX_DATA_BYTES``, else ``MAX_DATA_BYTES``) or has a dtype that is
-    not numeric (labels: not integer). Pickled object arrays are never unpickled.
+
+def read_npz(
+    path: str | Path, names: Sequence[str], max_bytes: int | None = None
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The arrays named after the inputs ``names`` (``inputs`` for a single input) and the optional labels.
+
+    Each member is refused before its data is read when it would take more than ``max_bytes`` of
+    memory (default: the environment variable ``COMPRESS_EXPLORER_MAX_DATA_BYTES``, else
+    ``MAX_DATA_BYTES``) or has a dtype that is not numeric (labels: not integer). Pickled object
+    arrays are never unpickled. A missing input is a one-line error naming what the file holds.
     """
     path = Path(path)
     limit = data_limit(max_bytes)
+    arrays: dict[str, np.ndarray] = {}
     with _open_npz(path) as archive:
-        inputs = _read_member(archive, path, "inputs", INPUT_KINDS, limit)
-        labels = _read_member(archive, path, "labels", LABEL_KINDS, limit)
-        if inputs is None:
-            found = ", ".join(sorted(name.removesuffix(".npy") for name in archive.namelist())[:10]) or "nothing"
-            raise CompressError(
-                f"{path}: has no 'inputs' array (found: {found}); expected 'inputs' and optional 'labels'"
+        for name in names:
+            keys = [name, SINGLE_INPUT_KEY] if len(names) == 1 else [name]
+            array = next(
+                (found for key in keys if (found := _read_member(archive, path, key, INPUT_KINDS, limit)) is not None),
+                None,
             )
-    _check_shapes(path, inputs, labels, spec)
-    dtype = spec.dtype if spec is not None else ("int64" if np.issubdtype(inputs.dtype, np.integer) else "float32")
+            if array is None:
+                held = ", ".join(sorted(member.removesuffix(".npy") for member in archive.namelist())[:10]) or "nothing"
+                expected = (
+                    f"'{name}' (or '{SINGLE_INPUT_KEY}')"
+                    if len(names) == 1
+                    else f"one array per input: {', '.join(names)}"
+                )
+                raise CompressError(
+                    f"{path}: has no array for input '{name}' (found: {held}); expected {expected} and optional 'labels'"
+                )
+            arrays[name] = array
+        labels = _read_member(archive, path, "labels", LABEL_KINDS, limit)
+    return arrays, labels
+
+
+def eval_data(
+    path: Path, specs: Sequence[InputSpec], arrays: dict[str, np.ndarray], labels: np.ndarray | None
+) -> EvalData:
+    """``EvalData`` from arrays read from ``path``, each checked against its spec and cast to its dtype."""
+    for spec in specs:
+        _check_input(path, spec, arrays[spec.name])
+    inputs = Inputs.from_specs(
+        specs, {spec.name: np.ascontiguousarray(arrays[spec.name].astype(spec.dtype)) for spec in specs}
+    )
+    if labels is not None and (labels.ndim < 1 or len(labels) != len(inputs)):
+        raise CompressError(
+            f"{path}: 'labels' has shape {labels.shape}; expected one integer label (or label row) per sample ({len(inputs)},)"
+        )
     return EvalData(
-        inputs=np.ascontiguousarray(inputs.astype(dtype)),
-        labels=None if labels is None else labels.astype(np.int64),
-        origin=f"file {path.name}",
+        inputs=inputs, labels=None if labels is None else labels.astype(np.int64), origin=f"file {path.name}"
     )
 
 
@@ -168,20 +204,36 @@ def _check_size(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype, 
         )
 
 
-def _check_shapes(path: Path, inputs: np.ndarray, labels: np.ndarray | None, spec: InputSpec | None) -> None:
-    if inputs.ndim < 2 or len(inputs) == 0:
-        raise CompressError(f"{path}: 'inputs' has shape {inputs.shape}; expected (N, *sample_shape) with N >= 1")
-    if spec is not None and tuple(inputs.shape[1:]) != tuple(spec.shape):
-        raise CompressError(
-            f"{path}: 'inputs' has samples of shape {tuple(inputs.shape[1:])}, "
-            f"but the model takes {tuple(spec.shape)} (after the batch axis)"
-        )
-    if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs)):
-        raise CompressError(
-            f"{path}: 'labels' has shape {labels.shape}; expected one integer label per input ({len(inputs)},)"
-        )
+def check_inputs(where: str | Path, specs: Sequence[InputSpec], inputs: Inputs) -> None:
+    """Refuse ``inputs`` (from ``where``) that lack one of ``specs``' inputs or do not fit it."""
+    for spec in specs:
+        if spec.name not in inputs.arrays:
+            raise CompressError(
+                f"{where}: has no input '{spec.name}'; the model takes {', '.join(s.name for s in specs)}"
+            )
+        _check_input(where, spec, inputs.arrays[spec.name])
 
 
-def generated_data(spec: InputSpec, samples: int = GENERATED_SAMPLES) -> EvalData:
-    """Inputs of the right shape with no labels: only fidelity metrics are meaningful on them."""
-    return EvalData(inputs=spec.example(batch=samples, seed=0), labels=None, origin="generated")
+def _check_input(path: str | Path, spec: InputSpec, array: np.ndarray) -> None:
+    """Refuse an array that does not fit its input: wrong rank, no samples, or another sample shape."""
+    if spec.batch_axis is None:
+        if tuple(array.shape) != spec.shape:
+            raise CompressError(
+                f"{path}: input '{spec.name}' has shape {array.shape}, but the model takes {spec.describe()}"
+            )
+        return
+    axis = spec.batch_axis
+    if array.ndim <= axis:
+        raise CompressError(f"{path}: input '{spec.name}' has shape {array.shape}; the model takes {spec.describe()}")
+    sample = array.shape[:axis] + array.shape[axis + 1 :]
+    if sample != spec.shape:
+        raise CompressError(
+            f"{path}: input '{spec.name}' has samples of shape {sample}, but the model takes {spec.describe()}"
+        )
+    if array.shape[axis] == 0:
+        raise CompressError(f"{path}: input '{spec.name}' has no samples (shape {array.shape}); give at least one")
+
+
+def generated_data(specs: Sequence[InputSpec], samples: int = GENERATED_SAMPLES) -> EvalData:
+    """Inputs of the right shapes with no labels: only fidelity metrics are meaningful on them."""
+    return EvalData(inputs=generated_inputs(specs, samples), labels=None, origin="generated")

@@ -3,30 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from compress_core.models.inputs import Inputs, InputSpec, in_batches
+
 Backend = Literal["torch", "onnx"]
 RUN_BATCH = 256
-Batch = TypeVar("Batch", np.ndarray, torch.Tensor)
+UserMetric = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], float]
+__all__ = ["Backend", "CompressionRecord", "EvalData", "InputSpec", "Inputs", "ModelHandle", "Quality", "RUN_BATCH"]
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """The shape of one sample (without the batch axis) and its dtype (``float32`` or ``int64``)."""
+class Quality:
+    """How the quality of a model's outputs is measured, as the user chose it (or ``auto``).
 
-    shape: tuple[int, ...]
-    dtype: str = "float32"
+    ``task``: ``auto`` (detected from the output's shape and dtype), ``classification``, ``sequence``,
+    ``dense``, ``ids``, ``embedding``. ``output``: index of the output that ranks (the others are
+    measured too). ``ctc_blank``: collapse CTC repeats and this blank id before comparing sequences.
+    ``metric``: a user function ``(reference, outputs, labels) -> float`` (higher is better) and
+    ``metric_label`` where it came from (``path.py:function``).
+    """
 
-    def example(self, batch: int = 1, seed: int = 0) -> np.ndarray:
-        """A deterministic example batch of this spec (normal floats, or small non-negative ints)."""
-        rng = np.random.default_rng(seed)
-        if self.dtype == "int64":
-            return rng.integers(1, 100, size=(batch, *self.shape), dtype=np.int64)
-        return rng.standard_normal((batch, *self.shape)).astype(np.float32)
+    task: str = "auto"
+    output: int = 0
+    ctc_blank: int | None = None
+    metric: UserMetric | None = field(default=None, compare=False)
+    metric_label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,7 @@ class EvalData:
     ``"generated"``. With generated data only fidelity to the original model is meaningful.
     """
 
-    inputs: np.ndarray
+    inputs: Inputs
     labels: np.ndarray | None
     origin: str
 
@@ -46,7 +53,7 @@ class EvalData:
         return self.origin == "generated"
 
     def __len__(self) -> int:
-        return int(self.inputs.shape[0])
+        return len(self.inputs)
 
 
 @dataclass
@@ -74,62 +81,84 @@ class ModelHandle:
     """A model loaded by ``load_model``: never mutated by the project's functions.
 
     ``model`` is a ``torch.nn.Module`` (also TorchScript or ``torch.export`` modules) when ``backend``
-    is ``"torch"``, an ``onnx.ModelProto`` when it is ``"onnx"``. ``task`` is ``"classification"``
-    (outputs are logits, accuracy where labels exist) or ``"embedding"`` (fidelity only).
-    ``kind`` says what the model was loaded from (``sample``, ``onnx``, ``torchscript``,
-    ``exported``, ``state_dict``, ``pickle``) and decides which transforms are possible.
+    is ``"torch"``, an ``onnx.ModelProto`` when it is ``"onnx"``. ``input_specs`` has one entry per
+    input, in the order the model takes them. ``task`` is the resolved kind of the ranked output
+    (``classification``, ``sequence``, ``dense``, ``ids``, ``embedding``); ``quality`` holds the
+    user's choices. ``kind`` says what the model was loaded from (``sample``, ``onnx``,
+    ``torchscript``, ``exported``, ``state_dict``, ``pickle``) and decides which transforms are possible.
     """
 
     name: str
     backend: Backend
     model: Any
-    input_spec: InputSpec
+    input_specs: tuple[InputSpec, ...]
     data: EvalData
     kind: str
     task: str = "classification"
     source: str | None = None
     compression: CompressionRecord | None = None
-    fixed_batch: int | None = None  # a torch.export program's static batch size, honoured by ``input_batches``
+    fixed_batch: int | None = None  # a program's or file's static batch size, honoured by ``input_batches``
+    quality: Quality = field(default_factory=Quality)
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> ModelHandle:
         """A new handle with some fields changed (the ONNX Runtime session is not carried over)."""
         return dataclasses.replace(self, _ort_session=None, **changes)
 
+    @property
+    def input_spec(self) -> InputSpec:
+        """The first input's spec (the only one of a single-input model)."""
+        return self.input_specs[0]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.input_specs]
+
+    def as_inputs(self, inputs: Inputs | np.ndarray) -> Inputs:
+        """``inputs`` as ``Inputs``: a bare array is the single input of a single-input model."""
+        if isinstance(inputs, Inputs):
+            return inputs
+        if len(self.input_specs) != 1:
+            raise ValueError(f"'{self.name}' takes {len(self.input_specs)} inputs; pass Inputs, not one array")
+        return Inputs.single(inputs, self.input_spec.name)
+
     def batch_size_for(self, requested: int = RUN_BATCH) -> int:
-        """The batch size to run with: ``fixed_batch`` for a program exported with a static batch, else ``requested``."""
+        """The batch size to run with: ``fixed_batch`` for a model with a static batch, else ``requested``."""
         return self.fixed_batch or requested
 
-    def padded(self, batch: Batch) -> Batch:
-        """``batch`` (numpy or torch, samples first) filled up to ``fixed_batch`` samples by repeating its
-        last sample, so that a static-batch program takes it; the outputs of the copies are to be dropped
-        (they follow the real ones). Returned unchanged when the batch size is free or already full."""
-        missing: int = (self.fixed_batch or 0) - len(batch)
-        if missing <= 0:
-            return batch
-        return batch[[*range(len(batch)), *[len(batch) - 1] * missing]]
+    def padded(self, batch: Inputs) -> Inputs:
+        """``batch`` filled up to ``fixed_batch`` samples by repeating its last sample, so that a
+        static-batch model takes it; the outputs of the copies are to be dropped (they follow the real
+        ones). Returned unchanged when the batch size is free or already full."""
+        return batch.padded(self.fixed_batch or 0)
 
-    def input_batches(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> list[np.ndarray]:
+    def input_batches(self, inputs: Inputs | np.ndarray, batch_size: int = RUN_BATCH) -> list[Inputs]:
         """``inputs`` cut into the batches the model takes (``batch_size_for``, the last one ``padded``).
 
         Every caller that runs the model batches through this; the concatenated outputs hold the
         ``len(inputs)`` real rows first, then the padding's.
         """
-        size = self.batch_size_for(batch_size)
-        return [self.padded(inputs[start : start + size]) for start in range(0, len(inputs), size)]
+        return in_batches(self.as_inputs(inputs), batch_size, self.fixed_batch)
 
-    def run(self, inputs: np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
-        """Run the model on ``inputs`` (N, *shape) in batches and return its first output as numpy."""
-        outputs = [self._run_batch(batch) for batch in self.input_batches(inputs, batch_size)]
-        return np.concatenate(outputs, axis=0)[: len(inputs)]
+    def run(self, inputs: Inputs | np.ndarray, batch_size: int = RUN_BATCH) -> np.ndarray:
+        """Run the model on ``inputs`` in batches and return its ranked output (``quality.output``) as numpy."""
+        return self.run_outputs(inputs, batch_size)[self.quality.output]
 
-    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+    def run_outputs(self, inputs: Inputs | np.ndarray, batch_size: int = RUN_BATCH) -> list[np.ndarray]:
+        """Every output of the model on ``inputs``, run in batches, as numpy (float32, or integers kept)."""
+        inputs = self.as_inputs(inputs)
+        batches = [self._run_batch(batch) for batch in self.input_batches(inputs, batch_size)]
+        return [np.concatenate(parts, axis=0)[: len(inputs)] for parts in zip(*batches)]
+
+    def _run_batch(self, batch: Inputs) -> list[np.ndarray]:
         if self.backend == "onnx":
-            session = self.ort_session()
-            input_name = session.get_inputs()[0].name
-            return np.asarray(session.run(None, {input_name: batch})[0])
+            return [np.asarray(value) for value in self.ort_session().run(None, batch.feed())]
         with torch.no_grad():
-            return as_numpy([first_tensor(self.model(torch.from_numpy(np.array(batch))))])
+            return [tensor_to_numpy(tensor) for tensor in output_tensors(self.model(*batch.tensors()))]
+
+    def call(self, module: Any, batch: Inputs) -> torch.Tensor:
+        """The ranked output tensor of ``module`` (this handle's torch model or a working copy of it) on ``batch``."""
+        return output_tensors(module(*batch.tensors()))[self.quality.output]
 
     def ort_session(self) -> Any:
         """An ONNX Runtime session for an ONNX-backed handle, built once."""
@@ -140,6 +169,17 @@ class ModelHandle:
         return self._ort_session
 
 
+def output_tensors(output: object) -> list[torch.Tensor]:
+    """Every tensor a model returned (a tensor, or nested tuples, lists and dicts of them), in order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [tensor for item in output for tensor in output_tensors(item)]
+    return []
+
+
 def first_tensor(output: object) -> torch.Tensor:
     """The model's first output: the first leaf of nested tuples and lists, as ``ModelHandle.run`` takes it."""
     while isinstance(output, (tuple, list)):
@@ -147,6 +187,14 @@ def first_tensor(output: object) -> torch.Tensor:
     return output  # type: ignore[return-value]
 
 
+def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A detached output as numpy: floats as float32, integers and booleans kept."""
+    tensor = tensor.detach()
+    if tensor.is_floating_point():
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
 def as_numpy(outputs: list[torch.Tensor]) -> np.ndarray:
-    """Batch outputs concatenated as float32 numpy, as ``ModelHandle.run`` returns them."""
-    return torch.cat([output.detach().float() for output in outputs]).numpy()
+    """Batch outputs concatenated as numpy (floats as float32), as ``ModelHandle.run`` returns them."""
+    return tensor_to_numpy(torch.cat([output.detach() for output in outputs]))

@@ -207,9 +207,9 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
         p.untyped_storage().data_ptr(): name for name, p in parameters.items() if p.dim() >= 2 and p.is_floating_point()
     }
     recorder = _WeightUseRecorder(candidates)
-    example = torch.from_numpy(np.array(handle.padded(handle.data.inputs[:1])))
+    example = handle.padded(handle.data.inputs[:1])
     with torch.no_grad(), recorder:
-        model(example)
+        model(*example.tensors())
     module_types = _module_types(model)
     layers = []
     for param_name, ops in recorder.ops.items():
@@ -291,6 +291,5 @@ def _onnx_output_shapes(handle: ModelHandle, names: list[str]) -> dict[str, tupl
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
             existing.add(name)
     session = make_session(probe, optimize=False, label=f"'{handle.name}'")
-    input_name = session.get_inputs()[0].name
-    values = session.run(names, {input_name: np.ascontiguousarray(handle.data.inputs[:1])})
+    values = session.run(names, handle.padded(handle.data.inputs[:1]).feed())
     return {name: tuple(value.shape) for name, value in zip(names, values)}

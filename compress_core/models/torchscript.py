@@ -14,6 +14,7 @@ import torch
 from compress_core.atomic import atomic_write_bytes
 from compress_core.errors import CompressError, first_line
 from compress_core.models.handle import InputSpec, ModelHandle
+from compress_core.models.inputs import generated_inputs
 from compress_core.models.trust import is_torchscript, require_trust, zip_archive
 
 # Stored inside TorchScript files that this project writes, so their input shape need not be asked.
@@ -92,8 +93,9 @@ def _spec_from_traced_graph(module: torch.jit.ScriptModule) -> InputSpec | None:
 
 def save_torchscript(handle: ModelHandle, path: str | Path) -> None:
     """Trace a torch handle's model and save it with its input spec stored inside the file."""
-    example = torch.from_numpy(handle.input_spec.example())
+    example = tuple(generated_inputs(handle.input_specs, 1).tensors())
     traced = torch.jit.trace(handle.model, example)
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={INPUT_SPEC_EXTRA_FILE: spec_to_json(handle.input_spec)})
+    stored = {INPUT_SPEC_EXTRA_FILE: spec_to_json(handle.input_spec)} if len(handle.input_specs) == 1 else {}
+    torch.jit.save(traced, buffer, _extra_files=stored)
     atomic_write_bytes(path, buffer.getvalue())

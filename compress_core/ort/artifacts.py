@@ -36,6 +36,7 @@ from compress_core.analysis.metrics import output_quality, user_metric_label
 from compress_core.analysis.report import metrics_markdown
 from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
+from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.sessions import make_session
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
 from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
@@ -95,10 +96,8 @@ def export_artifacts(
             torch.save(compressed.model.state_dict(), staging / TORCH_WEIGHTS)
         model.plan.save(staging / RECIPE)
         data = original.data
-        if data.labels is None:
-            np.savez_compressed(staging / EVAL_DATA, inputs=data.inputs)
-        else:
-            np.savez_compressed(staging / EVAL_DATA, inputs=data.inputs, labels=data.labels)
+        arrays: dict[str, Any] = {**data.inputs.arrays, **({} if data.labels is None else {"labels": data.labels})}
+        np.savez_compressed(staging / EVAL_DATA, **arrays)
         quantized = None
         if int8 is not None:
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
@@ -132,14 +131,13 @@ def file_sizes(path: Path) -> dict[str, int]:
     return {"bytes": path.stat().st_size, "zip_bytes": len(buffer.getvalue())}
 
 
-def run_onnx(path: Path, inputs: np.ndarray) -> np.ndarray:
-    """The first output of the ONNX file on ``inputs``, run in ONNX Runtime in batches."""
+def run_onnx(path: Path, inputs: Inputs, fixed_batch: int | None = None, output: int = 0) -> np.ndarray:
+    """Output number ``output`` of the ONNX file on ``inputs``, run in ONNX Runtime in batches (of
+    ``fixed_batch`` for a file with a static batch size)."""
     session = make_session(path)
     try:
-        name = session.get_inputs()[0].name
-        return np.concatenate(
-            [session.run(None, {name: inputs[i : i + RUN_BATCH]})[0] for i in range(0, len(inputs), RUN_BATCH)]
-        )
+        batches = in_batches(inputs, RUN_BATCH, fixed_batch)
+        return np.concatenate([session.run(None, batch.feed())[output] for batch in batches])[: len(inputs)]
     except Exception as exc:  # ORT's errors carry no common type
         first = first_line(exc, 200)
         raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
@@ -167,7 +165,7 @@ def _metrics(
             continue
         entry: dict[str, Any] = file_sizes(path)
         if name in ONNX_FILES:
-            outputs = run_onnx(path, original.data.inputs)
+            outputs = run_onnx(path, original.data.inputs, original.fixed_batch, original.quality.output)
             entry.update(output_quality(original, reference, outputs))
         artifacts[name] = entry
     return {
@@ -176,6 +174,9 @@ def _metrics(
         "ctc_blank": original.quality.ctc_blank,
         "metric_label": user_metric_label(original),
         "data": {"origin": original.data.origin, "samples": len(original.data)},
+        "inputs": [spec.to_dict() for spec in original.input_specs],
+        "fixed_batch": original.fixed_batch,
+        "output": original.quality.output,
         "pytorch": model.evaluate(),
         "artifacts": artifacts,
         "int8": None

@@ -20,6 +20,7 @@ from typing import Any
 from compress_core.analysis.metrics import output_fidelity
 from compress_core.errors import CompressError
 from compress_core.models.evaldata import load_npz
+from compress_core.models.inputs import InputSpec
 from compress_core.ort.artifacts import (
     EVAL_DATA,
     FP32_ONNX,
@@ -30,7 +31,7 @@ from compress_core.ort.artifacts import (
     headline,
     run_onnx,
 )
-from compress_core.ort.int8 import quantize_ort_default
+from compress_core.ort.int8 import CALIBRATION_BATCH, quantize_ort_default
 from compress_core.ort.latency import measure_latency
 from compress_core.ort.profiling import NodeTime, op_census, profile_nodes
 from compress_core.ort.runtime import runtime_record
@@ -62,21 +63,27 @@ def bench_folder(
             f"{folder}: not an export folder (missing {', '.join(missing)}); write one with: export MODEL --recipe R --out {folder}"
         )
     metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
-    data = load_npz(folder / EVAL_DATA, None)
+    if "inputs" not in metrics:
+        raise CompressError(f"{folder / METRICS}: has no input specs (written by an older version); export the model again")
+    data = load_npz(folder / EVAL_DATA, [InputSpec.from_dict(spec) for spec in metrics["inputs"]])
     inputs, labels = data.inputs, data.labels
+    fixed_batch, output = metrics.get("fixed_batch"), metrics.get("output", 0)
+    batch = fixed_batch or batch
     layer_nodes = metrics.get("layer_nodes", {})
     runtime = runtime_record(threads)
     with tempfile.TemporaryDirectory() as scratch:
         paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
-        paths[ORT_DEFAULT] = quantize_ort_default(folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs)
+        paths[ORT_DEFAULT] = quantize_ort_default(
+            folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs, batch=fixed_batch or CALIBRATION_BATCH
+        )
         timings = measure_latency(
             paths, inputs, threads, batch, warmup, runs, baseline="original_fp32", progress=progress
         )
-        reference = run_onnx(paths["original_fp32"], inputs)
+        reference = run_onnx(paths["original_fp32"], inputs, fixed_batch, output)
         rows = []
         for timing in timings:
             path = paths[timing.name]
-            outputs = run_onnx(path, inputs)
+            outputs = run_onnx(path, inputs, fixed_batch, output)
             fidelity = output_fidelity(reference, outputs, labels, metrics["task"], metrics.get("ctc_blank"))
             key, value = headline(fidelity, metrics["task"])
             census = op_census(path, layer_nodes)

@@ -18,10 +18,11 @@ import torch
 
 from compress_core.errors import CompressError, first_line
 from compress_core.models.handle import ModelHandle
+from compress_core.models.inputs import generated_inputs
 from compress_core.models.onnx_graph import name_unnamed_nodes
 
-INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+BatchAxes = dict[str, int | None]  # input name -> batch axis (None: unbatched, or a static batch)
 OPSET = 17
 
 
@@ -37,12 +38,12 @@ def to_onnx(handle: ModelHandle, fold_batchnorm: bool = True) -> onnx.ModelProto
         copy = onnx.ModelProto()
         copy.CopyFrom(handle.model)
         return copy
-    example = torch.from_numpy(handle.input_spec.example(batch=handle.batch_size_for(2)))
-    dynamic = handle.fixed_batch is None
+    example = tuple(generated_inputs(handle.input_specs, handle.batch_size_for(2)).tensors())
+    batch_axes = {spec.name: (None if handle.fixed_batch else spec.batch_axis) for spec in handle.input_specs}
     errors = []
     for exporter in (_export_legacy, _export_dynamo):
         try:
-            model = exporter(handle.model, example, fold_batchnorm, dynamic)
+            model = exporter(handle.model, example, fold_batchnorm, batch_axes)
         except Exception as exc:  # noqa: BLE001 - each exporter fails in its own way; the message names both
             errors.append(f"{exporter.__name__[8:]}: {first_line(exc, 200)}")
             continue
@@ -53,40 +54,45 @@ def to_onnx(handle: ModelHandle, fold_batchnorm: bool = True) -> onnx.ModelProto
 
 
 def _export_legacy(
-    module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], fold_batchnorm: bool, batch_axes: BatchAxes
 ) -> onnx.ModelProto:
+    dynamic_axes: dict[str, dict[int, str]] = {
+        name: {axis: "batch"} for name, axis in batch_axes.items() if axis is not None
+    }
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (example,),
+            example,
             buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object too; torch types f as a path
             dynamo=False,
             opset_version=OPSET,
-            input_names=[INPUT_NAME],
+            input_names=list(batch_axes),
             output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
+            dynamic_axes={**dynamic_axes, OUTPUT_NAME: {0: "batch"}} if dynamic_axes else None,
             do_constant_folding=fold_batchnorm,
         )
     return onnx.load_from_string(buffer.getvalue())
 
 
 def _export_dynamo(
-    module: torch.nn.Module, example: torch.Tensor, fold_batchnorm: bool, dynamic: bool
+    module: torch.nn.Module, example: tuple[torch.Tensor, ...], fold_batchnorm: bool, batch_axes: BatchAxes
 ) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch")
+    dynamic_shapes = tuple(None if axis is None else {axis: batch} for axis in batch_axes.values())
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(folder) / "model.onnx"
         torch.onnx.export(
             module,
-            (example,),
+            example,
             str(path),
             dynamo=True,
             opset_version=18,
-            input_names=[INPUT_NAME],
+            input_names=list(batch_axes),
             output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None,
+            dynamic_shapes=dynamic_shapes if any(axis is not None for axis in batch_axes.values()) else None,
             external_data=False,
         )
         return onnx.load(str(path))

@@ -33,7 +33,7 @@ from onnx import numpy_helper
 from compress_core.atomic import atomic_write
 from compress_core.errors import CompressError, first_line
 from compress_core.models.onnx_graph import compressible_nodes
-from compress_core.ort.export import INPUT_NAME
+from compress_core.models.inputs import SINGLE_INPUT_NAME as INPUT_NAME
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.pipeline import PreparedModel

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from compress_core.errors import CompressError
+from compress_core.models.inputs import Inputs, batch_of
 from compress_core.models.sessions import make_session
 
 Progress = Callable[[int, int], None]
@@ -40,17 +41,16 @@ class LatencyResult:
         return asdict(self)
 
 
-def batch_of(inputs: np.ndarray, batch: int) -> np.ndarray:
-    """The first ``batch`` inputs, repeated when there are fewer."""
+def timing_feed(inputs: Inputs, batch: int) -> dict[str, np.ndarray]:
+    """One batch for timing runs, by input name: the first ``batch`` samples, repeated when there are fewer."""
     if batch < 1:
         raise CompressError(f"batch {batch} is not allowed; use an integer >= 1")
-    repeats = -(-batch // len(inputs))
-    return np.ascontiguousarray(np.concatenate([inputs] * repeats)[:batch])
+    return batch_of(inputs, batch).feed()
 
 
 def measure_latency(
     candidates: Mapping[str, str | Path],
-    inputs: np.ndarray,
+    inputs: Inputs,
     threads: int = 2,
     batch: int = 32,
     warmup: int = 5,
@@ -72,16 +72,15 @@ def measure_latency(
     baseline = baseline if baseline is not None else next(iter(candidates))
     if baseline not in candidates:
         raise CompressError(f"baseline '{baseline}' is not a candidate; candidates: {', '.join(candidates)}")
-    feed = batch_of(inputs, batch)
+    feed = timing_feed(inputs, batch)
     sessions = {name: make_session(path, threads) for name, path in candidates.items()}
-    names = {name: session.get_inputs()[0].name for name, session in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in candidates}
     total = (warmup + runs) * len(sessions)
     done = 0
     for round_index in range(warmup + runs):
         for name, session in sessions.items():
             start = time.perf_counter()
-            session.run(None, {names[name]: feed})
+            session.run(None, feed)
             elapsed = (time.perf_counter() - start) * 1000
             if round_index >= warmup:
                 times[name].append(elapsed)

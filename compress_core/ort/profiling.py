@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from compress_core.errors import CompressError
+from compress_core.models.inputs import Inputs
 from compress_core.models.sessions import make_session
-from compress_core.ort.latency import batch_of
+from compress_core.ort.latency import timing_feed
 
 FLOAT_COMPUTE_OPS = ("Conv", "MatMul", "Gemm", "FusedConv", "FusedMatMul", "FusedGemm")
 FUSED_PREFIX = "fused "  # ORT's name for a node it fused another into, e.g. ``fused /fc1/Gemm``
@@ -118,18 +118,17 @@ def _layer_tensors(model: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[
 
 
 def profile_nodes(
-    path: str | Path, inputs: np.ndarray, layer_nodes: dict[str, str], threads: int = 2, batch: int = 32, runs: int = 10
+    path: str | Path, inputs: Inputs, layer_nodes: dict[str, str], threads: int = 2, batch: int = 32, runs: int = 10
 ) -> list[NodeTime]:
     """Kernel time per node (mean over ``runs`` after one warm-up run), slowest first."""
     if runs < 1:
         raise CompressError(f"runs {runs} is not allowed; profile at least 1 run")
     with tempfile.TemporaryDirectory() as folder:
         session, _, layers = _optimized_session(path, threads, Path(folder), layer_nodes, profile=True)
-        name = session.get_inputs()[0].name
-        feed = batch_of(inputs, batch)
-        session.run(None, {name: feed})
+        feed = timing_feed(inputs, batch)
+        session.run(None, feed)
         for _ in range(runs):
-            session.run(None, {name: feed})
+            session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: Counter[str] = Counter()
     ops: dict[str, str] = {}

@@ -158,9 +158,10 @@ def _prune_structured(
     """Remove whole output channels (``ratios``: of each layer) with torch-pruning's DepGraph, so coupled layers shrink too."""
     import torch_pruning as tp
 
-    example = torch.from_numpy(handle.data.inputs[:1].copy())
+    sample = handle.data.inputs[:1]
+    example = tuple(sample.tensors())
     with torch.no_grad():
-        expected_shape = model(example).shape
+        expected_shape = handle.call(model, sample).shape
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about parameters outside modules (positions)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
@@ -196,7 +197,7 @@ def _prune_structured(
         )
     try:
         with torch.no_grad():
-            shape = model(example).shape
+            shape = handle.call(model, sample).shape
     except RuntimeError as exc:
         raise CompressError(
             f"structured pruning of {_some(list(ratios))} broke the model's forward pass ({first_line(exc)}): "
