@@ -85,7 +85,8 @@ def metric_title(task: str, key: str) -> str:
 def detect_task(output: np.ndarray) -> str:
     """The task kind of one output (batch axis first), from its dtype and shape.
 
-    Integer (or bool) values are ``ids``. Float ``[N, C]`` with ``C > 1`` is ``classification``;
+    Integer (or bool) values are ``ids``. Float ``[N, C]`` with ``C > 1`` is ``classification``,
+    unless every row has unit length (normalised embeddings: ``embedding``);
     ``[N, T, C]`` with ``C > 1`` is ``sequence``, except a detector's table of boxes and scores
     (``C <= DETECTION_MAX_VALUES`` values in each of more than ``DETECTION_MIN_ROWS`` rows, such as
     ``[1, 3549, 6]``), which is compared as ``embedding`` (regression); ``[N, C, H, W]`` with
@@ -96,13 +97,19 @@ def detect_task(output: np.ndarray) -> str:
         return "ids"
     shape = output.shape
     if len(shape) == 2 and shape[1] > 1:
-        return "classification"
+        return "embedding" if _unit_rows(output) else "classification"
     if len(shape) == 3 and shape[2] > 1:
         detector = shape[2] <= DETECTION_MAX_VALUES and shape[1] > DETECTION_MIN_ROWS
         return "embedding" if detector else "sequence"
     if len(shape) == 4 and shape[1] > 1:
         return "dense"
     return "embedding"
+
+
+def _unit_rows(output: np.ndarray) -> bool:
+    """Whether every row has L2 norm 1: normalised embeddings, which logits almost never are."""
+    norms = np.linalg.norm(output.astype(np.float64), axis=1)
+    return bool(np.allclose(norms, 1.0, atol=1e-3))
 
 
 def ctc_collapse(ids: np.ndarray, blank: int) -> np.ndarray:

@@ -99,6 +99,7 @@ class ModelHandle:
     compression: CompressionRecord | None = None
     fixed_batch: int | None = None  # a program's or file's static batch size, honoured by ``input_batches``
     quality: Quality = field(default_factory=Quality)
+    output_axes: tuple[int, ...] = ()  # each output's batch axis (0 where not given): time-major outputs keep it at 1
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> ModelHandle:
@@ -148,7 +149,19 @@ class ModelHandle:
         """Every output of the model on ``inputs``, run in batches, as numpy (float32, or integers kept)."""
         inputs = self.as_inputs(inputs)
         batches = [self._run_batch(batch) for batch in self.input_batches(inputs, batch_size)]
-        return [np.concatenate(parts, axis=0)[: len(inputs)] for parts in zip(*batches)]
+        return self.collect(batches, len(inputs))
+
+    def collect(self, batches: list[list[np.ndarray]], samples: int) -> list[np.ndarray]:
+        """Per-batch outputs (each batch: every output) joined per output, batch axis first, the
+        padding's rows dropped: what ``run_outputs`` returns for ``samples`` samples."""
+        return [
+            np.moveaxis(np.concatenate(parts, axis=self.output_axis(index)), self.output_axis(index), 0)[:samples]
+            for index, parts in enumerate(zip(*batches))
+        ]
+
+    def output_axis(self, index: int) -> int:
+        """The batch axis of output ``index`` as the model returns it (0 unless found elsewhere at load)."""
+        return self.output_axes[index] if index < len(self.output_axes) else 0
 
     def _run_batch(self, batch: Inputs) -> list[np.ndarray]:
         if self.backend == "onnx":
@@ -157,8 +170,10 @@ class ModelHandle:
             return [tensor_to_numpy(tensor) for tensor in output_tensors(self.model(*batch.tensors()))]
 
     def call(self, module: Any, batch: Inputs) -> torch.Tensor:
-        """The ranked output tensor of ``module`` (this handle's torch model or a working copy of it) on ``batch``."""
-        return output_tensors(module(*batch.tensors()))[self.quality.output]
+        """The ranked output tensor of ``module`` (this handle's torch model or a working copy of it) on
+        ``batch``, batch axis first."""
+        index = self.quality.output
+        return output_tensors(module(*batch.tensors()))[index].movedim(self.output_axis(index), 0)
 
     def ort_session(self) -> Any:
         """An ONNX Runtime session for an ONNX-backed handle, built once."""

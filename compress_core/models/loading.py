@@ -74,7 +74,9 @@ def load_model(
 
 
 def _with_quality(handle: ModelHandle, quality: Quality) -> ModelHandle:
-    """The handle once it has run one example: its quality choice checked and its task resolved."""
+    """The handle once it has run an example: its outputs' batch axes found, its quality choice
+    checked and its task resolved."""
+    handle = handle.replace(output_axes=_output_axes(handle))
     outputs = _check_runs(handle)
     where = handle.source or handle.name
     if not 0 <= quality.output < len(outputs):
@@ -324,6 +326,34 @@ def _state_dict_handle(
     if data is None:
         handle = handle.replace(data=samples.load(architecture).data)
     return handle
+
+
+def _output_axes(handle: ModelHandle) -> tuple[int, ...]:
+    """Each output's batch axis: the axis whose size follows the batch size (run with 1 and 2 samples);
+    for a model with a static batch of 1, the first axis of size 1. 0 where nothing tells."""
+    one = _raw_outputs(handle, handle.data.inputs[:1])
+    if handle.fixed_batch is None:
+        two = _raw_outputs(handle, handle.data.inputs[[0, 0]])
+        return tuple(_changed_axis(a.shape, b.shape, 1, 2) for a, b in zip(one, two))
+    if handle.fixed_batch == 1:
+        return tuple(next((axis for axis, size in enumerate(a.shape) if size == 1), 0) for a in one)
+    return tuple(next((axis for axis, size in enumerate(a.shape) if size == handle.fixed_batch), 0) for a in one)
+
+
+def _raw_outputs(handle: ModelHandle, batch: Inputs) -> list[np.ndarray]:
+    """The model's outputs on one batch exactly as it returns them (no axis moved); [] when it fails
+    (``_check_runs`` then says why)."""
+    try:
+        return handle._run_batch(handle.padded(batch))
+    except Exception:  # noqa: BLE001 - the check that follows runs the same example and reports the error
+        return []
+
+
+def _changed_axis(one: tuple[int, ...], two: tuple[int, ...], size_one: int, size_two: int) -> int:
+    """The axis that holds ``size_one`` in ``one`` and ``size_two`` in ``two`` (0 when none does)."""
+    if len(one) != len(two):
+        return 0
+    return next((axis for axis, (a, b) in enumerate(zip(one, two)) if (a, b) == (size_one, size_two)), 0)
 
 
 def _check_runs(handle: ModelHandle) -> list[np.ndarray]:

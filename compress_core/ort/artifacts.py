@@ -131,13 +131,15 @@ def file_sizes(path: Path) -> dict[str, int]:
     return {"bytes": path.stat().st_size, "zip_bytes": len(buffer.getvalue())}
 
 
-def run_onnx(path: Path, inputs: Inputs, fixed_batch: int | None = None, output: int = 0) -> np.ndarray:
+def run_onnx(path: Path, inputs: Inputs, fixed_batch: int | None = None, output: int = 0, axis: int = 0) -> np.ndarray:
     """Output number ``output`` of the ONNX file on ``inputs``, run in ONNX Runtime in batches (of
-    ``fixed_batch`` for a file with a static batch size)."""
+    ``fixed_batch`` for a file with a static batch size), its batch axis (``axis`` as the file
+    returns it) first."""
     session = make_session(path)
     try:
         batches = in_batches(inputs, RUN_BATCH, fixed_batch)
-        return np.concatenate([session.run(None, batch.feed())[output] for batch in batches])[: len(inputs)]
+        joined = np.concatenate([session.run(None, batch.feed())[output] for batch in batches], axis=axis)
+        return np.moveaxis(joined, axis, 0)[: len(inputs)]
     except Exception as exc:  # ORT's errors carry no common type
         first = first_line(exc, 200)
         raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
@@ -157,6 +159,7 @@ def _metrics(
     model: CompressedModel, staging: Path, int8: Int8Options | None, quantized: Int8Result | None
 ) -> dict[str, Any]:
     original = model.original.handle
+    output = original.quality.output
     reference = model.original.baseline().reference
     artifacts = {}
     for name in FILES:
@@ -165,7 +168,7 @@ def _metrics(
             continue
         entry: dict[str, Any] = file_sizes(path)
         if name in ONNX_FILES:
-            outputs = run_onnx(path, original.data.inputs, original.fixed_batch, original.quality.output)
+            outputs = run_onnx(path, original.data.inputs, original.fixed_batch, output, original.output_axis(output))
             entry.update(output_quality(original, reference, outputs))
         artifacts[name] = entry
     return {
@@ -177,6 +180,7 @@ def _metrics(
         "inputs": [spec.to_dict() for spec in original.input_specs],
         "fixed_batch": original.fixed_batch,
         "output": original.quality.output,
+        "output_axis": original.output_axis(original.quality.output),
         "pytorch": model.evaluate(),
         "artifacts": artifacts,
         "int8": None

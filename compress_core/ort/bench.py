@@ -64,26 +64,31 @@ def bench_folder(
         )
     metrics = json.loads((folder / METRICS).read_text(encoding="utf-8"))
     if "inputs" not in metrics:
-        raise CompressError(f"{folder / METRICS}: has no input specs (written by an older version); export the model again")
+        raise CompressError(
+            f"{folder / METRICS}: has no input specs (written by an older version); export the model again"
+        )
     data = load_npz(folder / EVAL_DATA, [InputSpec.from_dict(spec) for spec in metrics["inputs"]])
     inputs, labels = data.inputs, data.labels
-    fixed_batch, output = metrics.get("fixed_batch"), metrics.get("output", 0)
+    fixed_batch, output, axis = metrics.get("fixed_batch"), metrics.get("output", 0), metrics.get("output_axis", 0)
     batch = fixed_batch or batch
     layer_nodes = metrics.get("layer_nodes", {})
     runtime = runtime_record(threads)
     with tempfile.TemporaryDirectory() as scratch:
         paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
         paths[ORT_DEFAULT] = quantize_ort_default(
-            folder / ORIGINAL_ONNX, Path(scratch) / f"{ORT_DEFAULT}.onnx", inputs, batch=fixed_batch or CALIBRATION_BATCH
+            folder / ORIGINAL_ONNX,
+            Path(scratch) / f"{ORT_DEFAULT}.onnx",
+            inputs,
+            batch=fixed_batch or CALIBRATION_BATCH,
         )
         timings = measure_latency(
             paths, inputs, threads, batch, warmup, runs, baseline="original_fp32", progress=progress
         )
-        reference = run_onnx(paths["original_fp32"], inputs, fixed_batch, output)
+        reference = run_onnx(paths["original_fp32"], inputs, fixed_batch, output, axis)
         rows = []
         for timing in timings:
             path = paths[timing.name]
-            outputs = run_onnx(path, inputs, fixed_batch, output)
+            outputs = run_onnx(path, inputs, fixed_batch, output, axis)
             fidelity = output_fidelity(reference, outputs, labels, metrics["task"], metrics.get("ctc_blank"))
             key, value = headline(fidelity, metrics["task"])
             census = op_census(path, layer_nodes)
