@@ -17,6 +17,7 @@ from typing import Any
 import streamlit as st
 
 from compress_core import LayerInfo, ModelHandle, load_model
+from compress_core.models.handle import Quality
 from compress_core.ort.export import to_onnx
 from compress_core.ort.layer_map import layer_targets
 from compress_core.pipeline import CompressedModel, PreparedModel, compress
@@ -30,15 +31,22 @@ VIEWER_TOKEN = "netron_token"  # this session's secret in the netron server's mo
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _load(
-    source: str, input_shape: tuple[int, ...] | None, data: str | None, architecture: str | None, trust_code: bool
-) -> ModelHandle:
-    return load_model(source, input_shape=input_shape, data=data, architecture=architecture, trust_code=trust_code)
+def _load(key: str, _source: ModelSource) -> ModelHandle:
+    """``_source`` loaded; cached under ``key``, which names it exactly (``ModelSource.key``)."""
+    return load_model(
+        _source.source,
+        input_shape=_source.input_shape,
+        inputs=dict(_source.inputs),
+        data=_source.data,
+        architecture=_source.architecture,
+        trust_code=_source.trust_code,
+        quality=Quality(_source.task, _source.output, _source.ctc_blank),
+    )
 
 
 def load_handle(source: ModelSource) -> ModelHandle:
     """The loaded model of ``source``; raises ``CompressError`` (never cached) for a bad one."""
-    return _load(source.source, source.input_shape, source.data, source.architecture, source.trust_code)
+    return _load(source.key, source)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -101,13 +101,6 @@ def start(model: CompressedModel, settings: dict[str, Any]) -> BackgroundJob:
     return BackgroundJob(work)
 
 
-def _quality(metrics: dict[str, Any]) -> tuple[str, str]:
-    """The metric that says how good a model is (accuracy, else output cosine) and its value as text."""
-    if metrics["accuracy"] is not None:
-        return "accuracy", f"{metrics['accuracy']:.2%}"
-    return "cosine", f"{metrics['cosine']:.4f}"
-
-
 @st.fragment(run_every=0.5)
 def _progress() -> None:
     """Redraws the running fine-tuning's progress; stores its result and reruns the page when it ends."""
@@ -185,19 +178,14 @@ def render_recover_panel() -> None:
     if recovered is None:
         return
     before, after = entry["metrics"], recovered["after"]
-    quality, text = _quality(after)
-    delta = after[quality] - before[quality]
-    st.metric(
-        f"{quality.capitalize()} after recovery",
-        text,
-        delta=f"{100 * delta:+.2f} points vs before" if quality == "accuracy" else f"{delta:+.4f} vs before",
-    )
+    title, value, change = tuning.quality_figure(handle, after, before)
+    st.metric(f"{title} after recovery", value, delta=f"{change} vs before")
     columns = {
         "original": cache.baseline_metrics(source.key, handle),
         f"before ({entry['label']})": before,
         "after recovery": after,
     }
-    st.dataframe(tuning.summary_table(columns), hide_index=True)
+    st.dataframe(tuning.summary_table(columns, handle), hide_index=True)
     losses = recovered["losses"]
     if len(losses) > 1:
         st.plotly_chart(

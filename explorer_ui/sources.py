@@ -12,6 +12,7 @@ place: a symlink found at either name is never followed.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import hashlib
 import os
@@ -48,6 +49,10 @@ class ModelSource:
     data: str | None = None
     architecture: str | None = None
     trust_code: bool = False
+    inputs: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (input name, its sample shape or scalar value)
+    task: str = "auto"
+    output: int = 0
+    ctc_blank: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``st.session_state``."""
@@ -57,7 +62,17 @@ class ModelSource:
     def from_dict(cls, data: dict[str, Any]) -> ModelSource:
         """Inverse of ``to_dict``."""
         shape = data.get("input_shape")
-        return cls(**{**data, "input_shape": tuple(shape) if shape else None})
+        inputs = tuple((str(name), tuple(values)) for name, values in data.get("inputs", ()))
+        return cls(**{**data, "input_shape": tuple(shape) if shape else None, "inputs": inputs})
+
+    def with_quality(self, task: str, output: int, ctc_blank: int | None) -> ModelSource:
+        """This model measured another way: ``task``, ranked ``output`` and CTC blank, under a label that says so."""
+        base = self.label.split(" [", 1)[0]
+        changed = [f"task {task}"] if task != "auto" else []
+        changed += [f"output {output}"] if output else []
+        changed += [f"CTC blank {ctc_blank}"] if ctc_blank is not None else []
+        label = f"{base} [{', '.join(changed)}]" if changed else base
+        return dataclasses.replace(self, label=label, task=task, output=output, ctc_blank=ctc_blank)
 
     @property
     def key(self) -> str:
@@ -127,6 +142,28 @@ def _upload_name(filename: str) -> str:
     return name
 
 
+def parse_inputs(text: str) -> tuple[tuple[int, ...] | None, tuple[tuple[str, tuple[float, ...]], ...]]:
+    """The inputs field: ``"1,64,160"`` is the (single) input's shape; ``"input1=1,64,160; sr=16000"``
+    names inputs and gives each one sample's shape, or a scalar input's value. Empty: nothing given."""
+    if "=" not in text:
+        return parse_shape(text), ()
+    entries = []
+    for entry in re.split(r"[;\n]+", text):
+        if not entry.strip():
+            continue
+        name, _, numbers = entry.partition("=")
+        try:
+            values = tuple(float(part) for part in SHAPE_SEPARATORS.split(numbers.strip()) if part)
+        except ValueError:
+            values = ()
+        if not name.strip() or not values:
+            raise CompressError(
+                f"inputs entry '{entry.strip()}' is not valid; write NAME=SHAPE or NAME=VALUE, e.g. input1=1,64,160; sr=16000"
+            )
+        entries.append((name.strip(), values))
+    return None, tuple(entries)
+
+
 def parse_shape(text: str) -> tuple[int, ...] | None:
     """``"1, 8, 8"`` or ``"1x8x8"`` -> ``(1, 8, 8)``; empty text -> None (the file says its shape)."""
     text = text.strip()
@@ -151,6 +188,7 @@ def upload_source(
     trust_code: bool = False,
 ) -> ModelSource:
     """The source of an uploaded model (and optional ``.npz`` data), its bytes saved to disk."""
+    input_shape, inputs = parse_inputs(shape_text)
     model_path = save_upload(model_name, model_bytes)
     data_path = save_upload(data_name, data_bytes) if data_name and data_bytes is not None else None
     details = [part for part in (architecture, Path(data_name).name if data_name else None) if part]
@@ -158,7 +196,8 @@ def upload_source(
     return ModelSource(
         label=label,
         source=str(model_path),
-        input_shape=parse_shape(shape_text),
+        input_shape=input_shape,
+        inputs=inputs,
         data=None if data_path is None else str(data_path),
         architecture=architecture,
         trust_code=trust_code,

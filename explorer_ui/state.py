@@ -108,6 +108,15 @@ def switch_model(state: State, source: ModelSource) -> bool:
     return True
 
 
+def measure_as(state: State, source: ModelSource, task: str, output: int, blank_text: str) -> bool:
+    """Switch to ``source`` measured as ``task`` with ranked ``output`` and CTC blank (``blank_text``:
+    an integer, or empty for none); errors go to ``ERROR`` and the current model stays."""
+    blank_text = blank_text.strip()
+    if blank_text and not blank_text.lstrip("-").isdigit():
+        return _keep_current(state, f"CTC blank '{blank_text}' is not an integer class id (or leave it empty)")
+    return switch_model(state, source.with_quality(task, output, int(blank_text) if blank_text else None))
+
+
 def _keep_current(state: State, message: str) -> bool:
     """A failed switch: remember ``message`` for ``ERROR`` and keep showing the current model."""
     state[ERROR] = message

@@ -15,8 +15,9 @@ import math
 from typing import Any
 
 from compress_core import CompressError, LayerInfo
-from compress_core.analysis.report import ROWS as METRIC_ROWS
-from compress_core.analysis.report import format_value
+from compress_core.analysis.quality import USER_METRIC, metric_title, quality_value
+from compress_core.analysis.report import format_value, metric_rows
+from compress_core.models.handle import ModelHandle
 from compress_core.ops.quantize import ALLOWED_BITS
 from compress_core.pipeline import CompressedModel
 from compress_core.plan import LayerConfig, Plan, PruneConfig
@@ -160,10 +161,26 @@ def apply_and_measure(model: CompressedModel) -> dict[str, Any]:
     return {"plan": model.plan.to_dict(), "metrics": model.evaluate()["compressed"]}
 
 
-def summary_table(columns: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    """Rows of metrics, one column per named metrics dict (original, previous, current ...)."""
+def quality_figure(handle: ModelHandle, metrics: dict[str, Any], before: dict[str, Any]) -> tuple[str, str, str]:
+    """The figure that ranks (the user's metric, accuracy, the task's agreement, or cosine), as the
+    label, the value and the change from ``before``, for a ``st.metric``."""
+    label = handle.quality.metric_label
+    key, value = quality_value(handle.task, metrics, label)
+    _, previous = quality_value(handle.task, before, label)
+    if key == USER_METRIC or label:
+        return f"Your metric ({label})", f"{value:.4g}", f"{value - previous:+.4g}"
+    title = metric_title(handle.task, key).capitalize() if key == "agreement" else key.capitalize()
+    if key == "cosine":
+        return title, f"{value / 100:.4f}", f"{(value - previous) / 100:+.4f}"
+    return title, f"{value:.2f}%", f"{value - previous:+.2f} points"
+
+
+def summary_table(columns: dict[str, dict[str, Any]], handle: ModelHandle | None = None) -> list[dict[str, str]]:
+    """Rows of metrics, one column per named metrics dict (original, previous, current ...), labelled
+    for the handle's task and user metric."""
     table = []
-    for key, label, kind in METRIC_ROWS:
+    rows = metric_rows(handle.task, handle.quality.metric_label) if handle is not None else metric_rows()
+    for key, label, kind in rows:
         values = {name: metrics.get(key) for name, metrics in columns.items()}
         if all(value is None for value in values.values()):
             continue

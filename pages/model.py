@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from compress_core.analysis.quality import AUTO, TASKS, describe_task
 from compress_core.models.samples import digits_names
 from explorer_ui import cache, layer_data, state
 from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
@@ -13,9 +14,11 @@ session = st.session_state
 source, handle = state.page_model(session)
 
 st.title(f"Model: {handle.name}")
+inputs_text = "; ".join(spec.describe() for spec in handle.input_specs)
 st.caption(
-    f"{handle.kind} model, {handle.backend} backend, input {handle.input_spec.dtype}{list(handle.input_spec.shape)} "
-    f"per sample; evaluation data: {handle.data.origin} ({len(handle.data)} samples). Pick another model in the sidebar."
+    f"{handle.kind} model, {handle.backend} backend, input{'s' if len(handle.input_specs) > 1 else ''} {inputs_text}"
+    f"{f' (static batch {handle.fixed_batch}: run one batch at a time)' if handle.fixed_batch else ''}; "
+    f"evaluation data: {handle.data.origin} ({len(handle.data)} samples). Pick another model in the sidebar."
 )
 with st.spinner("Measuring the model ..."):
     layers = cache.inventory(source.key, handle)
@@ -35,8 +38,37 @@ else:
     columns[3].metric("Accuracy", "n/a")
     st.info(
         "This evaluation data has no labels, so the metrics of a compressed model are fidelity only: how close its "
-        "outputs stay to the original's (cosine similarity, SQNR, and top-1 agreement for class outputs)."
+        "outputs stay to the original's (the task's agreement below, cosine similarity and SQNR)."
     )
+
+st.subheader("How quality is measured")
+st.markdown(
+    f"Task: **{describe_task(handle.task)}**"
+    f"{' (detected from the output)' if source.task == AUTO and handle.kind != 'sample' else ''}. "
+    f"Ranked output: {handle.quality.output}"
+    f"{f'; CTC repeats and blank {handle.quality.ctc_blank} are collapsed' if handle.quality.ctc_blank is not None else ''}. "
+    "Sensitivity and suggestions rank layers by this figure. Your own metric function is a CLI option "
+    "(`--metric path.py:function`)."
+)
+with st.form("quality"):
+    left, middle, right = st.columns(3)
+    task_choices = [AUTO, *TASKS]
+    task = left.selectbox(
+        "Task",
+        task_choices,
+        index=task_choices.index(source.task),
+        format_func=lambda t: t if t == AUTO else describe_task(t),
+    )
+    output = middle.number_input("Ranked output (index)", min_value=0, value=source.output, step=1)
+    blank_text = right.text_input(
+        "CTC blank id (sequences and ids; empty: compare as they are)",
+        value="" if source.ctc_blank is None else str(source.ctc_blank),
+    )
+    if st.form_submit_button("Measure this way"):
+        changed = state.measure_as(session, source, task, int(output), blank_text)
+        if changed:
+            st.rerun()
+        state.show_error(session)
 
 st.subheader("Layers by type")
 st.dataframe(layer_data.layers_by_type(layers), hide_index=True, width="content")
@@ -51,12 +83,18 @@ st.caption(
 with st.form("upload"):
     model_file = st.file_uploader("Model file", type=list(MODEL_EXTENSIONS), key=state.UPLOAD_MODEL)
     data_file = st.file_uploader(
-        "Evaluation data (optional .npz with 'inputs' and optional 'labels')",
+        "Evaluation data (optional .npz: one array per input name, or 'inputs' for one input; optional 'labels')",
         type=list(DATA_EXTENSIONS),
         key=state.UPLOAD_DATA,
     )
     left, right = st.columns(2)
-    shape_text = left.text_input("Input shape of one sample (only if the file does not say)", placeholder="e.g. 1,8,8")
+    shape_text = left.text_input(
+        "Input shapes or values (only what the file leaves open)",
+        placeholder="1,8,8  or  input1=1,64,160; sr=16000",
+        help="One sample's shape without the batch axis for a single input, or NAME=SHAPE per input, and "
+        "NAME=VALUE for a scalar input such as a sample rate; separate entries with ';'. An .npz holds one array "
+        "per input name ('inputs' for a single input).",
+    )
     architecture = right.selectbox("Architecture (for a state_dict)", [NO_ARCHITECTURE, *digits_names()])
     trust_code = st.checkbox(
         TRUST_LABEL,

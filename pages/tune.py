@@ -104,15 +104,9 @@ if entries:
         delta=f"{metrics['plan_bytes'] / original['plan_bytes'] - 1:+.1%} vs original",
         delta_color="inverse",
     )
-    quality = "accuracy" if metrics["accuracy"] is not None else "cosine"
-    quality_column.metric(
-        quality.capitalize(),
-        f"{metrics[quality]:.2%}" if quality == "accuracy" else f"{metrics[quality]:.4f}",
-        delta=f"{100 * (metrics[quality] - original[quality]):+.2f} points vs original"
-        if quality == "accuracy"
-        else None,
-    )
-    st.dataframe(tuning.summary_table(columns), hide_index=True)
+    title, value, change = tuning.quality_figure(handle, metrics, original)
+    quality_column.metric(title, value, delta=f"{change} vs original")
+    st.dataframe(tuning.summary_table(columns, handle), hide_index=True)
     for note in metrics["notes"]:
         st.info(note)
     if metrics["layer_sqnr"]:

@@ -50,7 +50,7 @@ def test_invalid_upload_shows_the_error_and_keeps_the_model(app):
     app.file_uploader(key=state.UPLOAD_MODEL).set_value(
         ("broken.onnx", b"not an onnx file", "application/octet-stream")
     )
-    app.button[0].click().run()
+    button(app, "Load model").click().run()
     assert not app.exception
     assert len(app.error) == 1
     assert "broken.onnx: not a valid ONNX model" in app.error[0].value
@@ -68,11 +68,11 @@ def test_state_dict_upload_needs_an_architecture_and_then_loads(app, tmp_path):
     buffer = io.BytesIO()
     torch.save(build_architecture("digits_mlp").state_dict(), buffer)
     app.file_uploader(key=state.UPLOAD_MODEL).set_value(("mlp.pt", buffer.getvalue(), "application/octet-stream"))
-    app.button[0].click().run()
+    button(app, "Load model").click().run()
     assert "say which built-in architecture" in app.error[0].value
     assert app.session_state[state.CURRENT] == "digits_cnn"
     next(box for box in app.selectbox if box.label.startswith("Architecture")).set_value("digits_mlp")
-    app.button[0].click().run()
+    button(app, "Load model").click().run()
     assert not app.error
     assert app.session_state[state.CURRENT] == "mlp.pt (uploaded, digits_mlp)"
     assert app.title[0].value == "Model: mlp"
@@ -268,3 +268,42 @@ def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch):
     assert result["cancelled"]
     assert [(row["layer"], row["kind"], row["level"]) for row in result["rows"]] == [("conv1", "bits", 8)]
     assert any("stopped early" in caption.value for caption in app.caption)
+
+
+def test_a_model_with_two_inputs_loads_from_the_inputs_field_and_can_be_measured_another_way(app, tmp_path):
+    import torch
+    from torch import nn
+
+    class _Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x, scale):
+            return self.fc(x) * scale
+
+    path = tmp_path / "scaled.onnx"
+    torch.onnx.export(
+        _Scaled().eval(),
+        (torch.zeros(2, 6), torch.tensor(2.0)),
+        str(path),
+        dynamo=False,
+        input_names=["x", "scale"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("scaled.onnx", path.read_bytes(), "application/octet-stream"))
+    button(app, "Load model").click().run()
+    assert "input 'scale' is a scalar float32 whose value matters" in app.error[0].value
+    assert app.session_state[state.CURRENT] == "digits_cnn"
+    next(box for box in app.text_input if box.label.startswith("Input shapes")).set_value("scale=3")
+    button(app, "Load model").click().run()
+    assert not app.error, [error.value for error in app.error]
+    assert app.session_state[state.CURRENT].startswith("scaled.onnx")
+    captions = " ".join(caption.value for caption in app.caption)
+    assert "x float32[N, 6]; scale float32[] (unbatched)" in captions
+    assert "classification [N, C]" in " ".join(block.value for block in app.markdown)
+    next(box for box in app.selectbox if box.label == "Task").set_value("embedding")
+    button(app, "Measure this way").click().run()
+    assert not app.error, [error.value for error in app.error]
+    assert app.session_state[state.CURRENT].endswith("[task embedding]")
+    assert "embedding" in " ".join(block.value for block in app.markdown if block.value.startswith("Task:"))

@@ -81,7 +81,7 @@ def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> Non
 
     onnx_bytes = to_onnx(load_model("digits_cnn")).SerializeToString()
     app.file_uploader(key=state.UPLOAD_MODEL).set_value(("cnn.onnx", onnx_bytes, "application/octet-stream"))
-    app.button[0].click().run()
+    button(app, "Load model").click().run()
     assert app.session_state[state.CURRENT] != "digits_cnn"
     app.switch_page(LEARN).run()
     assert not app.exception and not app.error

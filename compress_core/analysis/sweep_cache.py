@@ -29,10 +29,17 @@ def cache_key(handle: ModelHandle, sweep: Sweep, hessian: bool) -> str:
         "version": CACHE_VERSION,
         "backend": handle.backend,
         "task": handle.task,
+        "output": handle.quality.output,
+        "output_axes": list(handle.output_axes),
+        "ctc_blank": handle.quality.ctc_blank,
+        "metric": handle.quality.metric_label,
         "sweep": sweep.to_dict(),
         "hessian": hessian,
     }
     digest.update(json.dumps(options, sort_keys=True).encode())
+    code = getattr(handle.quality.metric, "__code__", None)
+    if code is not None:  # a user metric whose code changed measures something else
+        digest.update(code.co_code)
     if handle.backend == "onnx":
         digest.update(handle.model.SerializeToString())
     else:

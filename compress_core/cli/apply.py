@@ -38,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     written.append(plan.save(out / "recipe.yaml"))
     written.append(atomic_write_text(out / "metrics.json", jsonio.dumps(metrics)))
     written.append(
-        atomic_write_text(out / "metrics.md", metrics_markdown(metrics, f"{handle.name}: original and compressed"))
+        atomic_write_text(
+            out / "metrics.md",
+            metrics_markdown(
+                metrics, f"{handle.name}: original and compressed", handle.task, handle.quality.metric_label
+            ),
+        )
     )
     onnx.checker.check_model(str(out / "model.onnx"))
     for path in written:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.analysis.report import ROWS, format_value
+from compress_core.analysis.report import format_value, metric_rows
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.pipeline import PreparedModel, compress
 from compress_core.plan import Plan
@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(metrics)
         return 0
     columns = [key for key in ("original", "compressed") if key in metrics]
-    rows = [[label, *(format_value(metrics[c][key], kind) for c in columns)] for key, label, kind in ROWS]
+    rows = [
+        [label, *(format_value(metrics[c].get(key), kind) for c in columns)]
+        for key, label, kind in metric_rows(handle.task, handle.quality.metric_label)
+    ]
     print(format_table(["metric", *columns], rows))
     for note in metrics.get("compressed", {}).get("notes", []):
         print(f"note: {note}")

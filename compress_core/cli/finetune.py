@@ -16,7 +16,7 @@ import torch
 
 from compress_core import jsonio
 from compress_core.analysis.recover import DEFAULT_ALPHA, DEFAULT_BATCH_SIZE, DEFAULT_LR, DEFAULT_TEMPERATURE, finetune
-from compress_core.analysis.report import ROWS, format_value
+from compress_core.analysis.report import format_value, metric_rows
 from compress_core.atomic import atomic_write_bytes, atomic_write_text
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
 from compress_core.models.evaldata import load_npz
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(args.out / "metrics.json", jsonio.dumps(metrics))
     models = (before["original"], before["compressed"], after["compressed"])
     rows = [
-        [label, *(format_value(model[key], kind) for model in models)]
-        for key, label, kind in ROWS
+        [label, *(format_value(model.get(key), kind) for model in models)]
+        for key, label, kind in metric_rows(original.task, original.quality.metric_label)
         if key != "zip_bytes"
     ]
     print(format_table(("metric", "original", "compressed", "fine-tuned"), rows))

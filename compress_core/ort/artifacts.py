@@ -252,7 +252,9 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
         if runtime:
             lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
-    lines += ["", metrics_markdown(simulated, title="PyTorch-simulated metrics").replace("# ", "## ", 1)]
+    lines += ["", metrics_markdown(
+            simulated, "PyTorch-simulated metrics", metrics.get("task"), metrics.get("metric_label")
+        ).replace("# ", "## ", 1)]
     return "\n".join(lines)
 
 
