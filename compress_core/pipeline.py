@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compress_core.analysis.metrics import Baseline, compression_details, measure, zip_size
+from compress_core.analysis.metrics import Baseline, compression_details, measure, per_output_fidelity, zip_size
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory
@@ -70,19 +70,32 @@ class PreparedModel:
         return layer_targets(self.handle, self.onnx_model, self.inventory)
 
     @cached_property
-    def outputs(self) -> np.ndarray:
-        """The model's outputs on its evaluation data."""
-        return self.handle.run(self.handle.data.inputs)
+    def all_outputs(self) -> tuple[np.ndarray, ...]:
+        """Every output of the model on its evaluation data, batch axis first (one run)."""
+        return tuple(self.handle.run_outputs(self.handle.data.inputs))
 
-    def metrics(self, reference: np.ndarray, with_zip: bool = True) -> dict[str, Any]:
-        """``metrics.model_metrics`` of ``outputs`` against ``reference``, from the cached inventory and
-        export (``with_zip=False`` leaves ``zip_bytes`` out, and the export undone)."""
-        return measure(self.handle, reference, self.outputs, self.inventory, self.zip_bytes if with_zip else None)
+    @property
+    def outputs(self) -> np.ndarray:
+        """The model's ranked output on its evaluation data."""
+        return self.all_outputs[self.handle.quality.output]
+
+    def metrics(self, reference: Baseline | None, with_zip: bool = True) -> dict[str, Any]:
+        """``metrics.model_metrics`` of ``outputs`` against ``reference``'s (this model's own when None),
+        from the cached inventory and export (``with_zip=False`` leaves ``zip_bytes`` out, and the
+        export undone); ``outputs`` per output (``per_output_fidelity``) for a model with several."""
+        if reference is None:
+            references, ranked = self.all_outputs, self.outputs
+        else:
+            references, ranked = reference.outputs, reference.reference
+        result = measure(self.handle, ranked, self.outputs, self.inventory, self.zip_bytes if with_zip else None)
+        if len(self.all_outputs) > 1:
+            result["outputs"] = per_output_fidelity(self.handle, references, self.all_outputs)
+        return result
 
     def baseline(self, with_zip: bool = True) -> Baseline:
         """This model as the reference: its outputs and its own metrics (computed once per ``with_zip``)."""
         if with_zip not in self._baselines:
-            self._baselines[with_zip] = Baseline(self.outputs, self.metrics(self.outputs, with_zip))
+            self._baselines[with_zip] = Baseline(self.outputs, self.metrics(None, with_zip), self.all_outputs)
         return self._baselines[with_zip]
 
 
@@ -108,7 +121,7 @@ class CompressedModel:
         if with_zip not in self._evaluations:
             base = self.original.baseline(with_zip)
             compressed = {
-                **self.compressed.metrics(base.reference, with_zip),
+                **self.compressed.metrics(base, with_zip),
                 **compression_details(self.compressed.handle),
             }
             self._evaluations[with_zip] = {"original": base.metrics, "compressed": compressed}
