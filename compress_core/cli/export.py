@@ -59,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.metrics)
         return 0
-    task = result.metrics["task"]
+    task, label = result.metrics["task"], result.metrics.get("metric_label")
     rows = [
-        [name, entry["bytes"], entry["zip_bytes"], headline(entry, task)[1] if "cosine" in entry else None]
+        [name, entry["bytes"], entry["zip_bytes"], headline(entry, task, label)[1] if "cosine" in entry else None]
         for name, entry in result.metrics["artifacts"].items()
     ]
-    key = headline(result.metrics["pytorch"]["original"], task)[0]
+    key = headline(result.metrics["pytorch"]["original"], task, label)[0]
     print(format_table(("file", "bytes", "zip_bytes", f"{key} (ORT)"), rows))
     print(f"\nwrote {len(result.files)} files to {result.folder} (report: {result.folder / 'report.md'})")
     return 0

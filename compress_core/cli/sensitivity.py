@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(CSV_COLUMNS, [[getattr(row, column) for column in CSV_COLUMNS] for row in rows]))
     source = "cache" if result.cached else result.strategy
     print(
-        f"\n{len(result.rows)} cells measured, {len(result.skipped)} skipped; original {result.metric_name} {result.baseline:.2f}%; "
+        f"\n{len(result.rows)} cells measured, {len(result.skipped)} skipped; original {result.metric_name} {result.baseline:.4g}{'' if handle.quality.metric_label else '%'}; "
         f"{result.seconds:.2f} s ({source}); table written to {args.out}"
     )
     return 0
