@@ -302,6 +302,11 @@ def test_a_model_with_two_inputs_loads_from_the_inputs_field_and_can_be_measured
     captions = " ".join(caption.value for caption in app.caption)
     assert "x float32[N, 6]; scale float32[] (unbatched)" in captions
     assert "classification [N, C]" in " ".join(block.value for block in app.markdown)
+    for page in (*PAGES[1:], "pages/learn.py"):
+        app.switch_page(page).run()
+        assert not app.exception, (page, app.exception)
+        assert not app.error, (page, [error.value for error in app.error])
+    app.switch_page(PAGES[0]).run()
     next(box for box in app.selectbox if box.label == "Task").set_value("embedding")
     button(app, "Measure this way").click().run()
     assert not app.error, [error.value for error in app.error]
