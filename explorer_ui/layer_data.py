@@ -97,3 +97,25 @@ def factor_params(shape: tuple[int, int], rank: int) -> tuple[int, int]:
     """(parameters of the two rank-``rank`` factors, parameters of the full matrix)."""
     rows, columns = shape
     return rank * (rows + columns), rows * columns
+
+
+def precision_summary(layers: list[LayerInfo]) -> str | None:
+    """A sentence for a model whose file already stores layers as integers (None for a float model)."""
+    quantized = [layer for layer in layers if layer.quantized]
+    if not quantized:
+        return None
+    kinds = sorted({layer.precision for layer in quantized})
+    return (
+        f"This model is already quantized: {len(quantized)} of {len(layers)} layers are stored as integers "
+        f"({', '.join(kinds)}). Their statistics and views are of the dequantized weights; a plan cannot change them."
+    )
+
+
+def precision_note(layer: LayerInfo) -> str | None:
+    """What the Layers page says about a layer the file already stores as integers (None for a float one)."""
+    if not layer.quantized:
+        return None
+    return (
+        f"`{layer.name}` is already {layer.precision} in this file: the views below show its dequantized weights. "
+        "A plan cannot change it; compress the float original instead, or leave the layer out of the plan."
+    )

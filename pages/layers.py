@@ -14,6 +14,9 @@ with st.spinner("Reading the layers ..."):
     layers = cache.inventory(source.key, handle)
 
 st.title(f"Layers of {handle.name}")
+summary = layer_data.precision_summary(layers)
+if summary:
+    st.info(summary)
 left, right = st.columns([2, 1])
 text = left.text_input("Filter by name", placeholder="e.g. conv or blocks.0")
 types = right.multiselect("Types", sorted({layer.type for layer in layers}))
@@ -23,8 +26,12 @@ st.dataframe([layer.to_dict(channels=False) for layer in shown], hide_index=True
 layer = state.pick_layer(session, layers, layers[0].name, "layer_widget")
 name = layer.name
 st.caption(
-    f"{layer.type}, weight `{layer.weight_name}` {list(layer.weight_shape)}, {layer.params:,} parameters, {layer.macs:,} MACs"
+    f"{layer.type}, {layer.precision}, weight `{layer.weight_name}` {list(layer.weight_shape)}, "
+    f"{layer.params:,} parameters, {layer.macs:,} MACs"
 )
+note = layer_data.precision_note(layer)
+if note:
+    st.warning(note)
 
 quantization, channels, low_rank, pruning, graph = st.tabs(
     ["Quantization", "Channel ranges", "Low rank", "Pruning", "Graph"]

@@ -1,4 +1,5 @@
-"""``inspect MODEL``: the layer table (``--json`` for the same as JSON)."""
+"""``inspect MODEL``: the layer table (``--json`` for the same as JSON), with each layer's precision
+and, for a model that is already quantized, which quantization ops it holds."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.models.inventory import layer_inventory, total_params
+from compress_core.models.onnx_quantized import quantized_op_counts
 
-COLUMNS = ("name", "type", "weight_shape", "params", "macs", "min", "max", "std", "kurtosis", "sparsity")
+COLUMNS = ("name", "type", "weight_shape", "params", "macs", "min", "max", "std", "kurtosis", "sparsity", "precision")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,15 +22,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     layers = layer_inventory(handle)
+    quantization = quantized_op_counts(handle.model) if handle.backend == "onnx" else {}
     summary = {
         "model": handle.name,
         "backend": handle.backend,
         "input_shape": list(handle.input_spec.shape),
+        "inputs": [spec.describe() for spec in handle.input_specs],
         "layers": len(layers),
         "layer_params": sum(layer.params for layer in layers),
         "total_params": total_params(handle),
         "macs": sum(layer.macs for layer in layers),
         "data": handle.data.origin,
+        "already_quantized": bool(quantization),
+        "quantization_ops": quantization,
+        "quantized_layers": sum(layer.quantized for layer in layers),
     }
     if args.json:
         print_json({**summary, "layer_table": [layer.to_dict() for layer in layers]})
@@ -40,4 +47,10 @@ def run(args: argparse.Namespace) -> int:
         f"({summary['total_params']:,} in the whole model), {summary['macs']:,} MACs per sample; "
         f"evaluation data: {summary['data']}"
     )
+    if quantization:
+        ops = ", ".join(f"{count} {op}" for op, count in quantization.items())
+        print(
+            f"already quantized: {summary['quantized_layers']} of {len(layers)} layers are stored as integers "
+            f"({ops}); a plan can change only the float layers: compress the float original instead"
+        )
     return 0

@@ -5,6 +5,12 @@ a dispatch mode that sees every ATen op: a weight counts as a layer when a convo
 product or a recurrent op consumes it, and its MACs are that op's FLOPs / 2. For ONNX models the
 layers are Conv / Gemm / MatMul nodes with a constant weight, and MACs come from the output shapes of
 one example run in ONNX Runtime.
+
+Every layer carries its current ``precision``: ``float32``, or for a layer an ONNX file already stores
+as integers (``models.onnx_quantized``: ConvInteger, MatMulInteger, QLinear*, MatMulNBits, QDQ pairs)
+what it is stored as (``uint8 (ConvInteger)``, ``int8 QDQ``, ``4-bit MatMulNBits``); the statistics
+of such a layer are those of its dequantized weight. A plan cannot change such a layer
+(``transform.apply`` refuses it).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from compress_core.models.handle import ModelHandle
-from compress_core.models.onnx_graph import WeightUse, compressible_nodes, constant_tensors
+from compress_core.models.onnx_graph import compressible_nodes, constant_tensors
+from compress_core.models.onnx_quantized import FLOAT_PRECISION, is_quantization_op, quantized_layers
 
 TRANSPOSED_CONVOLUTION = "convolution_transposed"
 MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_addmm_activation"}
@@ -33,7 +40,9 @@ class LayerInfo:
 
     ``name`` is what a plan uses: a module name (``conv1``), a parameter name for weights that are
     not a module's ``weight`` (``lstm.weight_ih_l0``), or an ONNX node name. ``weight_name`` is the
-    parameter / initializer holding the weight; ``out_axis`` its output-channel axis.
+    parameter / initializer holding the weight; ``out_axis`` its output-channel axis. ``precision``
+    is how the model stores the layer now: ``float32``, or an integer format such as
+    ``uint8 (ConvInteger)`` for a layer that is already quantized (``quantized``).
     """
 
     name: str
@@ -52,6 +61,12 @@ class LayerInfo:
     sparsity: float
     channel_min: list[float] = field(repr=False)
     channel_max: list[float] = field(repr=False)
+    precision: str = FLOAT_PRECISION
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the model already stores this layer as integers (a plan cannot change it)."""
+        return self.precision != FLOAT_PRECISION
 
     def to_dict(self, channels: bool = True) -> dict[str, Any]:
         """Plain JSON-ready data; ``channels=False`` drops the per-channel lists."""
@@ -71,22 +86,33 @@ def layer_inventory(handle: ModelHandle) -> list[LayerInfo]:
 
 
 def total_params(handle: ModelHandle) -> int:
-    """All float parameters: torch parameters, or ONNX float initializers and Constant tensors.
+    """All parameters: torch parameters, or ONNX float initializers and Constant tensors plus the
+    integer weights of an already-quantized graph (each stored weight counted once per value).
 
     BatchNormalization's running mean and variance are statistics (torch buffers), not parameters,
     and are left out on both sides so that a model and its ONNX export count alike.
     """
     if handle.backend == "onnx":
+        model = handle.model
         statistics = {
-            name for node in handle.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
+            name for node in model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
         }
-        return int(
-            sum(
-                array.size
-                for name, (array, _) in constant_tensors(handle.model).items()
-                if array.dtype == np.float32 and name not in statistics
-            )
+        constants = constant_tensors(model)
+        floats = sum(
+            array.size for name, (array, _) in constants.items() if array.dtype == np.float32 and name not in statistics
         )
+        integer_layers = {layer.weight_name: layer.weight.size for layer in quantized_layers(model)}
+        other_integers = {  # integer weights of quantized ops that are no layer (DynamicQuantizeLSTM's)
+            name: constants[name][0].size
+            for node in model.graph.node
+            if is_quantization_op(node.op_type)
+            for name in node.input
+            if name in constants
+            and name not in integer_layers
+            and constants[name][0].ndim >= 2
+            and np.issubdtype(constants[name][0].dtype, np.integer)
+        }
+        return int(floats + sum(integer_layers.values()) + sum(other_integers.values()))
     return int(sum(p.numel() for p in handle.model.parameters()))
 
 
@@ -94,6 +120,8 @@ def layer_weight_array(handle: ModelHandle, layer: LayerInfo) -> np.ndarray:
     """A copy of the layer's weight as float32, in its stored layout (``layer.out_axis`` says where
     the output channels are)."""
     if handle.backend == "onnx":
+        if layer.quantized:
+            return next(q.weight for q in quantized_layers(handle.model) if q.node_name == layer.name).copy()
         return np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32)
     return dict(handle.model.named_parameters())[layer.weight_name].detach().float().numpy().copy()
 
@@ -246,37 +274,99 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
 def _onnx_inventory(handle: ModelHandle) -> list[LayerInfo]:
     model = handle.model
     uses = compressible_nodes(model)
+    quantized = quantized_layers(model)
     constants = constant_tensors(model)
     nodes = {node.name: node for node in model.graph.node}
     output_shapes = _onnx_output_shapes(handle, [nodes[use.node_name].output[0] for use in uses])
+    if quantized:
+        output_shapes.update(
+            _typed_output_shapes(handle, {nodes[q.node_name].output[0]: q.output_type for q in quantized})
+        )
     layers = []
     for use in uses:
         node = nodes[use.node_name]
         weight = constants[use.weight_name][0]
-        bias_params = constants[node.input[2]][0].size if len(node.input) > 2 and node.input[2] in constants else 0
-        out_shape = output_shapes[node.output[0]]
-        stats = weight_statistics(weight, use.out_axis)
         layers.append(
-            LayerInfo(
-                name=use.node_name,
-                type=use.op_type,
-                weight_name=use.weight_name,
-                weight_shape=tuple(int(d) for d in weight.shape),
-                params=int(weight.size + bias_params),
-                macs=_onnx_macs(use, weight, out_shape, node),
-                out_axis=use.out_axis,
-                **stats,
+            _onnx_layer(
+                use.node_name, use.op_type, use.weight_name, weight, use.out_axis, node, constants, output_shapes
             )
         )
-    return layers
+    for layer in quantized:
+        node = nodes[layer.node_name]
+        layers.append(
+            _onnx_layer(
+                layer.node_name,
+                layer.op_type,
+                layer.weight_name,
+                layer.weight,
+                layer.out_axis,
+                node,
+                constants,
+                output_shapes,
+                layer.precision,
+            )
+        )
+    order = {node.name: index for index, node in enumerate(model.graph.node)}
+    return sorted(layers, key=lambda layer: order[layer.name])
 
 
-def _onnx_macs(use: WeightUse, weight: np.ndarray, out_shape: tuple[int, ...], node: onnx.NodeProto) -> int:
+def _onnx_layer(
+    name: str,
+    op_type: str,
+    weight_name: str,
+    weight: np.ndarray,
+    out_axis: int,
+    node: onnx.NodeProto,
+    constants: dict[str, tuple[np.ndarray, str]],
+    output_shapes: dict[str, tuple[int, ...]],
+    precision: str = FLOAT_PRECISION,
+) -> LayerInfo:
+    """One ONNX layer; ``weight`` is the float weight (dequantized for an integer layer)."""
+    bias = _bias_name(node)
+    bias_params = constants[bias][0].size if bias in constants else 0
+    conv = op_type in ("Conv", "ConvInteger", "QLinearConv")
+    return LayerInfo(
+        name=name,
+        type=op_type,
+        weight_name=weight_name,
+        weight_shape=tuple(int(d) for d in weight.shape),
+        params=int(weight.size + bias_params),
+        macs=_onnx_macs(conv, weight, out_axis, output_shapes[node.output[0]]),
+        out_axis=out_axis,
+        **weight_statistics(weight, out_axis),
+        precision=precision,
+    )
+
+
+def _bias_name(node: onnx.NodeProto) -> str:
+    """The bias input of a float or integer layer node ("" when it has none)."""
+    index = {"QLinearConv": 8, "QGemm": 6, "DynamicQuantizeMatMul": 4, "MatMulIntegerToFloat": 6, "MatMulNBits": 5}
+    position = index.get(node.op_type, 2 if node.op_type in ("Conv", "Gemm") else -1)
+    return node.input[position] if 0 <= position < len(node.input) else ""
+
+
+def _onnx_macs(conv: bool, weight: np.ndarray, out_axis: int, out_shape: tuple[int, ...]) -> int:
     outputs = int(np.prod(out_shape))
-    if use.op_type == "Conv":
+    if conv:
         return outputs * int(np.prod(weight.shape[1:]))
-    reduce_axis = 1 - use.out_axis
-    return outputs * int(weight.shape[reduce_axis])
+    return outputs * int(weight.shape[1 - out_axis])
+
+
+def _typed_output_shapes(handle: ModelHandle, outputs: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Like ``_onnx_output_shapes`` for tensors of other element types (an integer layer's int32 or
+    uint8 output): each exposed with its own type, as ONNX Runtime requires."""
+    from compress_core.models.sessions import make_session
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(handle.model)
+    existing = {output.name for output in probe.graph.output}
+    for name, elem_type in outputs.items():
+        if name not in existing:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    session = make_session(probe, optimize=False, label=f"'{handle.name}'")
+    names = list(outputs)
+    values = session.run(names, handle.padded(handle.data.inputs[:1]).feed())
+    return {name: tuple(value.shape) for name, value in zip(names, values, strict=True)}
 
 
 def _onnx_output_shapes(handle: ModelHandle, names: list[str]) -> dict[str, tuple[int, ...]]:

@@ -17,11 +17,20 @@ Static quantization (QDQ, activations calibrated on the evaluation data) is the 
 ``dynamic=True`` uses ``quantize_dynamic`` (weights only, activations quantized at run time), the
 usual choice for transformers: exactly the planned layers are quantized, their weights per channel
 or per tensor as the plan says.
+
+Static calibration feeds every input of the model (``EvalDataReader`` over ``Inputs``, in batches of
+the model's static batch size where it has one) and computes the activation ranges itself
+(``ort.calibration``: only the float tensors of the nodes being quantized, batch by batch), so that
+entropy and percentile work wherever minmax does.
+
+A model that is already quantized (ConvInteger, QLinearConv, QDQ pairs, ...) is not quantized
+again: its int8 file is the model as it is, and the result's notes say so.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +41,17 @@ from onnx import numpy_helper
 
 from compress_core.atomic import atomic_write
 from compress_core.errors import CompressError, first_line
+from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.onnx_graph import compressible_nodes
-from compress_core.models.inputs import SINGLE_INPUT_NAME as INPUT_NAME
+from compress_core.models.onnx_quantized import quantized_op_counts
+from compress_core.ort.calibration import (
+    Calibration,
+    calibrate,
+    calibrated_tensors,
+    quantized_op_types,
+    save_ranges,
+    supports_calibration_cache,
+)
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.pipeline import PreparedModel
@@ -92,25 +110,35 @@ class Int8Result:
 
 
 class EvalDataReader:
-    """ORT's ``CalibrationDataReader`` protocol over evaluation inputs: ``get_next()`` -> ``{name: batch}``."""
+    """ORT's ``CalibrationDataReader`` protocol over evaluation inputs: ``get_next()`` -> ``{name: batch}``
+    for every input of the model.
 
-    def __init__(self, inputs: np.ndarray, input_name: str = INPUT_NAME, batch: int = CALIBRATION_BATCH) -> None:
-        self.batches = [np.ascontiguousarray(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
-        self.input_name = input_name
+    Batches hold ``batch`` samples, or ``fixed_batch`` for a model with a static batch size (the last
+    one filled up by repeating its last sample, as ``ModelHandle.input_batches`` does).
+    """
+
+    def __init__(self, inputs: Inputs, batch: int = CALIBRATION_BATCH, fixed_batch: int | None = None) -> None:
+        self.batches = [part.feed() for part in in_batches(inputs, batch, fixed_batch)]
         self.position = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.position >= len(self.batches):
             return None
         self.position += 1
-        return {self.input_name: self.batches[self.position - 1]}
+        return self.batches[self.position - 1]
 
     def rewind(self) -> None:
         self.position = 0
 
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.batches)
 
-def calibration_inputs(inputs: np.ndarray, samples: int) -> np.ndarray:
-    """``samples`` inputs spread evenly over the evaluation data (all of it when it is smaller)."""
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def calibration_inputs(inputs: Inputs, samples: int) -> Inputs:
+    """``samples`` samples spread evenly over the evaluation inputs (all of them when there are fewer)."""
     if samples >= len(inputs):
         return inputs
     return inputs[np.linspace(0, len(inputs) - 1, samples).round().astype(int)]
@@ -122,11 +150,14 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
     Quantizes the model's cached fp32 export, with its cached inventory and layer map. Raises
     ``CompressError`` naming the op and layer when a planned layer cannot be quantized.
     """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantType
 
     handle = compressed.handle
     if handle.compression is None:
         raise CompressError(f"model '{handle.name}' carries no plan; apply a plan (compress) before int8 export")
+    already = quantized_op_counts(compressed.onnx_model)
+    if already:
+        return _as_loaded(compressed, path, already)
     layers, targets = compressed.inventory, compressed.layer_targets
     quantized = handle.compression.quantized
     wide = not options.dynamic and any(grid.bits in STORAGE_BITS for grid in quantized.values())
@@ -169,26 +200,27 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
         notes.extend(_dynamic_notes(report, model, weights))
 
     def write(temporary: Path) -> None:
-        try:
-            if options.dynamic:
+        if options.dynamic:
+            try:
                 quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
-            else:
-                reader = EvalDataReader(
-                    calibration_inputs(handle.data.inputs, options.calibration_samples), _input_name(model)
-                )
-                quantize_static(
-                    model,
-                    temporary,
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded,
-                    calibrate_method=_calibration_method(options.method),
-                    extra_options={"TensorQuantOverrides": overrides},
-                )
-        except Exception as exc:  # ORT raises many types; the message names where it failed
-            raise CompressError(_failure_message(exc, model, targets)) from exc
+            except Exception as exc:  # ORT raises many types; the message names where it failed
+                raise CompressError(_failure_message(exc, model, targets)) from exc
+            return
+        reader = EvalDataReader(
+            calibration_inputs(handle.data.inputs, options.calibration_samples), CALIBRATION_BATCH, handle.fixed_batch
+        )
+        notes.extend(
+            quantize_static_calibrated(
+                model,
+                temporary,
+                reader,
+                options,
+                excluded,
+                overrides,
+                {target.node: target.layer for target in targets.values()},
+                targets,
+            )
+        )
 
     written = atomic_write(path, write)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
@@ -218,12 +250,89 @@ def quantize_dynamic_by_granularity(
             source = str(target)
 
 
-def quantize_ort_default(fp32_path: str | Path, path: str | Path, inputs: np.ndarray, samples: int = 64) -> Path:
-    """ORT's ``quantize_static`` with its defaults (QDQ, S8S8, per-tensor, MinMax): the reference to beat."""
+def quantize_static_calibrated(
+    model: onnx.ModelProto,
+    path: Path,
+    reader: EvalDataReader,
+    options: Int8Options,
+    excluded: list[str],
+    overrides: dict[str, Any],
+    layer_of_node: dict[str, str],
+    targets: dict[str, LayerTarget],
+) -> list[str]:
+    """Static QDQ ``quantize_static`` of ``model`` with activation ranges from ``ort.calibration``;
+    returns sentences for the result's notes.
+
+    Older ONNX Runtime releases, whose ``quantize_static`` takes no precomputed ranges, calibrate
+    minmax themselves; entropy and percentile then need a newer release.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    op_types = quantized_op_types()
+    arguments: dict[str, Any] = {
+        "quant_format": QuantFormat.QDQ,
+        "op_types_to_quantize": op_types,
+        "activation_type": QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "nodes_to_exclude": excluded,
+        "calibrate_method": _calibration_method(options.method),
+        "extra_options": {"TensorQuantOverrides": overrides},
+    }
+    if not supports_calibration_cache():
+        if options.method != "minmax":
+            raise CompressError(
+                f"{options.method} calibration needs an ONNX Runtime whose quantize_static takes precomputed ranges "
+                "(calibration_cache_path); upgrade onnxruntime or use the minmax method"
+            )
+        try:
+            quantize_static(model, path, reader, **arguments)
+        except Exception as exc:  # ORT raises many types; the message names where it failed
+            raise CompressError(_failure_message(exc, model, targets)) from exc
+        return []
+    tensors = calibrated_tensors(model, op_types, excluded)
+    calibration = calibrate(model, reader, options.method, tensors, layer_of_node)
+    notes = []
+    if calibration.float_nodes:
+        _check_fill_values(calibration, layer_of_node)
+        arguments["nodes_to_exclude"] = [*excluded, *calibration.float_nodes]
+        shown = ", ".join(calibration.fill_tensors[:2]) + (", ..." if len(calibration.fill_tensors) > 2 else "")
+        notes.append(
+            f"{len(calibration.float_nodes)} node(s) stay float around {len(calibration.fill_tensors)} tensor(s) "
+            f"holding values near float32's limits, as attention masks do ({shown}): int8 cannot hold them"
+        )
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = save_ranges(calibration.ranges, Path(scratch) / "ranges.json")
+        try:
+            quantize_static(model, path, None, calibration_cache_path=cache, **arguments)
+        except Exception as exc:  # ORT raises many types; the message names where it failed
+            raise CompressError(_failure_message(exc, model, targets)) from exc
+    return notes
+
+
+def _check_fill_values(calibration: Calibration, layer_of_node: dict[str, str]) -> None:
+    """A planned layer (excluded ones are not calibrated) that reads or writes a tensor of fill values
+    cannot be static int8: say to keep it float."""
+    planned = [layer_of_node[node] for node in calibration.float_nodes if node in layer_of_node]
+    if planned:
+        entries = ", ".join(f"{layer}: null" for layer in planned)
+        raise CompressError(
+            f"layer '{planned[0]}' reads or writes a tensor holding values near float32's limits "
+            f"({calibration.fill_tensors[0]}), which static int8 cannot hold; keep it float in the recipe "
+            f"(layers: {{{entries}}}) or use dynamic quantization"
+        )
+
+
+def quantize_ort_default(
+    fp32_path: str | Path, path: str | Path, inputs: Inputs, samples: int = 64, batch: int = CALIBRATION_BATCH
+) -> Path:
+    """ORT's ``quantize_static`` with its defaults (QDQ, S8S8, per-tensor, MinMax, its own calibration):
+    the reference to beat. Every input is fed, in batches of ``batch`` (pass the model's static batch
+    size where it has one); the last batch is filled up to ``batch`` by repeating its last sample,
+    which leaves MinMax ranges unchanged."""
     from onnxruntime.quantization import quantize_static
 
     model, _ = prepare_for_quantization(onnx.load(str(fp32_path)))
-    reader = EvalDataReader(calibration_inputs(inputs, samples), _input_name(model))
+    reader = EvalDataReader(calibration_inputs(inputs, samples), batch, batch)
     return atomic_write(path, lambda temporary: quantize_static(model, temporary, reader))
 
 
@@ -288,13 +397,9 @@ def _calibration_method(name: str) -> Any:
     }[name]
 
 
-def _input_name(model: onnx.ModelProto) -> str:
-    initializers = {init.name for init in model.graph.initializer}
-    return next(value.name for value in model.graph.input if value.name not in initializers)
-
-
 def _failure_message(exc: Exception, model: onnx.ModelProto, targets: dict[str, LayerTarget]) -> str:
-    """One line naming the op and layer the quantizer choked on (when its message names a node or tensor)."""
+    """One line naming the op and layer the quantizer choked on, with the remedy that fits the cause:
+    a layer of the plan can be kept float; another node is left alone only by dynamic quantization."""
     text = first_line(exc, 200)
     for target in targets.values():
         if target.node in text or target.weight_tensor in text:
@@ -304,8 +409,21 @@ def _failure_message(exc: Exception, model: onnx.ModelProto, targets: dict[str, 
             )
     for node in model.graph.node:
         if node.name and node.name in text:
-            return f"int8 quantization failed at {node.op_type} node '{node.name}': {text}; keep the layers around it float in the recipe"
-    return f"int8 quantization failed: {text}; keep the layers whose ops ORT cannot quantize float in the recipe (layers: {{NAME: null}})"
+            return (
+                f"int8 quantization failed at {node.op_type} node '{node.name}', which is no layer of the plan: {text}; "
+                "dynamic quantization quantizes only the plan's layers and leaves it float"
+            )
+    return f"int8 quantization failed in ONNX Runtime's quantizer: {text}"
+
+
+def _as_loaded(compressed: PreparedModel, path: str | Path, counts: dict[str, int]) -> Int8Result:
+    """The int8 file of a model that is already quantized: the model as it is."""
+    model = compressed.onnx_model
+    written = atomic_write(path, lambda temporary: onnx.save(model, str(temporary)))
+    ops = ", ".join(f"{count} {op}" for op, count in counts.items())
+    layers = [Int8Layer(layer.name, layer.name, None, layer.precision) for layer in compressed.inventory]
+    note = f"the model is already quantized ({ops}): the int8 file is the model as loaded, not quantized again"
+    return Int8Result(written, "as loaded", layers, [note])
 
 
 def _check_weights_quantized(model: onnx.ModelProto, targets: dict[str, LayerTarget], report: list[Int8Layer]) -> None:

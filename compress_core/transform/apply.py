@@ -15,6 +15,7 @@ from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.ops.lowrank import resolve_rank
 from compress_core.plan import LayerConfig, Plan
+from compress_core.plan.quoting import quoted, written
 from compress_core.transform.weights import check_n_m_fits
 
 REWRITABLE_KINDS = ("sample", "state_dict", "pickle")
@@ -31,6 +32,7 @@ def apply_plan(handle: ModelHandle, plan: Plan, layers: list[LayerInfo] | None =
     layers = layers if layers is not None else layer_inventory(handle)
     by_name = {layer.name: layer for layer in layers}
     configs = plan.resolve([layer.name for layer in layers])
+    check_not_quantized([by_name[name] for name in configs])
     for name, config in configs.items():
         check_layer_config(handle, by_name[name], config)
     model: object  # an onnx.ModelProto or a torch.nn.Module, as ``handle.model``
@@ -49,6 +51,20 @@ def full_rank(layer: LayerInfo) -> int:
     """The rank of the layer's weight seen as a matrix [out, in * kernel]."""
     out = layer.weight_shape[layer.out_axis]
     return min(out, math.prod(layer.weight_shape) // out)
+
+
+def check_not_quantized(layers: list[LayerInfo]) -> None:
+    """Refuse a plan that touches layers the model already stores as integers: their weights are not
+    float values a plan could round, prune or factorize."""
+    quantized = [layer for layer in layers if layer.quantized]
+    if not quantized:
+        return
+    first = quantized[0]
+    others = f" (and {len(quantized) - 1} more already-quantized layers)" if len(quantized) > 1 else ""
+    raise CompressError(
+        f"layer {quoted(first.name)} is already {first.precision}{others}; compress the float original instead, "
+        f"or leave it out of the plan (layers: {{{written(first.name)}: null}})"
+    )
 
 
 def check_layer_config(handle: ModelHandle, layer: LayerInfo, config: LayerConfig) -> None:
