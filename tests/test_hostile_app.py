@@ -172,7 +172,7 @@ def test_a_corrupt_npz_is_one_error_and_the_previous_model_stays(app, mlp_onnx):
 
 def test_data_of_the_wrong_shape_is_one_error_and_the_previous_model_stays(app, mlp_onnx):
     _upload(app, ("mlp.onnx", mlp_onnx), ("data.npz", _npz(inputs=np.zeros((4, 3, 5), np.float32))))
-    _assert_one_error_and_model_kept(app, "digits_cnn", "digits_cnn", "samples of shape (3, 5)", "(64,)")
+    _assert_one_error_and_model_kept(app, "digits_cnn", "digits_cnn", "samples of shape (3, 5)", "declared [N, 64]")
 
 
 def test_a_failed_upload_keeps_an_uploaded_model_current(app, mlp_onnx):
