@@ -254,3 +254,18 @@ def test_scalar_input_needs_its_value(tmp_path, capsys):
     assert handle.data.inputs.arrays["sr"].shape == ()
     assert handle.data.inputs[:3].arrays["x"].shape == (3, 4)
     assert int(handle.data.inputs[:3].arrays["sr"]) == 8000
+
+
+def test_generated_inputs_are_sized_to_the_model():
+    from compress_core.models.loading import generated_samples
+
+    assert generated_samples(0.0001) == generated_samples(0.02) == 256  # up to 20 ms a sample: the full default
+    assert generated_samples(0.05) == 32  # 50 ms per sample: a power of two within a 2 s pass
+    assert generated_samples(1.0) == 16  # never fewer than 16
+
+
+@pytest.mark.ddddocr
+def test_a_large_model_gets_fewer_generated_inputs(ddddocr_dir):
+    handle = cc.load_model(ddddocr_dir / "common_det.onnx")
+    assert handle.data.generated
+    assert 16 <= len(handle.data) < 256

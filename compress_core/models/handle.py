@@ -103,8 +103,9 @@ class ModelHandle:
     _ort_session: Any = field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> ModelHandle:
-        """A new handle with some fields changed (the ONNX Runtime session is not carried over)."""
-        return dataclasses.replace(self, _ort_session=None, **changes)
+        """A new handle with some fields changed (the ONNX Runtime session is carried over unless the model changes)."""
+        session = None if "model" in changes else self._ort_session
+        return dataclasses.replace(self, _ort_session=session, **changes)
 
     @property
     def input_spec(self) -> InputSpec:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import math
 import pickle
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +21,7 @@ import torch
 
 from compress_core.errors import CompressError, first_line
 from compress_core.models import samples
-from compress_core.models.evaldata import eval_data, generated_data, load_npz, read_npz
+from compress_core.models.evaldata import GENERATED_SAMPLES, eval_data, generated_data, load_npz, read_npz
 from compress_core.models.handle import Backend, Inputs, InputSpec, ModelHandle, Quality
 from compress_core.models.input_specs import DeclaredInput, batch_axes, fixed_batch, resolve_specs
 from compress_core.models.torchscript import is_torchscript_file, load_torchscript
@@ -35,6 +37,11 @@ SUPPORTED = (
     ".pt/.pth/.bin (TorchScript, a state_dict, or a trusted pickle)"
 )
 PT2_WHAT = "torch.export (.pt2) program"
+# Generated evaluation inputs are sized so that one pass over them takes about this long (a large
+# model gets fewer than GENERATED_SAMPLES, never fewer than MIN_GENERATED_SAMPLES).
+GENERATED_PASS_SECONDS = 2.0
+SLOW_SAMPLE_SECONDS = 0.02
+MIN_GENERATED_SAMPLES = 16
 
 
 def load_model(
@@ -77,7 +84,11 @@ def _with_quality(handle: ModelHandle, quality: Quality) -> ModelHandle:
     """The handle once it has run an example: its outputs' batch axes found, its quality choice
     checked and its task resolved."""
     handle = handle.replace(output_axes=_output_axes(handle))
+    started = time.perf_counter()
     outputs = _check_runs(handle)
+    if handle.data.generated:
+        samples = generated_samples(time.perf_counter() - started)
+        handle = handle.replace(data=generated_data(handle.input_specs, samples))
     where = handle.source or handle.name
     if not 0 <= quality.output < len(outputs):
         raise CompressError(
@@ -94,6 +105,19 @@ def _with_quality(handle: ModelHandle, quality: Quality) -> ModelHandle:
     else:
         task = detect_task(outputs[quality.output])
     return handle.replace(task=task, quality=quality)
+
+
+def generated_samples(seconds_per_sample: float) -> int:
+    """How many inputs to generate for a model that takes ``seconds_per_sample`` on one sample.
+
+    ``GENERATED_SAMPLES`` unless one sample takes more than ``SLOW_SAMPLE_SECONDS`` (so that small
+    models get the same data on every machine); then a power of two that fits one evaluation pass
+    into ``GENERATED_PASS_SECONDS``, at least ``MIN_GENERATED_SAMPLES``.
+    """
+    if seconds_per_sample <= SLOW_SAMPLE_SECONDS:
+        return GENERATED_SAMPLES
+    fit = GENERATED_PASS_SECONDS / seconds_per_sample
+    return max(MIN_GENERATED_SAMPLES, 2 ** int(math.log2(max(fit, 1))))
 
 
 def _model_file(path: Path) -> Path:
