@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import time
 from typing import Any
 
 import streamlit as st
@@ -76,6 +77,14 @@ def inventory(key: str, _handle: ModelHandle) -> list[LayerInfo]:
 def baseline_metrics(key: str, _handle: ModelHandle) -> dict[str, Any]:
     """Accuracy, fidelity, size and compute of the uncompressed model (a copy of ``original``'s)."""
     return original(key, _handle).baseline().metrics
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def pass_seconds(key: str, _handle: ModelHandle) -> float:
+    """Seconds for one run of the model over its evaluation data (what a sweep cell or an evaluation costs)."""
+    started = time.perf_counter()
+    _handle.run(_handle.data.inputs)
+    return time.perf_counter() - started
 
 
 @st.cache_data(show_spinner=False, max_entries=4)

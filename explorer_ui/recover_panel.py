@@ -21,7 +21,10 @@ from compress_core.pipeline import CompressedModel
 from compress_core.plan import Plan
 
 from . import cache, figures, state, tuning
+from .budget import Deadline
 from .jobs import BackgroundJob, Report
+
+DEFAULT_BUDGET_S = 120
 
 RECOVER_JOB = "recover_job"  # {"label", "entry", "job": BackgroundJob} while a fine-tuning runs
 RECOVERED = "recovered"  # label -> {"entry", "settings", "losses", "after", "model": CompressedModel}
@@ -74,20 +77,24 @@ def applied_model(session: state.State, plan: dict[str, Any]) -> ModelHandle:
     return applied(session, plan).compressed.handle
 
 
-def start(model: CompressedModel, settings: dict[str, Any]) -> BackgroundJob:
+def start(model: CompressedModel, settings: dict[str, Any], budget_s: float | None = None) -> BackgroundJob:
     """Fine-tune ``model``'s compressed model towards its original in the background, then measure it.
 
-    The job's result has the ``settings``, the ``losses`` per epoch, the ``after`` metrics
-    (``CompressedModel.evaluate``'s compressed metrics) and the fine-tuned ``model``
-    (``CompressedModel.fine_tuned``: its export reuses what it measured).
+    Training stops after ``budget_s`` seconds (or at Stop) and keeps the model trained so far. The
+    job's result has the ``settings``, the ``losses`` per epoch, the ``after`` metrics
+    (``CompressedModel.evaluate``'s compressed metrics), whether the budget ran out
+    (``budget_spent``) and the fine-tuned ``model`` (``CompressedModel.fine_tuned``: its export
+    reuses what it measured).
     """
 
     def work(report: Report, cancel: threading.Event) -> dict[str, Any]:
+        deadline = Deadline(budget_s, cancel)
+
         def progress(epoch: int, epochs: int, loss: float) -> None:
-            report(epoch / epochs, f"epoch {epoch}/{epochs}, loss {loss:.4f}")
+            report(epoch / epochs, deadline.progress_text(epoch / epochs, f"epoch {epoch}/{epochs}, loss {loss:.4f}"))
 
         tuned, losses = finetune(
-            model.original.handle, model.compressed.handle, progress=progress, cancel=cancel.is_set, **settings
+            model.original.handle, model.compressed.handle, progress=progress, cancel=deadline.stop, **settings
         )
         report(1.0, "measuring the fine-tuned model")
         tuned_model = model.fine_tuned(tuned)
@@ -95,6 +102,7 @@ def start(model: CompressedModel, settings: dict[str, Any]) -> BackgroundJob:
             "settings": settings,
             "losses": losses,
             "after": tuned_model.evaluate()["compressed"],
+            "budget_spent": deadline.expired,
             "model": tuned_model,
         }
 
@@ -158,6 +166,15 @@ def render_recover_panel() -> None:
         disabled=handle.task != "classification",
         help="Softens the teacher's and the student's probabilities; classification models only.",
     )
+    budget = st.number_input(
+        "Time budget (s)",
+        min_value=5,
+        value=DEFAULT_BUDGET_S,
+        step=30,
+        key="recover_budget",
+        help=f"Training stops when this time is spent (default {DEFAULT_BUDGET_S} s); the model trained so far is "
+        "kept and measured.",
+    )
     running = session.get(RECOVER_JOB)
     if running is None and st.button("Recover", type="primary"):
         try:
@@ -166,7 +183,7 @@ def render_recover_panel() -> None:
             running = session[RECOVER_JOB] = {
                 "label": session[state.CURRENT],
                 "entry": entry["label"],
-                "job": start(model, settings),
+                "job": start(model, settings, float(budget)),
             }
         except CompressError as exc:
             st.error(str(exc))
@@ -192,6 +209,10 @@ def render_recover_panel() -> None:
             figures.curves(
                 range(1, len(losses) + 1), {"training loss": losses}, "Distillation loss per epoch", "epoch", "loss"
             )
+        )
+    if recovered.get("budget_spent"):
+        st.caption(
+            f"Training stopped at its time budget after {len(losses)} epoch(s); this is the model trained so far."
         )
     for note in after["notes"]:
         if note not in before["notes"]:

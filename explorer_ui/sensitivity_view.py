@@ -9,24 +9,40 @@ from compress_core import ModelHandle
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import Progress, SensitivityResult, Sweep
 
+from .budget import Deadline
 from .jobs import BackgroundJob, Report
 
 FRAGILE_COUNT = 5
 
 
-def start(handle: ModelHandle, sweep: Sweep) -> BackgroundJob:
-    """Run the sweep on the handle in the background; the job's result is ``SensitivityResult.to_dict()``."""
+def start(handle: ModelHandle, sweep: Sweep, budget_s: float | None = None) -> BackgroundJob:
+    """Run the sweep on the handle in the background; the job's result is ``SensitivityResult.to_dict()``.
+
+    The sweep stops after ``budget_s`` seconds (or at Stop) and keeps the cells it measured."""
 
     def work(report: Report, cancel: threading.Event) -> dict[str, Any]:
-        def progress(step: Progress) -> None:
-            report(
-                step.cell / step.cell_count,
-                f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}",
-            )
+        deadline = Deadline(budget_s, cancel)
 
-        return run_sensitivity(handle, sweep, progress=progress, cancel=cancel).to_dict()
+        def progress(step: Progress) -> None:
+            fraction = step.cell / step.cell_count
+            where = f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}"
+            report(fraction, deadline.progress_text(fraction, where))
+
+        result = run_sensitivity(handle, sweep, progress=progress, cancel=deadline.stop).to_dict()
+        result["budget_spent"] = deadline.expired
+        return result
 
     return BackgroundJob(work)
+
+
+def cell_count(sweep: Sweep, layers: int) -> int:
+    """Cells of a sweep over ``layers`` layers: one per layer and (kind, level)."""
+    return layers * len(sweep.cells())
+
+
+def estimate_seconds(sweep: Sweep, layers: int, pass_seconds: float) -> float:
+    """The sweep's expected time: one evaluation pass per cell (each cell runs the model once on the data)."""
+    return cell_count(sweep, layers) * pass_seconds
 
 
 def kinds(result: dict[str, Any]) -> list[str]:

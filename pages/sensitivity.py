@@ -5,13 +5,16 @@ import streamlit as st
 from compress_core import CompressError
 from compress_core.analysis.sweep import KINDS, Sweep
 from compress_core.ops.quantize import ALLOWED_BITS
-from explorer_ui import figures, sensitivity_view, state
+from explorer_ui import cache, figures, sensitivity_view, state
+from explorer_ui.budget import duration_text
 
 PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 RANK_LEVELS = (0.9, 0.75, 0.5, 0.25, 0.1)
 
+DEFAULT_BUDGET_S = 120
+
 session = st.session_state
-_, handle = state.page_model(session)
+source, handle = state.page_model(session)
 label = session[state.CURRENT]
 
 st.title(f"Sensitivity of {handle.name}")
@@ -19,22 +22,59 @@ st.caption(
     "Each layer is compressed alone, every other layer left as it is, at each level of the sweep; the table gives "
     f"the model's quality on {len(handle.data)} samples ({handle.data.origin}). Results are cached on disk."
 )
-kinds_column, bits_column, prune_column, rank_column = st.columns(4)
-kinds = kinds_column.multiselect("Kinds", KINDS, default=["bits", "prune"])
-bits = bits_column.multiselect("Bit widths", ALLOWED_BITS[:-1], default=[8, 6, 4, 3, 2])
-prune = prune_column.multiselect("Prune ratios", PRUNE_LEVELS, default=[0.3, 0.5, 0.7, 0.9])
-ranks = rank_column.multiselect("Rank fractions", RANK_LEVELS, default=[0.75, 0.5, 0.25])
+kinds = st.multiselect("Kinds", KINDS, default=["bits", "prune"])
+level_columns = iter(st.columns(max(1, len([kind for kind in ("bits", "prune", "rank") if kind in kinds]))))
+bits = (
+    next(level_columns).multiselect("Bit widths", ALLOWED_BITS[:-1], default=[8, 6, 4, 3, 2])
+    if "bits" in kinds
+    else [8]
+)
+prune = (
+    next(level_columns).multiselect("Prune ratios", PRUNE_LEVELS, default=[0.3, 0.5, 0.7, 0.9])
+    if "prune" in kinds or "structured" in kinds
+    else [0.5]
+)
+ranks = (
+    next(level_columns).multiselect("Rank fractions", RANK_LEVELS, default=[0.75, 0.5, 0.25])
+    if "rank" in kinds
+    else [0.5]
+)
+budget = st.number_input(
+    "Time budget (s)",
+    min_value=5,
+    value=DEFAULT_BUDGET_S,
+    step=30,
+    help=f"The sweep stops when this time is spent (default {DEFAULT_BUDGET_S} s) and keeps the cells it measured; "
+    "a rerun takes the finished sweep from the cache.",
+)
+try:
+    sweep = Sweep(bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds)
+except CompressError as exc:
+    sweep, sweep_error = None, str(exc)
+else:
+    sweep_error = None
+    layer_count = len(cache.inventory(source.key, handle))
+    with st.spinner("Timing one evaluation pass for the estimate ..."):
+        seconds = sensitivity_view.estimate_seconds(sweep, layer_count, cache.pass_seconds(source.key, handle))
+    cells = sensitivity_view.cell_count(sweep, layer_count)
+    fits = (
+        "fits the budget"
+        if seconds <= budget
+        else f"over the budget: the first {int(budget / seconds * 100)}% of the cells run"
+    )
+    st.caption(f"{cells} cells, estimated {duration_text(seconds)} (one evaluation pass per cell; {fits}).")
 
 running = session.get(state.SENSITIVITY_JOB)
-if running is None and st.button("Run sensitivity", type="primary"):
-    try:
-        sweep = Sweep(
-            bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds
-        )
-    except CompressError as exc:
-        st.error(str(exc))
-    else:
-        running = session[state.SENSITIVITY_JOB] = {"label": label, "job": sensitivity_view.start(handle, sweep)}
+reason = "a sweep is running" if running is not None else sweep_error
+if st.button("Run sensitivity", type="primary", disabled=reason is not None, help=reason):
+    assert sweep is not None
+    running = session[state.SENSITIVITY_JOB] = {
+        "label": label,
+        "job": sensitivity_view.start(handle, sweep, float(budget)),
+    }
+    st.rerun()
+if reason is not None and running is None:
+    st.caption(f"Run is off: {reason}.")
 
 
 @st.fragment(run_every=0.5)
@@ -61,7 +101,8 @@ result = session[state.SENSITIVITY].get(label)
 if result is not None:
     st.caption(
         f"{len(result['rows'])} cells in {result['seconds']:.1f} s ({result['strategy']}{', from the cache' if result['cached'] else ''})"
-        f"{'; stopped early' if result['cancelled'] else ''}. Baseline {result['metric_name']}: {result['baseline']:.2f} %."
+        f"{'; stopped at the time budget' if result.get('budget_spent') else ('; stopped early' if result['cancelled'] else '')}. "
+        f"Baseline {result['metric_name']}: {result['baseline']:.2f} %."
     )
     measured = sensitivity_view.kinds(result)
     tabs = st.tabs(measured) if measured else []

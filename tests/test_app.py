@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import yaml
@@ -150,8 +151,10 @@ def _finish_sweep(app: AppTest) -> None:
 def test_sensitivity_runs_in_the_background_and_shows_the_fragile_layers(app):
     # private_dirs (through ``app``) gives a cold sensitivity cache: the sweep really runs
     app.switch_page("pages/sensitivity.py").run()
-    app.multiselect[0].set_value(["bits"])
+    app.multiselect[0].set_value(["bits"]).run()
+    assert [box.label for box in app.multiselect] == ["Kinds", "Bit widths"]  # no prune or rank pickers
     app.multiselect[1].set_value([8, 2]).run()
+    assert any("10 cells, estimated" in caption.value for caption in app.caption)
     button(app, "Run sensitivity").click().run()
     assert state.SENSITIVITY_JOB in app.session_state
     _finish_sweep(app)
@@ -250,7 +253,9 @@ def test_stop_ends_a_sweep_early_and_keeps_the_rows_so_far(app, monkeypatch):
             progress(step)
             if step.cell == 1:
                 measured.set()
-                cancel.wait(RUN_TIMEOUT)
+                waited = time.monotonic()
+                while not cancel() and time.monotonic() - waited < RUN_TIMEOUT:
+                    time.sleep(0.01)
 
         return real(handle, sweep, progress=report, cancel=cancel, **options)
 
@@ -312,3 +317,19 @@ def test_a_model_with_two_inputs_loads_from_the_inputs_field_and_can_be_measured
     assert not app.error, [error.value for error in app.error]
     assert app.session_state[state.CURRENT].endswith("[task embedding]")
     assert "embedding" in " ".join(block.value for block in app.markdown if block.value.startswith("Task:"))
+
+
+def test_a_sweep_stops_at_its_time_budget_and_keeps_what_it_measured():
+    from compress_core import load_model
+    from compress_core.analysis.sweep import Sweep
+    from explorer_ui.budget import Deadline, duration_text, time_left
+
+    clock = iter([0.0, 1.0, 3.0]).__next__
+    deadline = Deadline(2.0, threading.Event(), clock)
+    assert (deadline.stop(), deadline.stop()) == (False, True)
+    assert time_left(0.25, 10.0) == 30.0 and time_left(0.0, 1.0) is None
+    assert [duration_text(s) for s in (42, 200, 3900)] == ["42 s", "3 min 20 s", "1 h 05 min"]
+    job = sensitivity_view.start(load_model("digits_mlp"), Sweep(kinds=("bits",), bits=(8, 4)), budget_s=0.0)
+    job.wait(RUN_TIMEOUT)
+    assert job.error is None
+    assert job.result["cancelled"] and job.result["budget_spent"] and job.result["rows"] == []

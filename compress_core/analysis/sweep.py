@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from compress_core.errors import CompressError
@@ -177,10 +177,11 @@ class SensitivityResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SensitivityResult:
-        """The result ``to_dict`` wrote."""
+        """The result ``to_dict`` wrote (keys a caller added beside it, such as the app's, are ignored)."""
+        known = {item.name for item in fields(cls)}
         return cls(
             **{
-                **data,
+                **{key: value for key, value in data.items() if key in known},
                 "sweep": Sweep(**data["sweep"]),
                 "rows": [SensitivityRow(**row) for row in data["rows"]],
                 "skipped": [SkippedCell(**cell) for cell in data["skipped"]],
