@@ -25,6 +25,8 @@ METHOD_STYLES = (
     ("#8c564b", "longdash"),
 )
 """Colour and dash of each calibration method's lines: dashes keep coinciding ranges visible."""
+MAX_LEVEL_TICKS = 24
+"""Up to this many class names (short ids) stand level under the distillation bars; more are tilted."""
 STAGGER = 2.5
 """Each calibration method's lines end this many times lower (log axis) than the previous one's, so equal ranges stay apart."""
 
@@ -205,26 +207,48 @@ def calibration_ranges(ranges: dict[str, Any], layer: str) -> go.Figure:
     return layout(figure, title, "activation value", "count (log)", height=380)
 
 
-def softened_outputs(view: dict[str, Any], classes: Sequence[str]) -> go.Figure:
-    """Teacher and student probabilities at temperature T as grouped bars, the label's class outlined."""
+def position_phrase(view: dict[str, Any]) -> str:
+    """Where in the sample's output the distribution is: ``""``, ``"step 7 of 20"`` or ``"pixel (3, 5) of 16x16"``."""
+    names, position, grid = view["position_names"], view["position"], view["positions"]
+    if not names:
+        return ""
+    if len(names) == 1:
+        return f"{names[0]} {position[0]} of {grid[0]}"
+    return f"pixel ({', '.join(map(str, position))}) of {'x'.join(map(str, grid))}"
+
+
+def softened_outputs(view: dict[str, Any], classes: Sequence[str] | None = None) -> go.Figure:
+    """Teacher and student probabilities at temperature T of the classes shown (``view["classes"]``,
+    named by ``classes``, by default their ids) as grouped bars, the label's class outlined."""
+    names = [str(index) for index in view["classes"]] if classes is None else list(classes)
+    outline = [3 if index == view["label"] else 0 for index in view["classes"]]
     figure = go.Figure(
         [
             go.Bar(
-                x=list(classes),
-                y=view["teacher"],
-                name=f"teacher (entropy {view['teacher_entropy']:.2f} nats)",
-                marker_color=KEPT_COLOR,
-            ),
-            go.Bar(
-                x=list(classes),
-                y=view["student"],
-                name=f"student (entropy {view['student_entropy']:.2f} nats)",
-                marker_color=ALERT_COLOR,
-            ),
+                x=names,
+                y=view[role],
+                name=f"{role} (entropy {view[f'{role}_entropy']:.2f} nats)",
+                marker=dict(color=color, line=dict(color="black", width=outline)),
+                hovertemplate="class %{x}: %{y:.3g}<extra>" + role + "</extra>",
+            )
+            for role, color in (("teacher", KEPT_COLOR), ("student", ALERT_COLOR))
         ]
     )
     figure.update_layout(barmode="group")
-    figure.update_xaxes(type="category")
-    label = "" if view["label"] is None else f", label {view['label']}"
-    title = f"Probabilities at T = {view['temperature']:g}{label}; T² KL(teacher || student) = {view['loss_term']:.3f}"
-    return layout(figure, title, "class", "probability")
+    figure.update_xaxes(
+        type="category",
+        categoryorder="array",
+        categoryarray=names,
+        tickangle=0 if len(names) <= MAX_LEVEL_TICKS else -45,
+    )
+    where = position_phrase(view)
+    parts = [f"T = {view['temperature']:g}", *([where] if where else [])]
+    if view["label"] is not None:
+        parts.append(f"label {view['label']}")
+    count, top = view["class_count"], view["top"]
+    x_title = (
+        "class"
+        if top == count
+        else f"class (the teacher's top {top} of {count:,}{', and the label' if len(names) > top else ''})"
+    )
+    return layout(figure, f"Probabilities at {', '.join(parts)}", x_title, "probability")

@@ -19,6 +19,10 @@ DEMO_STUDENT = Plan(
     default=LayerConfig(bits=2, granularity="tensor")
 )  # the distillation demo's student before any apply
 PRUNE_KINDS = {"prune": "unstructured", "structured": "structured"}  # sensitivity kinds that prune, and how
+POSITION_HINTS = {  # the distillation demo on outputs with one distribution per step or pixel
+    "sequence": "A sequence output has one distribution over the classes at each step: pick the step to look at.",
+    "dense": "A dense output has one distribution over the classes at each pixel: pick its row and column.",
+}
 DEMO_MIN_PARAMS = 1024  # the layer shown first: the first one this big, so the histograms have something to show
 
 
@@ -40,6 +44,17 @@ def _calibration(
 ) -> dict[str, Any]:
     """``calibration_ranges`` of ``layer``'s input activations."""
     return calibration_ranges(_activations(key, _handle, layer), bits, percentiles)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _positions(key: str, _handle: ModelHandle) -> tuple[int, ...]:
+    """The positions of one sample's output that each hold a distribution over the classes."""
+    return teaching.distillation_positions(_handle)
+
+
+def _class_name(index: int, blank: int | None) -> str:
+    """A class id as a short axis label, the CTC blank named."""
+    return f"{index} (blank)" if index == blank else str(index)
 
 
 session = st.session_state
@@ -218,22 +233,40 @@ with distillation:
         r"p_i^{(T)} = \frac{e^{z_i / T}}{\sum_j e^{z_j / T}}, \qquad \mathcal{L} = \alpha\, T^2\,"
         r" \mathrm{KL}\!\left(p^{(T)}_{\text{teacher}} \,\|\, p^{(T)}_{\text{student}}\right) + (1 - \alpha)\, \mathrm{CE}(y, p_{\text{student}})"
     )
-    if handle.task != "classification":
+    grid: tuple[int, ...] | None = None
+    if handle.task == "ids":
+        st.info(
+            f"'{handle.name}' is an ids model: its outputs are class ids (integers), not scores over the classes, "
+            "so it has no class probabilities to soften and this demo does not apply."
+        )
+    elif handle.task not in teaching.DISTILLATION_TASKS:
         st.info(
             f"'{handle.name}' is an {handle.task} model: it has no class probabilities to soften, "
             "so the Recover panel distils it on the cosine distance of its outputs instead."
         )
     else:
-        temperature_column, sample_column = st.columns(2)
+        try:
+            grid = _positions(source.key, handle)
+        except CompressError as exc:
+            st.info(f"The distillation demo does not fit this model's output: {exc}")
+    if grid is not None:
+        names = teaching.POSITION_NAMES[handle.task]
+        if handle.task in POSITION_HINTS:
+            st.markdown(POSITION_HINTS[handle.task])
+        temperature_column, sample_column, *position_columns = st.columns(2 + len(grid))
         temperature = temperature_column.slider("Temperature T", 1.0, 20.0, 4.0, 0.5, key="learn_temperature")
         sample = int(sample_column.number_input("Evaluation sample", 0, len(handle.data) - 1, 0, key="learn_sample"))
+        position = tuple(
+            int(column.number_input(name.capitalize(), 0, size - 1, 0, key=f"learn_{name}"))
+            for column, name, size in zip(position_columns, names, grid)
+        )
         try:
             compressed = recover_panel.compressed_model(session)
             if compressed is None:
                 student, described = recover_panel.applied_model(session, DEMO_STUDENT.to_dict()), None
             else:
                 student, described = compressed
-            view = teaching.distillation_view(handle, student, sample, temperature)
+            view = teaching.distillation_view(handle, student, sample, temperature, position)
         except CompressError as exc:
             st.error(str(exc))
         else:
@@ -244,5 +277,30 @@ with distillation:
                 )
             else:
                 st.caption(f"The student is the current compressed model ({described}).")
-            outputs = view["teacher"]
-            st.plotly_chart(learn_figures.softened_outputs(view, [str(index) for index in range(len(outputs))]))
+            classes = view["class_count"]
+            teacher_column, student_column, most_column, loss_column = st.columns(4)
+            teacher_column.metric("Teacher entropy", f"{view['teacher_entropy']:.2f} nats")
+            student_column.metric("Student entropy", f"{view['student_entropy']:.2f} nats")
+            most_column.metric(
+                "Most possible, ln C",
+                f"{view['max_entropy']:.2f} nats",
+                help=f"The entropy of a uniform distribution over the C = {classes:,} classes of one position.",
+            )
+            loss_column.metric(
+                "T² KL(teacher ‖ student)",
+                f"{view['loss_term']:.3f}",
+                help="T² times the KL divergence from the teacher's to the student's distribution of this position, over all C classes.",
+            )
+            blank = handle.quality.ctc_blank
+            st.plotly_chart(
+                learn_figures.softened_outputs(view, [_class_name(index, blank) for index in view["classes"]])
+            )
+            if view["top"] < classes:
+                st.caption(
+                    f"The other {classes - len(view['classes']):,} classes hold {view['teacher_rest']:.1%} of the "
+                    f"teacher's probability and {view['student_rest']:.1%} of the student's (entropies cover all {classes:,})."
+                )
+            if "steps" in view:
+                steps = " ".join("·" if index == blank else str(index) for index in view["steps"])
+                named = "" if blank is None else f" (· is the blank, {blank})"
+                st.caption(f"The teacher's most probable class at each step of sample {sample}{named}: {steps}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
+import torch
 from apptest_helpers import button, finish_job, first_run
 from streamlit.testing.v1 import AppTest
 
@@ -126,3 +130,60 @@ def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -
     assert exported["artifacts"]["model_fp32.onnx"]["accuracy"] == pytest.approx(
         recovered["after"]["accuracy"], abs=0.005
     )
+
+
+class _Reader(torch.nn.Module):
+    """[N, 16] -> [N, 6, 300] logits: a small sequence model (6 steps over 300 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(16, 64)
+        self.head = torch.nn.Linear(64, STEPS * CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.hidden(x))).reshape(-1, STEPS, CLASSES) * 4
+
+
+STEPS, CLASSES = 6, 300
+
+
+def _nats(at: AppTest, label: str) -> float:
+    """The value of the metric ``label``, shown as ``"1.23 nats"``."""
+    value = next(metric.value for metric in at.metric if metric.label == label)
+    number, unit = value.split()
+    assert unit == "nats", value
+    return float(number)
+
+
+def test_learn_page_on_a_sequence_output_shows_one_steps_entropy(app: AppTest, tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "reader.onnx"
+    torch.onnx.export(
+        _Reader().eval(),
+        (torch.zeros(2, 16),),
+        str(path),
+        dynamo=False,
+        dynamic_axes={"x": {0: "batch"}},
+        input_names=["x"],
+    )
+    app.file_uploader(key=state.UPLOAD_MODEL).set_value(("reader.onnx", path.read_bytes(), "application/octet-stream"))
+    button(app, "Load model").click().run()
+    assert not app.error, [error.value for error in app.error]
+    assert app.session_state[state.CURRENT].startswith("reader.onnx")
+    app.switch_page(LEARN).run()
+    assert not app.exception, app.exception
+    assert not app.error, [error.value for error in app.error]
+    assert len(app.get("tab")) == 5
+    most = _nats(app, "Most possible, ln C")
+    assert most == pytest.approx(math.log(CLASSES), abs=0.005)
+    for step in (0, 3, STEPS - 1):
+        _widget(app, "learn_step").set_value(step).run()
+        assert not app.exception and not app.error, step
+        assert 0 < _nats(app, "Teacher entropy") <= most and 0 < _nats(app, "Student entropy") <= most
+    chart = json.loads(_specs(app)[-1])
+    classes = chart["data"][0]["x"]
+    assert len(classes) == 20 and all(len(name) <= 3 for name in classes)  # the top 20 of 300, as short ids
+    assert "top 20 of 300" in chart["layout"]["xaxis"]["title"]["text"]
+    assert "step 5 of 6" in chart["layout"]["title"]["text"]
+    captions = " ".join(caption.value for caption in app.caption)
+    assert "The other 280 classes hold" in captions and "most probable class at each step" in captions

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import copy
+import math
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from compress_core import CompressError, load_model
 from compress_core.analysis.calibration import calibration_ranges, entropy_threshold, layer_input_activations
 from compress_core.analysis.teaching import (
+    TOP_CLASSES,
     binarize,
+    class_positions,
+    distillation_of_logits,
+    distillation_positions,
     distillation_view,
     extreme_quantization,
     layer_weight,
@@ -21,7 +29,8 @@ from compress_core.analysis.teaching import (
     sqnr_by_bits,
     ternarize,
 )
-from compress_core.models.handle import ModelHandle
+from compress_core.models.evaldata import generated_data
+from compress_core.models.handle import EvalData, InputSpec, ModelHandle
 from compress_core.plan import Plan
 from compress_core.transform.apply import apply_plan
 
@@ -176,3 +185,122 @@ def test_the_learn_and_layers_pages_quantize_through_one_view(conv2: torch.Tenso
     assert whole["scope"] == "whole tensor" and len(whole["values"]) == conv2.numel()
     with pytest.raises(CompressError, match="bits=16 is not allowed with scheme=.kmeans."):
         layer_data.quantization_view(conv2.numpy(), 0, 16, "kmeans", "tensor", 0)
+
+
+# ---------------------------------------------------------------- distillation on any output shape
+
+
+class _Steps(nn.Module):
+    """[N, 8] -> [N, STEPS, CLASSES] logits: a sequence model with more classes than the demo shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, STEPS * CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x).reshape(len(x), STEPS, CLASSES) * 3
+
+
+STEPS, CLASSES = 6, 300
+
+
+@pytest.fixture(scope="module")
+def sequence() -> tuple[ModelHandle, ModelHandle]:
+    """A sequence teacher with per-step labels (negative: padding) and a student with noisy weights."""
+    torch.manual_seed(0)
+    spec = InputSpec((8,))
+    data = generated_data([spec])
+    labels = np.tile(np.arange(STEPS) * 40, (len(data), 1))
+    labels[:, -1] = -1
+    teacher = ModelHandle(
+        "steps", "torch", _Steps().eval(), (spec,), EvalData(data.inputs, labels, "test"), "sample", "sequence"
+    )
+    noisy = copy.deepcopy(teacher.model)
+    with torch.no_grad():
+        noisy.fc.weight.add_(0.3 * torch.randn_like(noisy.fc.weight))
+    return teacher, teacher.replace(model=noisy)
+
+
+def test_distillation_of_a_sequence_is_over_the_classes_of_one_step(sequence) -> None:
+    teacher, student = sequence
+    assert distillation_positions(teacher) == (STEPS,)
+    logits = teacher.run(teacher.data.inputs[2:3])[0]  # [STEPS, CLASSES]
+    view = distillation_view(teacher, student, sample=2, temperature=2.0, position=4)
+    assert view["position"] == [4] and view["positions"] == [STEPS] and view["class_count"] == CLASSES
+    assert view["max_entropy"] == pytest.approx(math.log(CLASSES))
+    assert 0 < view["teacher_entropy"] <= view["max_entropy"] and 0 < view["student_entropy"] <= view["max_entropy"]
+    p = softened_probabilities(logits[4], 2.0)  # the step's own distribution, nothing of the other steps
+    assert view["teacher_entropy"] == pytest.approx(-np.sum(p * np.log(p)), rel=1e-6)
+    # the top 20 classes by the teacher's probability, most probable first, and what the rest hold
+    assert view["top"] == TOP_CLASSES
+    assert view["classes"] == [*np.argsort(-p)[:TOP_CLASSES].tolist(), 160]  # and the step's label, not among them
+    assert view["label"] == 160
+    assert view["teacher"] == pytest.approx(p[view["classes"]].tolist())
+    assert view["teacher_rest"] == pytest.approx(1 - sum(view["teacher"]))
+    assert view["steps"] == logits.argmax(axis=1).tolist()
+    # the loss term is the distillation term of the recover loss on this step's [1, C] logits
+    q = softened_probabilities(student.run(student.data.inputs[2:3])[0, 4], 2.0)
+    assert view["loss_term"] == pytest.approx(4.0 * np.sum(p * np.log(p / q)), rel=1e-5)
+    other = distillation_view(teacher, student, sample=2, temperature=2.0, position=1)
+    assert other["teacher_entropy"] != view["teacher_entropy"] and other["label"] == 40
+    assert distillation_view(teacher, student, sample=2, position=5)["label"] is None  # padding
+
+
+def test_the_label_is_shown_even_outside_the_top_classes() -> None:
+    teacher = np.zeros((1, 2, 50))
+    teacher[0, 1, :30] = np.linspace(10, 1, 30)  # class 49 is far below the top 5
+    view = distillation_of_logits(teacher, teacher, "sequence", 1.0, position=1, top_k=5, label=49)
+    assert view["classes"] == [0, 1, 2, 3, 4, 49] and view["top"] == 5 and view["loss_term"] == pytest.approx(0)
+    uniform = distillation_of_logits(teacher, teacher, "sequence", 1.0, position=0, top_k=5)
+    assert uniform["teacher_entropy"] == pytest.approx(math.log(50)) == uniform["max_entropy"]
+
+
+def test_distillation_of_a_dense_map_is_over_the_classes_of_one_pixel() -> None:
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(1, 5, 4, 3)), rng.normal(size=(1, 5, 4, 3))
+    assert class_positions("dense", teacher.shape) == (4, 3)
+    view = distillation_of_logits(teacher, student, "dense", 1.0, position=(2, 1))
+    assert view["classes"] == [0, 1, 2, 3, 4] and view["position"] == [2, 1]
+    assert view["teacher"] == pytest.approx(softened_probabilities(teacher[0, :, 2, 1], 1.0).tolist())
+    with pytest.raises(CompressError, match="column 3 is out of range; the output has 3 columns"):
+        distillation_of_logits(teacher, student, "dense", 1.0, position=(0, 3))
+    with pytest.raises(CompressError, match=r"position \[1\] does not fit a dense output: give row and column"):
+        distillation_of_logits(teacher, student, "dense", 1.0, position=1)
+
+
+def test_thousands_of_classes_show_the_top_ones() -> None:
+    logits = np.random.default_rng(1).normal(size=(1, 5000)) * 4
+    view = distillation_of_logits(logits, logits + 0.1, "classification", 4.0)
+    assert len(view["classes"]) == TOP_CLASSES and view["classes"][0] == int(logits.argmax())
+    assert view["teacher_entropy"] <= math.log(5000)
+    assert class_positions("classification", (1, 10)) == ()
+
+
+def test_distillation_refuses_outputs_without_class_probabilities(sequence) -> None:
+    teacher, student = sequence
+    embedding = teacher.replace(task="embedding")
+    with pytest.raises(CompressError, match="'steps' is an embedding model; the distillation demo needs class"):
+        distillation_view(embedding, student)
+    with pytest.raises(CompressError, match=r"step 6 is out of range; the output has 6 steps"):
+        distillation_view(teacher, student, position=6)
+    with pytest.raises(CompressError, match=r"a sequence output has 3 axes; this one has shape \[1, 10\]"):
+        class_positions("sequence", (1, 10))
+
+
+@pytest.mark.ddddocr
+def test_every_step_of_a_real_ocr_model_has_an_entropy_below_ln_c() -> None:
+    """ddddocr's OCR model, [N, 20, 8210] logits: the issue's 351.94 nats treated 20 x 8210 values as one distribution."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("ddddocr")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("ddddocr is not installed (pip install --no-deps ddddocr==1.6.1)")
+    ocr = load_model(Path(list(spec.submodule_search_locations)[0]) / "common.onnx", inputs={"input1": (1, 64, 160)})
+    assert ocr.task == "sequence" and distillation_positions(ocr) == (20,)
+    logits = ocr.run(ocr.data.inputs[0:1])
+    for step in range(20):
+        view = distillation_of_logits(logits, logits + 0.5 * np.sin(np.arange(8210)), "sequence", 4.0, step)
+        assert view["max_entropy"] == pytest.approx(math.log(8210))
+        assert 0 < view["teacher_entropy"] <= view["max_entropy"] and 0 < view["student_entropy"] <= view["max_entropy"]
+        assert len(view["classes"]) == TOP_CLASSES and view["loss_term"] > 0

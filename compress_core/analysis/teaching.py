@@ -9,13 +9,15 @@ real layer of a real model where it makes sense. No Streamlit, no plotly: the pa
   (:func:`scheme_comparison`), and the extremes, binary and ternary (:func:`extreme_quantization`).
 * Pruning: the keep-mask of a layer as a 2-D grid (:func:`pruning_mask_2d`).
 * Low-rank: singular values, error and parameters against rank, break-even (:func:`low_rank_profile`).
-* Distillation: teacher and student probabilities softened at a temperature (:func:`distillation_view`).
+* Distillation: teacher and student probabilities softened at a temperature, over the classes of one
+  position of the output (a sequence's step, a dense map's pixel) (:func:`distillation_view`).
 
 Calibration (activation ranges) is ``compress_core.analysis.calibration``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -250,34 +252,164 @@ def _softened_log_probabilities(logits: np.ndarray, temperature: float) -> np.nd
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def distillation_view(
-    teacher: ModelHandle, student: ModelHandle, sample: int = 0, temperature: float = 4.0
-) -> dict[str, Any]:
-    """Teacher and student probabilities at temperature ``T`` for evaluation sample ``sample``.
+DISTILLATION_TASKS = {"classification": 1, "sequence": 2, "dense": 1}
+"""The tasks whose outputs are logits over classes, and the axis (batch first) that holds the classes."""
+TOP_CLASSES = 20
+"""The distillation demo shows this many classes (the teacher's most probable) when the output has more."""
+POSITION_NAMES = {"classification": (), "sequence": ("step",), "dense": ("row", "column")}
+"""What each axis of a sample's positions is called: one distribution over the classes per position."""
 
-    Also the label (or None), the entropy of each distribution (nats) and the distillation loss
-    term ``T**2 * KL(teacher || student)`` that ``compress_core.analysis.recover.finetune`` minimises.
-    """
-    if teacher.task != "classification":
+
+def _check_distillable(handle: ModelHandle) -> None:
+    """A ``CompressError`` saying why the demo does not apply when ``handle``'s outputs are not logits over classes."""
+    if handle.task not in DISTILLATION_TASKS:
         raise CompressError(
-            f"'{teacher.name}' is an {teacher.task} model; the distillation demo needs class probabilities"
+            f"'{handle.name}' is an {handle.task} model; the distillation demo needs class probabilities"
         )
+
+
+def class_positions(task: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The grid of positions in one sample's output (``shape``, batch axis first) that each hold a
+    distribution over the classes: ``()`` for classification ``[N, C]``, ``(T,)`` for a sequence
+    ``[N, T, C]``, ``(H, W)`` for a dense map ``[N, C, H, W]``."""
+    if task not in DISTILLATION_TASKS:
+        raise CompressError(f"a {task} output has no class probabilities")
+    axis = DISTILLATION_TASKS[task]
+    expected = 2 + len(POSITION_NAMES[task])
+    if len(shape) != expected:
+        raise CompressError(f"a {task} output has {expected} axes; this one has shape {list(shape)}")
+    return tuple(size for index, size in enumerate(shape) if index not in (0, axis))
+
+
+def distillation_positions(handle: ModelHandle) -> tuple[int, ...]:
+    """``class_positions`` of ``handle``'s output, from a run on its first evaluation sample."""
+    _check_distillable(handle)
+    return class_positions(handle.task, handle.run(handle.data.inputs[0:1]).shape)
+
+
+def _position(position: int | Sequence[int] | None, grid: tuple[int, ...], task: str) -> tuple[int, ...]:
+    """``position`` as a tuple checked against ``grid`` (None: the first position)."""
+    if position is None:
+        return (0,) * len(grid)
+    chosen = (position,) if isinstance(position, int) else tuple(int(index) for index in position)
+    names = POSITION_NAMES[task]
+    if len(chosen) != len(grid):
+        wanted = " and ".join(names) if names else "no position (one distribution per sample)"
+        raise CompressError(f"position {list(chosen)} does not fit a {task} output: give {wanted}")
+    for name, index, size in zip(names, chosen, grid):
+        if not 0 <= index < size:
+            raise CompressError(f"{name} {index} is out of range; the output has {size} {name}s")
+    return chosen
+
+
+def _position_label(labels: np.ndarray | None, sample: int, position: tuple[int, ...]) -> int | None:
+    """The label of one position: labels shaped like the positions (one per step or pixel, or one
+    per sample for classification), negative values being padding; None otherwise (CTC targets)."""
+    if labels is None:
+        return None
+    mine = np.asarray(labels[sample])
+    if len(mine.shape) != len(position):
+        return None
+    if any(not 0 <= index < size for index, size in zip(position, mine.shape)):
+        return None
+    value = int(mine[position])
+    return value if value >= 0 else None
+
+
+def distillation_of_logits(
+    teacher_logits: np.ndarray,
+    student_logits: np.ndarray,
+    task: str,
+    temperature: float,
+    position: int | Sequence[int] | None = None,
+    top_k: int = TOP_CLASSES,
+    label: int | None = None,
+) -> dict[str, Any]:
+    """The distillation demo on one sample's logits (``[1, ...]``, batch axis first) at one position.
+
+    The distribution is over the classes of that position only (a step of a sequence, a pixel of a
+    dense map), so each entropy is at most ``max_entropy``, ``ln C``. ``classes`` are the class ids
+    shown: all of them in order when there are at most ``top_k``, else the ``top`` (``top_k``) most
+    probable for the teacher, most probable first, plus ``label`` when it is not among them.
+    ``teacher`` and ``student`` are their probabilities, ``teacher_rest`` and ``student_rest`` what
+    the other classes hold; the entropies cover every class. ``loss_term`` is
+    ``recover.distillation_loss`` on the position's ``[1, C]`` logits: ``T**2 * KL(teacher || student)``
+    over the classes.
+    """
+    if top_k < 1:
+        raise CompressError(f"top_k {top_k} is not allowed; show at least one class")
+    grid = class_positions(task, teacher_logits.shape)
+    if student_logits.shape != teacher_logits.shape:
+        raise CompressError(
+            f"the student's output {list(student_logits.shape)} does not match the teacher's {list(teacher_logits.shape)}"
+        )
+    chosen = _position(position, grid, task)
+    axis = DISTILLATION_TASKS[task]
+
+    def at_position(logits: np.ndarray) -> np.ndarray:
+        per_position = np.moveaxis(np.asarray(logits[0], dtype=np.float64), axis - 1, -1)
+        return per_position[chosen]
+
+    teacher_row, student_row = at_position(teacher_logits), at_position(student_logits)
+    log_p = _softened_log_probabilities(teacher_row, temperature)
+    log_q = _softened_log_probabilities(student_row, temperature)
+    p, q = np.exp(log_p), np.exp(log_q)
+    count = len(p)
+    if count <= top_k:
+        shown = np.arange(count)
+    else:
+        shown = np.argsort(-p, kind="stable")[:top_k]
+        if label is not None and 0 <= label < count and label not in shown:
+            shown = np.append(shown, label)
+    rest = np.ones(count, dtype=bool)
+    rest[shown] = False
+    loss = distillation_loss(torch.from_numpy(student_row[None]), torch.from_numpy(teacher_row[None]), temperature)
+    return {
+        "task": task,
+        "temperature": temperature,
+        "position": list(chosen),
+        "positions": list(grid),
+        "position_names": list(POSITION_NAMES[task]),
+        "class_count": count,
+        "max_entropy": float(np.log(count)),
+        "label": label,
+        "classes": shown.tolist(),
+        "top": min(top_k, count),
+        "teacher": p[shown].tolist(),
+        "student": q[shown].tolist(),
+        "teacher_rest": float(p[rest].sum()),
+        "student_rest": float(q[rest].sum()),
+        "teacher_entropy": float(-np.sum(p * log_p)),
+        "student_entropy": float(-np.sum(q * log_q)),
+        "loss_term": float(loss),
+    }
+
+
+def distillation_view(
+    teacher: ModelHandle,
+    student: ModelHandle,
+    sample: int = 0,
+    temperature: float = 4.0,
+    position: int | Sequence[int] | None = None,
+    top_k: int = TOP_CLASSES,
+) -> dict[str, Any]:
+    """Teacher and student probabilities at temperature ``T`` for evaluation sample ``sample``, at
+    one ``position`` of its output (a step of a sequence, ``(row, column)`` of a dense map, nothing
+    for classification; None is the first): ``distillation_of_logits``.
+
+    For sequences, ``steps`` is also the teacher's most probable class at each step (to find the
+    steps worth looking at). Tasks without class probabilities (``ids``, ``embedding``) raise
+    ``CompressError``.
+    """
+    _check_distillable(teacher)
     if not 0 <= sample < len(teacher.data):
         raise CompressError(f"sample {sample} is out of range; the evaluation data has {len(teacher.data)} samples")
     inputs = teacher.data.inputs[sample : sample + 1]
     teacher_logits, student_logits = teacher.run(inputs), student.run(inputs)
-    log_p = _softened_log_probabilities(teacher_logits[0], temperature)
-    log_q = _softened_log_probabilities(student_logits[0], temperature)
-    p, q = np.exp(log_p), np.exp(log_q)
-    labels = teacher.data.labels
-    return {
-        "temperature": temperature,
-        "label": None if labels is None else int(labels[sample]),
-        "teacher": p.tolist(),
-        "student": q.tolist(),
-        "teacher_entropy": float(-np.sum(p * log_p)),
-        "student_entropy": float(-np.sum(q * log_q)),
-        "loss_term": float(
-            distillation_loss(torch.from_numpy(student_logits), torch.from_numpy(teacher_logits), temperature)
-        ),
-    }
+    grid = class_positions(teacher.task, teacher_logits.shape)
+    chosen = _position(position, grid, teacher.task)
+    label = _position_label(teacher.data.labels, sample, chosen)
+    view = distillation_of_logits(teacher_logits, student_logits, teacher.task, temperature, chosen, top_k, label)
+    if teacher.task == "sequence":
+        view["steps"] = teacher_logits[0].argmax(axis=-1).tolist()
+    return view
