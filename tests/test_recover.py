@@ -11,7 +11,7 @@ import torch
 
 from compress_core import CompressError, load_model
 from compress_core.analysis.metrics import evaluate, output_fidelity
-from compress_core.analysis.recover import finetune, training_data
+from compress_core.analysis.recover import distillation_loss, finetune, training_data
 from compress_core.cli import main
 from compress_core.models.handle import EvalData, Inputs, ModelHandle
 from compress_core.plan import Plan
@@ -219,3 +219,16 @@ def test_cli_refuses_zero_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     assert capsys.readouterr().err == "error: epochs 0 is not allowed; use an integer >= 1\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_distillation_of_a_sequence_compares_the_classes_of_each_step():
+    # The softmax used to run over axis 1, the steps of a [N, T, C] output: a student that moved
+    # every step's probability to another class cost almost nothing.
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 20, 300)
+    student = teacher.clone()
+    student[:, :, 7] += 10
+    per_step = distillation_loss(student.reshape(-1, 300), teacher.reshape(-1, 300), 1.0)
+    assert distillation_loss(student, teacher, 1.0, class_axis=2) == pytest.approx(float(per_step))
+    assert float(per_step) > 1.0
+    assert distillation_loss(teacher, teacher, 1.0, class_axis=2) == pytest.approx(0.0, abs=1e-6)

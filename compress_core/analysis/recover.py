@@ -80,6 +80,11 @@ def finetune(
         raise CompressError(
             f"'{compressed.name}' is an ONNX model; fine-tuning needs a torch model (load the .pt, .pt2 or TorchScript file instead)"
         )
+    if original.task == "ids":
+        raise CompressError(
+            f"'{original.name}' outputs class ids (integers), which carry no gradient to distil; "
+            "fine-tune a model whose output is the logits"
+        )
     train, origin_note = _training_data(original, data)
     check_inputs("training data", compressed.input_specs, train.inputs)
     record = compressed.compression or CompressionRecord(plan=None)
@@ -191,22 +196,35 @@ def _check_settings(*, epochs: int, lr: float, temperature: float, alpha: float,
         )
 
 
+# The axis holding the classes of each task's logits; ``distillation_loss`` softmaxes over it.
+CLASS_AXES = {"classification": 1, "dense": 1, "sequence": 2}
+
+
 def _loss_function(task: str, temperature: float, alpha: float) -> LossFunction:
     """``loss(student_outputs, teacher_outputs, labels_or_None)`` for the task."""
     if task == "embedding":
         return lambda student, teacher, labels: cosine_distance(student, teacher)
+    class_axis = CLASS_AXES.get(task, 1)
 
     def classification(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        soft = distillation_loss(student, teacher, temperature)
+        soft = distillation_loss(student, teacher, temperature, class_axis)
         return soft if labels is None else alpha * soft + (1 - alpha) * F.cross_entropy(student, labels)
 
     return classification
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T**2 * KL(teacher || student)`` of the probabilities softened at temperature ``T``, per sample."""
-    student = F.log_softmax(student_logits / temperature, dim=1)
-    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, class_axis: int = 1
+) -> torch.Tensor:
+    """``T**2 * KL(teacher || student)`` of the probabilities over ``class_axis`` softened at
+    temperature ``T``, averaged over every position that has a distribution (each sample of
+    ``[N, C]``, each step of a sequence ``[N, T, C]`` with ``class_axis=2``, each pixel of a map)."""
+
+    def rows(logits: torch.Tensor) -> torch.Tensor:
+        return logits.movedim(class_axis, -1).reshape(-1, logits.shape[class_axis])
+
+    student = F.log_softmax(rows(student_logits) / temperature, dim=1)
+    teacher = F.log_softmax(rows(teacher_logits) / temperature, dim=1)
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
 
 
