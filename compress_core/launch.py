@@ -2,7 +2,9 @@
 
 ``compress-explorer --server.port 8600`` passes ``--server.port 8600`` on to Streamlit. Streamlit
 reads ``.streamlit/config.toml`` from the working directory, so the app runs from the repository
-folder, where the project's settings (upload cap, local-only address, no usage statistics) live.
+folder, where the project's settings (upload cap, local-only address, no usage statistics, no file
+watcher) live. ``compress-explorer --dev`` is for working on the app itself: it turns Streamlit's
+file watcher back on and reruns the page when a source file is saved.
 """
 
 from __future__ import annotations
@@ -12,6 +14,16 @@ import sys
 from pathlib import Path
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+DEV_FLAG = "--dev"
+DEV_OPTIONS = ("--server.fileWatcherType", "auto", "--server.runOnSave", "true")
+"""What ``--dev`` adds: watch the source files and rerun on save (the config file turns both off)."""
+
+
+def streamlit_argv(args: list[str]) -> list[str]:
+    """The ``streamlit run`` command line for the launcher's arguments (``--dev`` replaced by ``DEV_OPTIONS``)."""
+    options = [arg for arg in args if arg != DEV_FLAG]
+    dev = list(DEV_OPTIONS) if DEV_FLAG in args else []
+    return ["streamlit", "run", str(APP), *dev, *options]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     os.chdir(APP.parent)
-    sys.argv = ["streamlit", "run", str(APP), *args]
+    sys.argv = streamlit_argv(args)
     try:
         cli.main()
     except SystemExit as exit_:

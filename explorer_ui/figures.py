@@ -15,6 +15,7 @@ MIN_BINS = 10
 KEPT_COLOR = "#1f77b4"
 ALERT_COLOR = "#d62728"
 MUTED_COLOR = "#9aa5b1"
+LABEL_BACKGROUND = "rgba(255, 255, 255, 0.85)"  # behind a line's label, so that the lines under it do not hide it
 
 
 def layout(figure: go.Figure, title: str, x: str, y: str, height: int = 320) -> go.Figure:
@@ -51,8 +52,19 @@ def weight_histogram(values: np.ndarray, levels: np.ndarray, scope: str) -> go.F
 
 
 def error_histogram(errors: np.ndarray, sqnr_db: float) -> go.Figure:
-    """Histogram of rounding errors (quantized - original) over the whole weight."""
-    figure = go.Figure(go.Histogram(x=errors, nbinsx=BINS, marker_color=MUTED_COLOR, name="error"))
+    """Histogram of rounding errors (quantized - original) over the whole weight, binned here (a large
+    weight's errors are not sent to the browser one by one)."""
+    counts, edges = np.histogram(errors, bins=BINS)
+    figure = go.Figure(
+        go.Bar(
+            x=(edges[:-1] + edges[1:]) / 2,
+            y=counts,
+            width=np.diff(edges),
+            marker_color=MUTED_COLOR,
+            name="error",
+            hovertemplate="error %{x:.3g}: %{y:,} weights<extra></extra>",
+        )
+    )
     return layout(figure, f"Rounding error, whole weight (SQNR {sqnr_db:.1f} dB)", "quantized - original", "count")
 
 
@@ -67,7 +79,7 @@ def channel_ranges(view: dict) -> go.Figure:
             base=view["min"],
             marker_color=colors,
             name="min..max",
-            hovertemplate="channel %{x}<br>min %{base:.4f}<br>range %{y:.4f}<extra></extra>",
+            hovertemplate="channel %{x}<br>min %{base:.3g}<br>range %{y:.3g}<extra></extra>",
         )
     )
     outliers = int(np.sum(view["outliers"]))
@@ -86,38 +98,48 @@ def spectrum(view: dict, rank: int) -> go.Figure:
             x=ranks, y=view["energy"], name="energy kept", yaxis="y2", mode="lines", line=dict(color=ALERT_COLOR)
         )
     )
+    at_break_even = rank == view["break_even"]
+    if at_break_even:
+        rank_side = "top right" if rank <= len(values) / 2 else "top left"
+    else:  # the two labels on opposite sides of their lines, so that they do not overlap
+        rank_side = "top right" if rank > view["break_even"] else "top left"
     figure.add_vline(
         x=rank,
         line_dash="dash",
-        annotation_text=f"rank {rank}: {view['energy'][rank - 1]:.1%} energy",
-        annotation_position="top right",
+        annotation_text=f"rank {rank}{' (break-even)' if at_break_even else ''}: {view['energy'][rank - 1]:.1%} energy",
+        annotation_position=rank_side,
+        annotation_bgcolor=LABEL_BACKGROUND,
     )
-    if view["break_even"] >= 1:
+    if view["break_even"] >= 1 and not at_break_even:
         figure.add_vline(
             x=view["break_even"],
             line_dash="dot",
             line_color=MUTED_COLOR,
             annotation_text="break-even",
-            annotation_position="top left",
+            annotation_position="top left" if rank_side == "top right" else "top right",
+            annotation_bgcolor=LABEL_BACKGROUND,
         )
     figure.update_layout(
-        yaxis2=dict(overlaying="y", side="right", range=[0, 1.02], dtick=0.25, tickformat=".0%", title="energy kept")
+        yaxis2=dict(overlaying="y", side="right", range=[0, 1.15], dtick=0.25, tickformat=".0%", title="energy kept")
     )
     return layout(
         figure, f"Singular values of the {view['shape'][0]}x{view['shape'][1]} weight matrix", "rank", "singular value"
     )
 
 
-def mask_figure(mask: Any) -> go.Figure:
-    """A keep-mask (1 kept, 0 pruned) as a heatmap: rows are output channels, columns the flattened inputs."""
+def mask_figure(mask: Any, x: Sequence[int] | None = None, y: Sequence[int] | None = None) -> go.Figure:
+    """A keep-mask (1 kept, 0 pruned; a block's share kept in between) as a heatmap: rows are output
+    channels, columns the flattened inputs (``x`` / ``y``: the first input / channel of each column / row)."""
     figure = go.Figure(
         go.Heatmap(
             z=mask,
+            x=None if x is None else list(x),
+            y=None if y is None else list(y),
             colorscale=[[0, "#f0f0f0"], [1, KEPT_COLOR]],
             zmin=0,
             zmax=1,
             showscale=False,
-            hovertemplate="out %{y}, in %{x}: %{z}<extra></extra>",
+            hovertemplate="out %{y}, in %{x}: %{z:.0%} kept<extra></extra>",
         )
     )
     figure.update_yaxes(autorange="reversed")
@@ -125,10 +147,20 @@ def mask_figure(mask: Any) -> go.Figure:
 
 
 def mask_heatmap(view: dict, label: str) -> go.Figure:
-    """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs."""
+    """The keep-mask as a heatmap: rows are output channels, columns the flattened inputs; a large mask
+    as blocks, each shaded by the share of its weights kept."""
+    rows, columns = view.get("block", (1, 1))
+    shape = np.shape(view["mask"])
+    whole = rows == columns == 1
+    figure = mask_figure(
+        view["mask"],
+        None if whole else np.arange(shape[1]) * columns,
+        None if whole else np.arange(shape[0]) * rows,
+    )
+    blocks = "" if whole else f"; each cell a block of {rows}x{columns} weights, shaded by the share kept"
     return layout(
-        mask_figure(view["mask"]),
-        f"{label}: {view['kept']:.1%} of weights kept",
+        figure,
+        f"{label}: {view['kept']:.1%} of weights kept{blocks}",
         "input (flattened)",
         "output channel",
         height=360,

@@ -9,10 +9,15 @@ This server prevents all of it:
 * every response carries a Content-Security-Policy with ``connect-src 'self'``, so the browser
   refuses any request to another origin (telemetry included);
 * ``index.html`` is served with its build date set to today, so netron's "please update" screen
-  (shown 180 days after its build) never blocks an offline viewer.
+  (shown 180 days after its build) never blocks an offline viewer;
+* ``index.html`` is served with its version set to ``0.0.0``, netron's mark of a development build:
+  ``browser.js`` starts Google Analytics (and its error reports) only for a packaged version
+  (``packaged: version !== '0.0.0'``), so the telemetry is never started, not only blocked.
 
 The model is opened from the URL (``/?url=model/<token>/<digest>/<name>.onnx``), so the graph
-shows at once. The server is shared by every session of the app, and a model is served only under
+shows at once. Netron has no URL parameter that selects a node, so ``index.html`` also loads this
+server's ``focus.js``: with ``&node=<ONNX node name>`` in the URL (``with_node``) it waits for the
+graph to be drawn, then selects that node and scrolls it into view, as netron's own Find does. The server is shared by every session of the app, and a model is served only under
 the token of the session that published it: an unguessable ``secrets.token_urlsafe`` that only
 that session's page holds (``for_session``), so no other session, and no other web page that
 guesses the port, can fetch it. ``publish`` adds a model (the server keeps the last
@@ -53,6 +58,49 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
 }
 DATE_META = re.compile(r'<meta name="date" content="[^"]*">')
+VERSION_META = re.compile(r'<meta name="version" content="[^"]*">')
+DEVELOPMENT_VERSION = "0.0.0"  # browser.js: packaged (telemetry on) only when the version is not this
+INDEX_SCRIPT = '<script type="text/javascript" src="index.js"></script>'
+FOCUS_PATH = "/focus.js"
+FOCUS_ATTRIBUTE = "data-focused-node"  # set on <body> once the node of ``&node=`` is selected
+FOCUS_SECONDS = 120  # how long focus.js waits for a large graph to be drawn
+FOCUS_SCRIPT = f"""// Compression Explorer: select the node named by ?node= once netron has drawn the graph.
+(function () {{
+  'use strict';
+  var wanted = new URLSearchParams(window.location.search).get('node');
+  if (!wanted) {{
+    return;
+  }}
+  var started = Date.now();
+  var timer = window.setInterval(function () {{
+    if (Date.now() - started > {FOCUS_SECONDS * 1000}) {{
+      window.clearInterval(timer);
+      return;
+    }}
+    var view = window.__view__;
+    var graph = view && view._target;
+    var classes = window.exports && window.exports.view;
+    if (!graph || !graph._table || !classes || !document.querySelector('#canvas g.node')) {{
+      return;
+    }}
+    try {{
+      var found = null;
+      graph._table.forEach(function (element, value) {{
+        if (!found && value && value.name === wanted && element instanceof classes.Node) {{
+          found = value;
+        }}
+      }});
+      window.clearInterval(timer);
+      if (found) {{
+        graph.scrollTo(graph.select([found]), 'instant');
+        document.body.setAttribute('{FOCUS_ATTRIBUTE}', wanted);
+      }}
+    }} catch (error) {{
+      // the graph is still being laid out: try again on the next tick
+    }}
+  }}, 250);
+}})();
+"""
 MODEL_PREFIX = "/model/"
 KEPT_MODELS = 8
 TOKEN_BYTES = 24
@@ -101,6 +149,11 @@ class NetronServer:
                 del self._models[stale]
         return "/?" + urllib.parse.urlencode({"url": urllib.parse.quote(path.lstrip("/"))})
 
+    @staticmethod
+    def with_node(viewer_path: str, node: str | None) -> str:
+        """``viewer_path`` that opens with the ONNX node ``node`` selected and in view (as is for None)."""
+        return viewer_path if not node else f"{viewer_path}&{urllib.parse.urlencode({'node': node})}"
+
     def for_session(self, token: str) -> SessionViewer:
         """This server as the session holding ``token`` uses it."""
         return SessionViewer(self, token)
@@ -137,13 +190,13 @@ class SessionViewer:
         """``NetronServer.publish`` under this session's token."""
         return self.server.publish(filename, content, self.token)
 
-    def viewer_url(self, viewer_path: str, page_host: str | None) -> str:
-        """``NetronServer.viewer_url``."""
-        return self.server.viewer_url(viewer_path, page_host)
+    def viewer_url(self, viewer_path: str, page_host: str | None, node: str | None = None) -> str:
+        """``NetronServer.viewer_url`` of ``viewer_path`` opened at ``node`` (``NetronServer.with_node``)."""
+        return self.server.viewer_url(NetronServer.with_node(viewer_path, node), page_host)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves ``/`` (netron's index.html, patched date), netron's files, and the published models."""
+    """Serves ``/`` (netron's index.html, patched), ``focus.js``, netron's files, and the published models."""
 
     server_state: NetronServer
 
@@ -155,6 +208,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(self.server_state.model(path), "application/octet-stream")
         elif path in ("/", "/index.html"):
             self._send(_index_html(), CONTENT_TYPES[".html"])
+        elif path == FOCUS_PATH:
+            self._send(FOCUS_SCRIPT.encode("utf-8"), CONTENT_TYPES[".js"])
         else:
             self._send(_static_file(path), CONTENT_TYPES.get(Path(path).suffix, "text/plain"))
 
@@ -205,6 +260,12 @@ def _static_file(path: str) -> bytes | None:
 
 
 def _index_html() -> bytes:
+    """netron's index.html dated today, marked a development build (no telemetry), loading ``focus.js``."""
     text = (NETRON_DIR / "index.html").read_text(encoding="utf-8")
     today = datetime.date.today().isoformat()
-    return DATE_META.sub(f'<meta name="date" content="{today} 00:00:00">', text).encode("utf-8")
+    text = DATE_META.sub(f'<meta name="date" content="{today} 00:00:00">', text)
+    text, versions = VERSION_META.subn(f'<meta name="version" content="{DEVELOPMENT_VERSION}">', text)
+    if versions != 1 or INDEX_SCRIPT not in text:  # another netron: refuse to serve it with telemetry on
+        raise RuntimeError(f"netron's index.html in {NETRON_DIR} has changed; update netron_server._index_html")
+    focus = f'<script type="text/javascript" src="{FOCUS_PATH.lstrip("/")}"></script>'
+    return text.replace(INDEX_SCRIPT, f"{INDEX_SCRIPT}\n{focus}", 1).encode("utf-8")

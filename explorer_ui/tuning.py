@@ -138,6 +138,11 @@ def matching_layers(layers: list[LayerInfo], pattern: str) -> list[str]:
     return names
 
 
+def all_layers(layers: list[LayerInfo]) -> list[str]:
+    """Names of every layer of the table."""
+    return [layer.name for layer in layers]
+
+
 def conv_layers(layers: list[LayerInfo]) -> list[str]:
     """Names of the convolution layers (torch ``Conv*`` modules, ONNX ``Conv`` nodes)."""
     return [layer.name for layer in layers if layer.type.startswith("Conv")]
@@ -168,11 +173,11 @@ def quality_figure(handle: ModelHandle, metrics: dict[str, Any], before: dict[st
     key, value = quality_value(handle.task, metrics, label)
     _, previous = quality_value(handle.task, before, label)
     if key == USER_METRIC or label:
-        return f"Your metric ({label})", f"{value:.4g}", f"{value - previous:+.4g}"
+        return f"Your metric ({label})", format_value(value, "number"), f"{value - previous:+.4g}"
     title = metric_title(handle.task, key).capitalize() if key == "agreement" else key.capitalize()
-    if key == "cosine":
-        return title, f"{value / 100:.4f}", f"{(value - previous) / 100:+.4f}"
-    return title, f"{value:.2f}%", f"{value - previous:+.2f} points"
+    if key == "cosine":  # a similarity, not a share: written as the report writes it (``format_value``'s ratio)
+        return title, format_value(value / 100, "ratio"), f"{(value - previous) / 100:+.5f}"
+    return title, format_value(value / 100, "percent"), f"{value - previous:+.2f} points"
 
 
 def summary_table(columns: dict[str, dict[str, Any]], handle: ModelHandle | None = None) -> list[dict[str, str]]:
@@ -195,14 +200,16 @@ def history_entry(entries: list[dict[str, Any]], result: dict[str, Any]) -> dict
 
 
 def history_table(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per applied plan, newest first: its label, size, quality and what it changed."""
+    """One row per applied plan, newest first: its label, size, quality and what it changed, each
+    number written as the summary table writes it (``format_value``: percentages with two decimals,
+    cosine with five, ``n/a`` where a figure does not apply)."""
     return [
         {
             "applied": entry["label"],
-            "size (bytes)": entry["metrics"]["plan_bytes"],
-            "accuracy": entry["metrics"]["accuracy"],
-            "agreement": entry["metrics"]["agreement"],
-            "cosine": entry["metrics"]["cosine"],
+            "size (bytes)": format_value(entry["metrics"]["plan_bytes"], "int"),
+            "accuracy": format_value(entry["metrics"]["accuracy"], "percent"),
+            "agreement": format_value(entry["metrics"]["agreement"], "percent"),
+            "cosine": format_value(entry["metrics"]["cosine"], "ratio"),
             "layers changed": len(entry["plan"]["layers"]),
         }
         for entry in reversed(entries)

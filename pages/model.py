@@ -3,6 +3,8 @@
 import streamlit as st
 
 from compress_core.analysis.quality import AUTO, TASKS, describe_task
+from compress_core.analysis.report import format_value
+from compress_core.models.inventory import total_params
 from compress_core.models.samples import digits_names
 from explorer_ui import cache, layer_data, state
 from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
@@ -18,60 +20,80 @@ inputs_text = "; ".join(spec.describe() for spec in handle.input_specs)
 st.caption(
     f"{handle.kind} model, {handle.backend} backend, input{'s' if len(handle.input_specs) > 1 else ''} {inputs_text}"
     f"{f' (static batch {handle.fixed_batch}: run one batch at a time)' if handle.fixed_batch else ''}; "
-    f"evaluation data: {handle.data.origin} ({len(handle.data)} samples). Pick another model in the sidebar."
+    f"evaluation data: {handle.data.origin} ({len(handle.data):,} samples). Pick another model in the sidebar."
 )
-with st.spinner("Measuring the model ..."):
+# Everything below the caption that describes the model is drawn into this one slot. While it is
+# measured the slot holds a placeholder, so the figures of the model shown before never stand under
+# this model's title (Streamlit keeps a previous run's elements on screen until they are replaced).
+body = st.empty()
+body.info(f"Measuring {handle.name} ...", icon=":material/hourglass_top:")
+labelled = handle.data.labels is not None
+with st.spinner("Reading the layers ..."):
     layers = cache.inventory(source.key, handle)
-    metrics = cache.baseline_metrics(source.key, handle)
+    params = total_params(handle)
+if labelled:  # accuracy needs one run over the evaluation data; unlabelled data has no figure to show here
+    with st.spinner(f"Measuring accuracy on {len(handle.data):,} samples ..."):
+        metrics = cache.baseline_metrics(source.key, handle)
 
-columns = st.columns(4)
-columns[0].metric("Parameters", f"{metrics['params']:,}")
-columns[1].metric("MACs per sample", f"{metrics['macs']:,}")
-columns[2].metric(
-    "Size (float32)",
-    f"{metrics['float_bytes'] / 1024:,.1f} KiB",
-    help=f"zipped ONNX: {metrics['zip_bytes'] / 1024:,.1f} KiB",
-)
-if metrics["accuracy"] is not None:
-    columns[3].metric("Accuracy", f"{metrics['accuracy']:.2%}", help=f"on the {handle.data.origin}")
-else:
-    columns[3].metric("Accuracy", "n/a")
-    st.info(
-        "This evaluation data has no labels, so the metrics of a compressed model are fidelity only: how close its "
-        "outputs stay to the original's (the task's agreement below, cosine similarity and SQNR)."
+with body.container():
+    columns = st.columns(4)
+    columns[0].metric("Parameters", f"{params:,}")
+    columns[1].metric("MACs per sample", f"{sum(layer.macs for layer in layers):,}")
+    columns[2].metric(
+        "Size (float32)",
+        f"{params * 4 / 1024:,.1f} KiB",
+        help=f"zipped ONNX: {metrics['zip_bytes'] / 1024:,.1f} KiB"
+        if labelled
+        else "The zipped ONNX size is measured with the first Apply on the Tune page.",
     )
+    if labelled and metrics["accuracy"] is not None:
+        columns[3].metric("Accuracy", format_value(metrics["accuracy"], "percent"), help=f"on the {handle.data.origin}")
+    else:
+        columns[3].metric("Accuracy", "n/a")
+        st.info(
+            "This evaluation data has no labels, so the metrics of a compressed model are fidelity only: how close its "
+            "outputs stay to the original's (the task's agreement below, cosine similarity and SQNR)."
+        )
 
-st.subheader("How quality is measured")
-st.markdown(
-    f"Task: **{describe_task(handle.task)}**"
-    f"{' (detected from the output)' if source.task == AUTO and handle.kind != 'sample' else ''}. "
-    f"Ranked output: {handle.quality.output}"
-    f"{f'; CTC repeats and blank {handle.quality.ctc_blank} are collapsed' if handle.quality.ctc_blank is not None else ''}. "
-    "Sensitivity and suggestions rank layers by this figure. Your own metric function is a CLI option "
-    "(`--metric path.py:function`)."
-)
-with st.form("quality"):
-    left, middle, right = st.columns(3)
-    task_choices = [AUTO, *TASKS]
-    task = left.selectbox(
-        "Task",
-        task_choices,
-        index=task_choices.index(source.task),
-        format_func=lambda t: t if t == AUTO else describe_task(t),
+    st.subheader("How quality is measured")
+    st.markdown(
+        f"Task: **{describe_task(handle.task)}**"
+        f"{' (detected from the output)' if source.task == AUTO and handle.kind != 'sample' else ''}. "
+        f"Ranked output: {handle.quality.output}"
+        f"{f'; CTC repeats and blank {handle.quality.ctc_blank} are collapsed' if handle.quality.ctc_blank is not None else ''}. "
+        "Sensitivity and suggestions rank layers by this figure. Your own metric function is a CLI option "
+        "(`--metric path.py:function`)."
     )
-    output = middle.number_input("Ranked output (index)", min_value=0, value=source.output, step=1)
-    blank_text = right.text_input(
-        "CTC blank id (sequences and ids; empty: compare as they are)",
-        value="" if source.ctc_blank is None else str(source.ctc_blank),
-    )
-    if st.form_submit_button("Measure this way"):
-        changed = state.measure_as(session, source, task, int(output), blank_text)
-        if changed:
-            st.rerun()
-        state.show_error(session)
+    with st.form("quality"):
+        left, middle, right = st.columns(3)
+        task_choices = [AUTO, *TASKS]
+        task = left.selectbox(
+            "Task",
+            task_choices,
+            index=task_choices.index(source.task),
+            format_func=lambda t: t if t == AUTO else describe_task(t),
+        )
+        output = middle.number_input("Ranked output (index)", min_value=0, value=source.output, step=1)
+        blank_text = right.text_input(
+            "CTC blank id (sequences and ids; empty: compare as they are)",
+            value="" if source.ctc_blank is None else str(source.ctc_blank),
+        )
+        if st.form_submit_button("Measure this way"):
+            changed = state.measure_as(session, source, task, int(output), blank_text)
+            if changed:
+                st.rerun()
+            state.show_error(session)
 
-st.subheader("Layers by type")
-st.dataframe(layer_data.layers_by_type(layers), hide_index=True, width="content")
+    st.subheader("Layers by type")
+    st.dataframe(
+        layer_data.layers_by_type(layers),
+        hide_index=True,
+        width="content",
+        column_config={
+            "params": st.column_config.NumberColumn("params", format="localized"),
+            "macs": st.column_config.NumberColumn("MACs", format="localized"),
+        },
+    )
 
 st.subheader("Load your own model")
 limit = st.get_option("server.maxUploadSize")

@@ -21,34 +21,60 @@ st.caption(
 )
 
 with st.expander("Bulk edits and recipes", expanded=True):
-    bits_column, conv_column, regex_column, match_column, reset_column = st.columns(
-        [1, 1, 2, 1, 1], vertical_alignment="bottom"
-    )
+    bits_column, all_column, conv_column, reset_column = st.columns(4, vertical_alignment="bottom")
+    regex_column, match_column = st.columns([3, 1], vertical_alignment="bottom")
     bulk_bits = bits_column.selectbox("Bits", tuning.BITS_OPTIONS, index=tuning.BITS_OPTIONS.index("8"))
     pattern = regex_column.text_input(
         "Layers matching (regex)", placeholder=r"e.g. fc\d|head", help="RE2 syntax, matched against the whole name"
     )
+    conv_names = tuning.conv_layers(layers)
+    no_conv = "this model has no Conv layer" if not conv_names else None
+    no_pattern = "type a regex first" if not pattern.strip() else None
     try:
-        if conv_column.button("All Conv layers", width="stretch"):
-            state.replace_plan(session, tuning.with_bits(plan, layers, tuning.conv_layers(layers), bulk_bits))
-        if match_column.button("Matching layers", width="stretch"):
+        if all_column.button(
+            "All layers", width="stretch", help=f"Set these bits on all {len(layers)} layers of the table."
+        ):
+            state.replace_plan(session, tuning.with_bits(plan, layers, tuning.all_layers(layers), bulk_bits))
+        if conv_column.button(
+            "All Conv layers",
+            width="stretch",
+            disabled=no_conv is not None,
+            help=no_conv or f"Set these bits on the {len(conv_names)} Conv layers.",
+        ):
+            state.replace_plan(session, tuning.with_bits(plan, layers, conv_names, bulk_bits))
+        if match_column.button(
+            "Matching layers",
+            width="stretch",
+            disabled=no_pattern is not None,
+            help=no_pattern or "Set these bits on the layers the regex matches.",
+        ):
             state.replace_plan(
                 session, tuning.with_bits(plan, layers, tuning.matching_layers(layers, pattern), bulk_bits)
             )
-        if reset_column.button("Reset plan", width="stretch"):
+        if reset_column.button("Reset plan", width="stretch", help="Every layer back to float, nothing pruned."):
             state.replace_plan(session, Plan())
     except CompressError as exc:
         st.error(str(exc))
+    reasons = [
+        f"{label} is off: {reason}."
+        for label, reason in (("All Conv layers", no_conv), ("Matching layers", no_pattern))
+        if reason
+    ]
+    if reasons:
+        st.caption(" ".join(reasons))
 
     upload_column, download_column = st.columns([3, 1], vertical_alignment="bottom")
     recipe_file = upload_column.file_uploader(
         "Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload"
     )
-    if upload_column.button("Load recipe", disabled=recipe_file is None):
+    no_recipe = "choose a recipe file above first" if recipe_file is None else None
+    if upload_column.button("Load recipe", disabled=no_recipe is not None, help=no_recipe):
         try:
             state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, layers))
         except CompressError as exc:
             st.error(str(exc))
+    if no_recipe:
+        upload_column.caption(f"Load recipe is off: {no_recipe}.")
     plan = state.plan(session)
     download_column.download_button(
         "Download recipe",
@@ -71,6 +97,7 @@ st.data_editor(
         "bits": st.column_config.SelectboxColumn("bits", options=tuning.BITS_OPTIONS, required=True),
         "scheme": st.column_config.SelectboxColumn("scheme", options=SCHEMES, required=True),
         "granularity": st.column_config.SelectboxColumn("granularity", options=GRANULARITIES, required=True),
+        "params": st.column_config.NumberColumn("params", format="localized"),
         "prune_ratio": st.column_config.NumberColumn("prune ratio", min_value=0.0, max_value=0.95, step=0.05),
         "prune_kind": st.column_config.SelectboxColumn("prune kind", options=tuning.PRUNE_KIND_OPTIONS, required=True),
         "rank": st.column_config.TextColumn(
@@ -79,13 +106,21 @@ st.data_editor(
     },
 )
 
-if st.button("Apply", type="primary", disabled=not plan.layers):
+empty_plan = (
+    "Apply is off: the plan changes no layer yet. Set bits, pruning or a rank in the table, or use a bulk edit above."
+    if not plan.layers
+    else None
+)
+apply_column, reason_column = st.columns([1, 5], vertical_alignment="center")
+if apply_column.button("Apply", type="primary", disabled=empty_plan is not None, help=empty_plan):
     try:
-        with st.spinner(f"Applying the plan and measuring on {len(handle.data)} samples ..."):
+        with st.spinner(f"Applying the plan and measuring on {len(handle.data):,} samples ..."):
             result = tuning.apply_and_measure(cache.compressed(source.key, plan, handle))
         state.add_history(session, tuning.history_entry(state.history(session), result))
     except CompressError as exc:
         st.error(str(exc))
+if empty_plan:
+    reason_column.caption(empty_plan)
 
 entries = state.history(session)
 if entries:
@@ -112,10 +147,6 @@ if entries:
     if metrics["layer_sqnr"]:
         st.plotly_chart(figures.layer_sqnr(metrics["layer_sqnr"]))
     st.subheader("History")
-    st.dataframe(
-        tuning.history_table(entries),
-        hide_index=True,
-        column_config={name: st.column_config.NumberColumn(format="percent") for name in ("accuracy", "agreement")},
-    )
+    st.dataframe(tuning.history_table(entries), hide_index=True)
 
 recover_panel.render_recover_panel()

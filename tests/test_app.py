@@ -43,7 +43,13 @@ def test_every_page_renders_on_every_sample(app, sample):
         assert not app.error, (sample, page, [error.value for error in app.error])
         assert app.title[0].value.endswith(sample)
     app.switch_page("pages/layers.py").run()
-    assert len(app.get("plotly_chart")) >= 4
+    charts = len(app.get("plotly_chart"))  # only the open tab is drawn (issue 14): open each in turn
+    for tab in ("Channel ranges", "Low rank", "Pruning", "Graph"):
+        app.session_state["layers_tab"] = tab
+        app.run()
+        assert not app.exception, (sample, tab, app.exception)
+        charts += len(app.get("plotly_chart"))
+    assert charts >= 4
     assert len(app.get("iframe")) == 1
 
 

@@ -44,6 +44,26 @@ COMPUTE_TIMEOUT_MS = 900_000  # a rerun or a job that computes: Apply, sensitivi
 EFFECT_TIMEOUT_MS = 30_000  # a finished rerun's output reaching the page; longer means the click was lost
 RERUN_START_MS = 3_000  # the running indicator shows at once on a click; none by then: that rerun already ended
 STATUS_WIDGET = '[data-testid="stStatusWidget"]'
+# Run in every page and frame before its own scripts: notes on <html data-outside> every request the
+# page tries that a Content-Security-Policy refuses (so the context's request log never sees it) and
+# every beacon it sends (netron's telemetry goes out by navigator.sendBeacon).
+OUTSIDE_WATCH = """
+(() => {
+  const seen = [];
+  const note = (text) => {
+    seen.push(text);
+    document.documentElement.setAttribute('data-outside', seen.join(' '));
+  };
+  document.addEventListener('securitypolicyviolation', (event) => note('refused ' + event.blockedURI));
+  if (navigator.sendBeacon) {
+    const send = navigator.sendBeacon.bind(navigator);
+    navigator.sendBeacon = (url, data) => {
+      note('beacon ' + url);
+      return send(url, data);
+    };
+  }
+})();
+"""
 
 
 def _free_port() -> int:
@@ -127,6 +147,7 @@ def browser_context():
         context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
         context.requests = []
         context.on("request", lambda request: context.requests.append(request.url))
+        context.add_init_script(OUTSIDE_WATCH)
         try:
             yield context
         finally:
@@ -274,6 +295,30 @@ def test_layers_page(app_url, browser_context):
     assert not frame.get_by_text("This app uses cookies").is_visible()
     assert page.get_by_text("/conv1/Conv").is_visible()
     _shoot(page, "layers-graph")
+    page.close()
+
+
+def test_the_netron_frame_opens_at_the_layer_and_asks_nothing_outside(app_url, browser_context):
+    """netron inside the Layers page: opened at the chosen layer's node, no telemetry started (not
+    even tried and refused), and no request of the page or the frame leaving the machine."""
+    first = len(browser_context.requests)
+    page = _open(browser_context, f"{app_url}/layers")
+    page.wait_for_selector('[data-testid="stDataFrame"]')
+    _settle(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer").click()
+    page.get_by_role("option", name="conv2", exact=True).click()
+    _pause(page)
+    _select_tab(page, "Graph")
+    page.get_by_text("/conv2/Conv").first.wait_for()
+    frame = page.wait_for_selector('iframe[src*="node=%2Fconv2%2FConv"]').content_frame()
+    frame.wait_for_selector('body[data-focused-node="/conv2/Conv"]')  # set by focus.js once selected
+    assert frame.locator("g.node.select").first.get_attribute("id") == "node-name-/conv2/Conv"
+    assert frame.locator("html").get_attribute("data-outside") is None  # no beacon, nothing refused
+    assert page.locator("html").get_attribute("data-outside") is None
+    requests = browser_context.requests[first:]
+    assert any(url.startswith(f"http://localhost:{urllib.parse.urlparse(frame.url).port}/") for url in requests)
+    outside = [url for url in requests if urllib.parse.urlparse(url).hostname not in LOCAL_HOSTS | {None}]
+    assert not outside, f"requests left the machine: {outside}"
     page.close()
 
 

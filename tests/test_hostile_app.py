@@ -333,6 +333,7 @@ def test_the_server_keeps_the_last_published_models_of_all_sessions(server):
 
 
 def test_the_layers_page_publishes_under_its_own_session_token(app):
+    app.session_state["layers_tab"] = "Graph"  # only the open tab is computed: the graph's
     app.switch_page("pages/layers.py").run()
     assert not app.exception and not app.error
     token = app.session_state[VIEWER_TOKEN]
@@ -356,5 +357,6 @@ def _strings(proto) -> list[str]:
 def test_a_token_is_not_shared_between_sessions(private_dirs):
     first, second = first_run(), first_run()
     for at in (first, second):
+        at.session_state["layers_tab"] = "Graph"
         at.switch_page("pages/layers.py").run()
     assert first.session_state[VIEWER_TOKEN] != second.session_state[VIEWER_TOKEN]
