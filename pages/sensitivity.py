@@ -60,7 +60,8 @@ else:
     fits = (
         "fits the budget"
         if seconds <= budget
-        else f"over the budget: the first {int(budget / seconds * 100)}% of the cells run"
+        else f"over the budget: about {int(cells * budget / seconds)} of the {cells} cells fit; fewer layers, kinds "
+        "or levels, or a larger budget, measure more"
     )
     st.caption(f"{cells} cells, estimated {duration_text(seconds)} (one evaluation pass per cell; {fits}).")
 
