@@ -1,4 +1,5 @@
-"""Sensitivity and suggestion benchmark: sweep wall times, activation-cache speed-up, 1/6-size plans.
+"""Sensitivity and suggestion benchmark: sweep wall times, activation-cache speed-up, 1/6-size plans,
+and sweeps on real ONNX models (ddddocr's detector and OCR).
 
 Run from the repository root::
 
@@ -6,11 +7,22 @@ Run from the repository root::
 
 Writes ``benchmarks/results/sensitivity.md`` and ``.json``. Every sweep runs without the disk cache;
 times are medians over ``--repeats`` runs (the machine is shared, so they are noisy).
+
+The ONNX part (skipped when ddddocr 1.6.1 is not installed: ``pip install --no-deps ddddocr==1.6.1``)
+runs on ``common_det.onnx`` (30 generated 416x416 images) and ``common.onnx`` (30 rendered strings,
+width 160): one forward pass over the 30 samples in the model's own session (median of six, three
+before and three after the sweep); the mean time of a sweep cell (bits 8 and 4, prune 0.5 on every n-th
+layer; one ONNX Runtime session for the sweep, the cell's weight fed in; from the sweep's progress
+callbacks, its set-up apart); a cell through ``apply_plan`` (a new session per cell, as sweeps did
+before); and ``suggest_plan`` with its default kinds (bits and pruning) at a size target, with the
+cells it measured. (Timing a forward pass after every cell instead, in turn with the cells, slows the
+cells: the two sessions' threads get in each other's way.)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -18,16 +30,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress_core import load_model  # noqa: E402
+from compress_core.analysis.metrics import quality_metric  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
-from compress_core.analysis.sweep import Sweep  # noqa: E402
+from compress_core.analysis.sweep import Sweep, config_for  # noqa: E402
+from compress_core.models.handle import EvalData, ModelHandle  # noqa: E402
+from compress_core.models.inputs import Inputs  # noqa: E402
+from compress_core.models.inventory import layer_inventory  # noqa: E402
 from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
+from compress_core.plan import Plan  # noqa: E402
+from compress_core.transform.apply import apply_plan  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SIZE_TARGET = 1 / 6
@@ -36,6 +55,20 @@ SWEEPS = {
     "digits_resnet": (Sweep(kinds=("bits", "prune")), 60.0),
     "minilm": (Sweep(kinds=("bits",)), 120.0),
 }
+
+
+ONNX_SAMPLES = 30
+ONNX_CELL_SWEEP = Sweep(bits=(8, 4), prune=(0.5,), kinds=("bits", "prune"))
+ONNX_MODELS = {
+    # file: (inputs for load_model, every n-th layer swept for the per-cell time, suggest's size target).
+    # common.onnx keeps 31% of its weights outside Conv / Gemm / MatMul layers (its recurrent part), so
+    # 1/6 of its size is out of reach.
+    "common_det.onnx": ({}, 12, SIZE_TARGET),
+    "common.onnx": ({"input1": (1, 64, 160)}, 2, 0.4),
+}
+APPLY_PLAN_CELLS = 3
+FORWARD_RUNS = 3
+CELL_TARGET = 1.5
 
 
 def timed_sweep(handle, sweep: Sweep, repeats: int, staged: bool = True) -> tuple[float, object]:
@@ -55,6 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     report = {
         "runtime": runtime_record(torch.get_num_threads(), threads_of="torch"),
         "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
@@ -100,9 +134,115 @@ def main() -> None:
             "uniform": uniform,
         }
         print(name, report["suggestions"][name], flush=True)
+    report["onnx"] = onnx_report()
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sensitivity.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "sensitivity.md").write_text(markdown(report))
+
+
+def onnx_report() -> dict | None:
+    """Forward pass, sweep cell and suggest times on ddddocr's ONNX files (None without ddddocr)."""
+    spec = importlib.util.find_spec("ddddocr")
+    if spec is None or not spec.submodule_search_locations:
+        print("ddddocr is not installed: ONNX part skipped", flush=True)
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0])
+    section = {"runtime": runtime_record(None), "samples": ONNX_SAMPLES, "cell_target": CELL_TARGET, "models": {}}
+    for name, (inputs, every, target) in ONNX_MODELS.items():
+        handle = load_model(folder / name, inputs=inputs)
+        if name == "common.onnx":
+            data = Inputs.single(rendered_text(ONNX_SAMPLES), "input1")
+            handle = handle.replace(data=EvalData(data, None, f"{ONNX_SAMPLES} rendered strings"))
+        else:
+            handle = handle.replace(data=EvalData(handle.data.inputs[:ONNX_SAMPLES], None, "generated"))
+        section["models"][name] = entry = onnx_entry(handle, every, target)
+        print(name, entry, flush=True)
+    return section
+
+
+def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
+    """The figures of one ONNX model (see the module's docstring)."""
+    layers = layer_inventory(handle)
+    timed_forward(handle)  # the model's own session, built before anything is timed
+    forwards = [timed_forward(handle) for _ in range(FORWARD_RUNS)]
+    stamps: list[float] = []
+    started = time.perf_counter()
+    result = run_sensitivity(
+        handle,
+        ONNX_CELL_SWEEP,
+        cache=False,
+        layers=[layer.name for layer in layers[every - 1 :: every]],
+        progress=lambda _: stamps.append(time.perf_counter()),
+    )
+    forwards += [timed_forward(handle) for _ in range(FORWARD_RUNS)]
+    cells = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+    setup = stamps[0] - started  # inventory, session, reference pass and the first cell
+    forward, per_cell = statistics.median(forwards), statistics.mean(cells)
+    applied = []
+    reference = handle.run(handle.data.inputs)
+    for layer in layers[:: max(len(layers) // APPLY_PLAN_CELLS, 1)][:APPLY_PLAN_CELLS]:
+        cell_started = time.perf_counter()
+        plan = Plan(layers={layer.name: config_for("bits", 4, ONNX_CELL_SWEEP)})
+        quality_metric(handle, reference, apply_plan(handle, plan, layers).run(handle.data.inputs))
+        applied.append(time.perf_counter() - cell_started)
+    started = time.perf_counter()
+    suggestion = suggest_plan(handle, target_size=target, cache=False)
+    suggest_seconds = time.perf_counter() - started
+    default_cells = len(layers) * len(Sweep(kinds=("bits", "prune")).cells())
+    return {
+        "layers": len(layers),
+        "task": handle.task,
+        "metric": result.metric_name,
+        "data": handle.data.origin,
+        "forward_seconds": round(forward, 3),
+        "forward_runs": [round(value, 3) for value in forwards],
+        "sweep": {
+            "layers": len({row.layer for row in result.rows}),
+            "cells": result.evaluations,
+            "strategy": result.strategy,
+            "per_cell_seconds": round(per_cell, 3),
+            "per_cell_median_seconds": round(statistics.median(cells), 3),
+            "per_cell_over_forward": round(per_cell / forward, 2),
+            "setup_and_first_cell_seconds": round(setup, 2),
+        },
+        "apply_plan_per_cell_seconds": round(statistics.mean(applied), 3),
+        "suggest": {
+            "target_size": target,
+            "seconds": round(suggest_seconds, 1),
+            "cells_measured": suggestion.evaluations,
+            "whole_sweep_cells": default_cells,
+            "met": suggestion.met,
+            "metrics": suggestion.metrics,
+            "notes": suggestion.notes,
+            "plan_layers": len(suggestion.plan.layers),
+        },
+    }
+
+
+def timed_forward(handle: ModelHandle) -> float:
+    """Seconds of one forward pass over the handle's data in its own (already built) session."""
+    handle.ort_session()
+    started = time.perf_counter()
+    handle.run(handle.data.inputs)
+    return time.perf_counter() - started
+
+
+def rendered_text(count: int, width: int = 160, seed: int = 0) -> np.ndarray:
+    """``count`` random strings of 4 to 6 letters and digits, dark on white, [N, 1, 64, width] in [0, 1]
+    as ddddocr feeds its OCR model."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
+    font = ImageFont.load_default(size=34)
+    images = []
+    for _ in range(count):
+        text = "".join(rng.choice(list(alphabet), size=int(rng.integers(4, 7))))
+        image = Image.new("L", (width, 64), 255)
+        ImageDraw.Draw(image).text((4, 10), text, fill=0, font=font)
+        images.append(np.asarray(image, np.float32)[None] / 255.0)
+    return np.stack(images)
 
 
 def markdown(report: dict) -> str:
@@ -112,7 +252,7 @@ def markdown(report: dict) -> str:
         "",
         runtime_line(report["runtime"]),
         "",
-        f"`python benchmarks/sensitivity.py`; {report['machine']}",
+        f"`python benchmarks/sensitivity.py`; {report['machine']}; the whole run took {report['total_seconds']:.0f} s",
         "",
         "## Sweeps (no disk cache)",
         "",
@@ -143,7 +283,54 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {name} | {label} | {metrics['metric']:.2f} | {metrics['drop']:.2f} | {metrics['output_sqnr_db']:.1f} | {metrics['size_ratio']:.4f} |"
             )
+    lines += onnx_markdown(report.get("onnx"))
     return "\n".join(lines) + "\n"
+
+
+def onnx_markdown(section: dict | None) -> list[str]:
+    """The ONNX part of the page."""
+    if section is None:
+        return ["", "## ONNX models", "", "Skipped: ddddocr is not installed."]
+    lines = [
+        "",
+        "## ONNX models: one session per sweep",
+        "",
+        runtime_line(section["runtime"]),
+        "",
+        f"{section['samples']} samples each. Forward: one pass over them in the model's own session (median of "
+        f"{2 * FORWARD_RUNS}, before and after the sweep). Per cell: mean time of a sweep cell (bits 8 and 4, prune 0.5; "
+        "median in brackets) in the sweep's one session, the cell's weight fed in, its quality measured. Set-up: "
+        "inventory, session, reference pass and the first cell. apply_plan: a 4-bit cell through `apply_plan` and "
+        f"a new session, as sweeps did before. Target: per cell <= {section['cell_target']}x forward.",
+        "",
+        "| model | layers | task | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in section["models"].items():
+        sweep = entry["sweep"]
+        lines.append(
+            f"| {name} | {entry['layers']} | {entry['task']} | {entry['forward_seconds']} | "
+            f"{sweep['per_cell_seconds']} ({sweep['per_cell_median_seconds']}) | "
+            f"{sweep['per_cell_over_forward']}x | {'yes' if sweep['per_cell_over_forward'] <= section['cell_target'] else 'no'} | "
+            f"{sweep['setup_and_first_cell_seconds']} | "
+            f"{entry['apply_plan_per_cell_seconds']} | {sweep['cells']} on {sweep['layers']} layers |"
+        )
+    lines += [
+        "",
+        "`suggest_plan(handle, target_size=...)` with its default kinds (bits, prune), no disk cache "
+        "(common.onnx: 0.4, as 31% of its weights are outside compressible layers):",
+        "",
+        "| model | target size | seconds | cells measured | whole sweep | met | metric | drop | size ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in section["models"].items():
+        suggestion, metrics = entry["suggest"], entry["suggest"]["metrics"]
+        lines.append(
+            f"| {name} | {suggestion['target_size']:.4f} | {suggestion['seconds']} | {suggestion['cells_measured']} | "
+            f"{suggestion['whole_sweep_cells']} | {suggestion['met']} | {entry['metric']} {metrics['metric']:.2f} % | "
+            f"{metrics['drop']:.2f} | {metrics['size_ratio']:.4f} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -8,17 +8,21 @@ listed in ``skipped``, with the reason ``apply_plan`` would give.
 
 Speed: for torch ``nn.Module`` models, weight-only changes (bits, unstructured pruning, rank as the
 low-rank weight in place) are swapped into one working copy and restored afterwards; where the model
-traces into stages (``activation_cache.StagedModel``) the unchanged prefix runs once per layer.
-Structured pruning, ONNX models and TorchScript go through ``apply_plan`` and full passes. Results
-are cached on disk (``sweep_cache``), keyed by a hash of the weights, the data and the sweep. The
-sweep and the table are ``sweep``'s; Hessian traces are ``hessian``'s.
+traces into stages (``activation_cache.StagedModel``) the unchanged prefix runs once per layer. ONNX
+models run every weight-only cell in one ONNX Runtime session for the whole sweep, the cell's weight
+fed as an input (``onnx_cells``). Structured pruning, the few ONNX cells a weight swap cannot stand
+for, and TorchScript go through ``apply_plan`` and full passes. ``layers`` restricts a sweep to some
+layers. Results are cached on disk (``sweep_cache``), keyed by a hash of the weights, the data, the
+sweep and the layers swept. The sweep and the table are ``sweep``'s; Hessian traces are ``hessian``'s;
+what a cell does to a weight is ``cell_weights``'s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,22 +30,18 @@ import torch
 from torch import nn
 
 from compress_core.analysis.activation_cache import StagedModel, StageState
+from compress_core.analysis.cell_weights import magnitude_order, perturb_weight
 from compress_core.analysis.hessian import hessian_traces
 from compress_core.analysis.metrics import quality_metric, quality_ranking
+from compress_core.analysis.onnx_cells import OnnxCells, ranked_output
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, SkippedCell, Sweep, config_for
 from compress_core.analysis.sweep_cache import cache_file, read_cached, write_cached
 from compress_core.errors import CompressError
-from compress_core.models.handle import RUN_BATCH, ModelHandle, as_numpy
-from compress_core.models.inventory import LayerInfo, layer_inventory
-from compress_core.ops.lowrank import energy_kept, resolve_rank, singular_values, truncated_svd
-from compress_core.ops.prune import channels_to_prune
-from compress_core.ops.quantize import quantize_weight
-from compress_core.ops.sqnr import sqnr_db
+from compress_core.models.handle import RUN_BATCH, ModelHandle, tensor_to_numpy
+from compress_core.models.inventory import LayerInfo, layer_inventory, layer_weight_array
 from compress_core.plan import Plan
-from compress_core.plan.layer_config import PruneConfig
-from compress_core.transform.apply import apply_plan, check_layer_config, full_rank
+from compress_core.transform.apply import apply_plan, check_layer_config
 from compress_core.transform.torch_backend import copy_module
-from compress_core.transform.weights import prune_mask
 
 Cancel = Callable[[], bool] | threading.Event | None
 
@@ -56,6 +56,8 @@ def run_sensitivity(
     cache: bool | str | Path = True,
     batch_size: int = RUN_BATCH,
     staged: bool = True,
+    layers: Sequence[str] | None = None,
+    inventory: list[LayerInfo] | None = None,
 ) -> SensitivityResult:
     """Measure every (layer, kind, level) of ``sweep`` on the handle's data, one layer at a time.
 
@@ -63,31 +65,68 @@ def run_sensitivity(
     ``threading.Event``) is checked before every evaluation, and a cancelled run returns the rows so
     far with ``cancelled=True``. ``cache``: True for ``sweep_cache.default_cache_dir()``, a folder, or False.
     ``staged=False`` forces full passes (for comparison). ``hessian=True`` adds Hutchinson traces.
+    ``layers``: the names of the layers to sweep (default: every layer), in any order; the table
+    keeps the model's layer order. ``inventory`` may pass the handle's ``layer_inventory`` when the
+    caller already has it.
     """
     sweep = sweep or Sweep()
     started = time.perf_counter()
-    path = cache_file(handle, sweep, hessian, cache)
+    path = _restricted(cache_file(handle, sweep, hessian, cache), layers)
     cached = read_cached(path)
     if cached is not None:
         cached.seconds = time.perf_counter() - started
         return cached
-    layers = layer_inventory(handle)
-    runner = _Runner(handle, layers, sweep, batch_size, staged)
+    inventory = inventory if inventory is not None else layer_inventory(handle)
+    swept = _swept(inventory, layers)
+    runner = _Runner(handle, inventory, swept, sweep, batch_size, staged)
     result = runner.sweep_all(progress, cancel)
     if hessian and not result.cancelled:
-        result.hessian = hessian_traces(handle, layers)
+        result.hessian = hessian_traces(handle, swept)
     result.seconds = time.perf_counter() - started
     write_cached(path, result)
     return result
 
 
+def _swept(inventory: list[LayerInfo], names: Sequence[str] | None) -> list[LayerInfo]:
+    """The layers of ``inventory`` named in ``names`` (all for None), in the model's order."""
+    if names is None:
+        return inventory
+    known = {layer.name for layer in inventory}
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        shown = ", ".join(layer.name for layer in inventory[:5]) + (", ..." if len(inventory) > 5 else "")
+        raise CompressError(
+            f"no layer '{unknown[0]}' in the model to sweep; its layers are {shown}"
+            if unknown
+            else "no layers to sweep: name at least one, or leave the layers out to sweep them all"
+        )
+    wanted = set(names)
+    return [layer for layer in inventory if layer.name in wanted]
+
+
+def _restricted(path: Path | None, names: Sequence[str] | None) -> Path | None:
+    """The cache file of a sweep restricted to ``names``: the full sweep's name with a hash of the set."""
+    if path is None or names is None:
+        return path
+    digest = hashlib.sha256("\n".join(sorted(set(names))).encode()).hexdigest()[:12]
+    return path.with_name(f"{path.stem}-layers-{digest}{path.suffix}")
+
+
 class _Runner:
-    """Evaluates cells: weight swaps in a working copy where possible, ``apply_plan`` elsewhere."""
+    """Evaluates cells: weight swaps in a torch working copy, or weights fed to one ONNX Runtime
+    session, where possible; ``apply_plan`` elsewhere. ``layers`` is the model's inventory, ``swept``
+    the layers the sweep measures."""
 
     def __init__(
-        self, handle: ModelHandle, layers: list[LayerInfo], sweep: Sweep, batch_size: int, staged: bool
+        self,
+        handle: ModelHandle,
+        layers: list[LayerInfo],
+        swept: list[LayerInfo],
+        sweep: Sweep,
+        batch_size: int,
+        staged: bool,
     ) -> None:
-        self.handle, self.layers, self.sweep = handle, layers, sweep
+        self.handle, self.layers, self.swept, self.sweep = handle, layers, swept, sweep
         swappable = handle.backend == "torch" and not isinstance(handle.model, torch.jit.ScriptModule)
         self.work: nn.Module | None = copy_module(handle.model) if swappable else None
         inputs = handle.data.inputs
@@ -96,12 +135,22 @@ class _Runner:
         stageable = staged and len(handle.input_specs) == 1 and handle.quality.output == 0
         self.tensors = [batch.tensors()[0] for batch in self.batches] if stageable else []
         self.staged = StagedModel.build(self.work, self.tensors[0]) if self.work is not None and stageable else None
-        self.strategy = (
-            "staged activation cache"
-            if self.staged
-            else ("weight swap, full passes" if self.work else "apply_plan, full passes")
-        )
-        self.reference = self._run_work(None) if self.work is not None else handle.run(inputs, batch_size)
+        self.cells = OnnxCells(handle, swept, self.batches) if handle.backend == "onnx" else None
+        self.sorted: tuple[str, torch.Tensor] | None = None  # (layer, magnitude order) of the last pruned layer
+        if self.staged:
+            self.strategy = "staged activation cache"
+        elif self.work is not None:
+            self.strategy = "weight swap, full passes"
+        elif self.cells is not None:
+            self.strategy = "one ONNX Runtime session, weights fed per cell"
+        else:
+            self.strategy = "apply_plan, full passes"
+        if self.work is not None:
+            self.reference = self._run_work(None)
+        elif self.cells is not None:
+            self.reference = self.cells.run()
+        else:
+            self.reference = handle.run(inputs, batch_size)
 
     def sweep_all(self, progress: Callable[[Progress], None] | None, cancel: Cancel) -> SensitivityResult:
         metric_name, baseline = quality_ranking(self.handle, self.reference, self.reference)
@@ -113,9 +162,9 @@ class _Runner:
             strategy=self.strategy,
         )
         cells = self.sweep.cells()
-        total, done = len(cells) * len(self.layers), 0
+        total, done = len(cells) * len(self.swept), 0
         staged = self.staged
-        order = sorted(self.layers, key=lambda layer: self._cut(staged, layer)) if staged else self.layers
+        order = sorted(self.swept, key=lambda layer: self._cut(staged, layer)) if staged else self.swept
         state: StageState | None = None  # the values alive before the current layer's stage, when staged
         for layer_index, layer in enumerate(order, start=1):
             if staged:
@@ -141,7 +190,7 @@ class _Runner:
                     progress(Progress(layer.name, layer_index, len(order), done, total))
             if result.cancelled:
                 break
-        position = {layer.name: i for i, layer in enumerate(self.layers)}
+        position = {layer.name: i for i, layer in enumerate(self.swept)}
         result.rows.sort(key=lambda row: position[row.layer])
         result.skipped.sort(key=lambda cell: position[cell.layer])
         return result
@@ -159,20 +208,16 @@ class _Runner:
         return dict(self._working_copy().named_parameters())[layer.weight_name]
 
     def _skip_reason(self, layer: LayerInfo, kind: str, level: int | float) -> str | None:
-        if kind == "structured" and layer is self.layers[-1]:
-            return "its output channels are the model's outputs"
-        try:
-            check_layer_config(self.handle, layer, config_for(kind, level, self.sweep))
-        except CompressError as exc:
-            return str(exc)
-        return None
+        return skip_reason(self.handle, self.layers, layer, kind, level, self.sweep)
 
     def _evaluate(
         self, layer: LayerInfo, kind: str, level: int | float, state: StageState | None
     ) -> tuple[np.ndarray, float] | str:
         """(outputs, proxy), or the reason when ``apply_plan`` skipped or refused the change."""
-        weight = self._parameter(layer).detach() if self.work is not None else _onnx_weight(self.handle, layer)
-        perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep)
+        if self.cells is not None and self.cells.feeds(layer, kind):
+            weight = self.cells.weight(layer)
+            perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep, self._order(layer, kind, weight))
+            return self.cells.run({layer.weight_name: perturbed.numpy()}), proxy
         if self.work is None or kind == "structured":
             try:
                 compressed = apply_plan(
@@ -180,6 +225,8 @@ class _Runner:
                 )
             except CompressError as exc:  # e.g. structured pruning of a grouped ConvTranspose
                 return str(exc)
+            weight = self._parameter(layer).detach() if self.work is not None else _stored_weight(self.handle, layer)
+            proxy = perturb_weight(weight, layer, kind, level, self.sweep)[1]
             record = compressed.compression
             assert record is not None, "apply_plan records what it did"
             if kind == "structured" and record.layer_sqnr.get(layer.name) is not None:
@@ -189,6 +236,8 @@ class _Runner:
                 )
             return compressed.run(self.handle.data.inputs, len(self.batches[0])), proxy
         parameter = self._parameter(layer)
+        weight = parameter.detach()
+        perturbed, proxy = perturb_weight(weight, layer, kind, level, self.sweep, self._order(layer, kind, weight))
         original = parameter.detach().clone()
         with torch.no_grad():
             parameter.copy_(perturbed)
@@ -197,6 +246,14 @@ class _Runner:
         finally:
             with torch.no_grad():
                 parameter.copy_(original)
+
+    def _order(self, layer: LayerInfo, kind: str, weight: torch.Tensor) -> torch.Tensor | None:
+        """The layer's ``magnitude_order`` for its ``prune`` cells, sorted once per layer."""
+        if kind != "prune":
+            return None
+        if self.sorted is None or self.sorted[0] != layer.name:
+            self.sorted = (layer.name, magnitude_order(weight))
+        return self.sorted[1]
 
     def _run_work(self, state: StageState | None) -> np.ndarray:
         """The working copy's outputs: from ``state`` (or the input) when staged, else full passes
@@ -207,36 +264,24 @@ class _Runner:
             else:
                 work = self._working_copy()
                 outputs = [self.handle.call(work, batch) for batch in self.batches]
-        return as_numpy(outputs)[: len(self.handle.data)]
+        return ranked_output(self.handle, [tensor_to_numpy(output) for output in outputs])
 
 
-def perturb_weight(
-    weight: torch.Tensor, layer: LayerInfo, kind: str, level: int | float, sweep: Sweep
-) -> tuple[torch.Tensor, float]:
-    """The layer's weight after one cell's change (for ``structured``: its channels zeroed) and the
-    cell's proxy (weight SQNR in dB, or energy kept for ``rank``)."""
-    axis = layer.out_axis
-    with torch.no_grad():
-        if kind == "bits":
-            assert isinstance(level, int), "config_for admits only integer bit widths"
-            changed = quantize_weight(weight, level, sweep.scheme, sweep.granularity, axis=axis).values
-        elif kind == "prune":
-            changed = weight * prune_mask(weight, PruneConfig(ratio=level), axis)
-        elif kind == "structured":
-            changed = weight.index_fill(axis, channels_to_prune(weight, level, axis=axis), 0.0)
-        else:
-            moved = weight.movedim(axis, 0)
-            matrix = moved.reshape(moved.shape[0], -1)
-            first, second = truncated_svd(matrix, level)
-            changed = (first @ second).reshape(moved.shape).movedim(0, axis).to(weight.dtype)
-            return changed, energy_kept(singular_values(matrix), resolve_rank(level, full_rank(layer)))
-    return changed, sqnr_db(weight, changed)
+def skip_reason(
+    handle: ModelHandle, layers: list[LayerInfo], layer: LayerInfo, kind: str, level: int | float, sweep: Sweep
+) -> str | None:
+    """Why the model (``layers``: its inventory) cannot take the cell (kind, level) on ``layer``, or None."""
+    if kind == "structured" and layer is layers[-1]:
+        return "its output channels are the model's outputs"
+    try:
+        check_layer_config(handle, layer, config_for(kind, level, sweep))
+    except CompressError as exc:
+        return str(exc)
+    return None
 
 
-def _onnx_weight(handle: ModelHandle, layer: LayerInfo) -> torch.Tensor:
-    from compress_core.models.onnx_graph import constant_tensors
-
-    return torch.from_numpy(np.array(constant_tensors(handle.model)[layer.weight_name][0], dtype=np.float32))
+def _stored_weight(handle: ModelHandle, layer: LayerInfo) -> torch.Tensor:
+    return torch.from_numpy(layer_weight_array(handle, layer))
 
 
 def _is_cancelled(cancel: Cancel) -> bool:

@@ -8,11 +8,20 @@ sum of its measured one-layer drops, plus a small tie-break by weight noise (fro
 that among options with no measurable drop the least distorting ones go first. The plan is then
 applied and evaluated; if the measured size misses the target (the estimate ignores rounding and
 coupled layers), the greedy continues with the target corrected by the error.
+
+Without a table, ``suggest_plan`` sweeps for itself (``suggest_sweep``): a small sweep (layers x cells
+up to ``FULL_SWEEP_CELLS``, 250) runs whole. A larger one runs bits first: every layer at its middle
+width; pruning (and the other kinds) only on the largest layers that hold half of the weights, where it
+can pay, at its middle level; the other levels are estimated from the weight noise they add, and the
+cells of the greedy's plan harsher than any measured level of their layer are then measured and the
+greedy run again, until none is left. On an 83-layer detector this measures about one cell in twelve of
+the whole sweep.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from compress_core.analysis.metrics import model_metrics, quality_metric
-from compress_core.analysis.sensitivity import run_sensitivity
-from compress_core.analysis.sweep import SensitivityResult, SensitivityRow, Sweep, measured
+from compress_core.analysis.sensitivity import Cancel, run_sensitivity
+from compress_core.analysis.suggest_sweep import MAX_ROUNDS, LazyTable, whole_sweep_fits
+from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, Sweep, measured
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
@@ -60,13 +70,15 @@ class Option:
 @dataclass
 class Suggestion:
     """A suggested plan and what it measured (``metrics``: see ``measure_plan``); ``met`` says
-    whether every budget holds."""
+    whether every budget holds. ``evaluations``: the sweep cells ``suggest_plan`` measured for
+    itself (0 when it was given a table or found its sweeps cached)."""
 
     plan: Plan
     metrics: dict[str, float]
     estimated_drop: float
     met: bool
     notes: list[str] = field(default_factory=list)
+    evaluations: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "plan": self.plan.to_dict()}
@@ -81,10 +93,14 @@ def suggest_plan(
     max_drop: float | None = None,
     sweep: Sweep | None = None,
     cache: bool | str | Path = True,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Cancel = None,
 ) -> Suggestion:
     """A per-layer plan meeting ``target_size`` (plan bytes / float bytes) and ``target_macs``
     (compressed / original MACs) with the least estimated drop, without exceeding ``max_drop``
-    (points). ``table`` defaults to ``run_sensitivity(handle, sweep or bits and pruning)``."""
+    (points). Without ``table``, the sensitivity of ``sweep`` (default: bits and pruning) is measured
+    as the module's docstring says, with ``cache``, ``progress`` and ``cancel`` as ``run_sensitivity``
+    takes them; a stopped sweep raises ``CompressError``."""
     for name, value in (("target size", target_size), ("target MACs", target_macs)):
         if value is not None and not 0 < value <= 1:
             raise CompressError(f"{name} {value!r} is not allowed; use a ratio in (0, 1], e.g. 0.15")
@@ -92,13 +108,31 @@ def suggest_plan(
         raise CompressError(f"max drop {max_drop!r} is not allowed; use points of metric >= 0, e.g. 1.0")
     if target_size is None and target_macs is None and max_drop is None:
         raise CompressError("give at least one budget: a target size, a target MACs ratio or a maximum drop")
-    table = table or run_sensitivity(handle, sweep or Sweep(kinds=("bits", "prune")), cache=cache)
     layers = layer_inventory(handle)
+    lazy, evaluations = None, 0
+    if table is None:
+        sweep = sweep or Sweep(kinds=("bits", "prune"))
+        if not whole_sweep_fits(layers, sweep):
+            lazy = LazyTable(handle, layers, sweep, cache=cache, progress=progress, cancel=cancel)
+            if lazy.first is None:
+                lazy = None  # no layer takes any level of the sweep: the whole sweep only lists why
+        if lazy is None:
+            table = run_sensitivity(handle, sweep, cache=cache, progress=progress, cancel=cancel, inventory=layers)
+            if table.cancelled:
+                raise CompressError("suggest was stopped during its sensitivity sweep")
+            evaluations = 0 if table.cached else table.evaluations
+        else:
+            table = lazy.table()
     greedy = _Greedy(handle, layers, table)
     reference = handle.run(handle.data.inputs)
     size_goal = target_size
+    estimated: list[tuple[str, str, int | float]] = []
     for _ in range(SIZE_FIXUPS):
-        greedy.run({"size": size_goal, "macs": target_macs}, max_drop)
+        goals = {"size": size_goal, "macs": target_macs}
+        greedy.run(goals, max_drop)
+        if lazy is not None:
+            greedy = _measure_the_plan(handle, layers, lazy, greedy, goals, max_drop)
+            estimated = lazy.unbounded(greedy.cells())
         plan = greedy.plan()
         metrics = measure_plan(handle, plan, reference, layers)
         if target_size is None or size_goal is None or metrics["size_ratio"] <= target_size:
@@ -118,7 +152,36 @@ def suggest_plan(
             f"budget not met: measured size {metrics['size_ratio']:.4f}, MACs {metrics['macs_ratio']:.4f}, drop {metrics['drop']:.2f}"
         ]
     )
-    return Suggestion(plan=plan, metrics=metrics, estimated_drop=greedy.estimated_drop(), met=met, notes=notes)
+    if estimated:
+        notes.append(
+            f"{len(estimated)} of the plan's sensitivity cells are estimates beyond the levels measured for their layer"
+        )
+    return Suggestion(
+        plan=plan,
+        metrics=metrics,
+        estimated_drop=greedy.estimated_drop(),
+        met=met,
+        notes=notes,
+        evaluations=lazy.evaluations if lazy else evaluations,
+    )
+
+
+def _measure_the_plan(
+    handle: ModelHandle,
+    layers: list[LayerInfo],
+    lazy: LazyTable,
+    greedy: _Greedy,
+    goals: dict[str, float | None],
+    max_drop: float | None,
+) -> _Greedy:
+    """Measure the cells of the greedy's plan that no measured level bounds and allocate again, until
+    there are none (``suggest_sweep`` rule 5); return the last allocation."""
+    for _ in range(MAX_ROUNDS):
+        if not lazy.measure(lazy.unbounded(greedy.cells())):
+            break
+        greedy = _Greedy(handle, layers, lazy.table())
+        greedy.run(goals, max_drop)
+    return greedy
 
 
 def measure_plan(
@@ -282,6 +345,14 @@ class _Greedy:
                 if best_key is None or key < best_key:
                     best, best_key = (layer.name, option), key
         return best
+
+    def cells(self) -> list[tuple[str, str, int | float]]:
+        """The sensitivity cells (layer, kind, level) the current allocation's estimate stands on."""
+        return [
+            (row.layer, row.kind, measured(row)[0])
+            for layer in self.layers
+            for row in self._rows(layer, self.choice[layer.name])
+        ]
 
     def plan(self) -> Plan:
         """The current allocation as a ``Plan`` (float layers left out)."""
