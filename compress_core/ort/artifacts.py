@@ -5,7 +5,8 @@ is loaded and run once in ONNX Runtime on the evaluation data (its accuracy or f
 report shows); only then is each file moved into place with an atomic rename. A failure at any step
 removes the staging folder, so the destination never holds a partial file. A rebuild into the same
 folder removes the files it does not make (``model_int8.onnx`` of an earlier build with int8), so
-``bench`` never measures a stale file.
+``bench`` never measures a stale file. A ``budget.Tracker`` follows the steps (``budget.export_steps``
+estimates them) and stops the export between steps when its ``cancel`` says so.
 
 Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model.pt``
 (torch handles: the compressed ``state_dict``), ``recipe.yaml``, ``metrics.json``, ``report.md``,
@@ -38,6 +39,7 @@ from compress_core.atomic import sanitize_filename
 from compress_core.errors import CompressError, first_line
 from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.sessions import make_session
+from compress_core.ort.budget import EXPORT_INT8, EXPORT_PREPARE, EXPORT_RUN, EXPORT_WRITE, Tracker
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
 from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
@@ -71,15 +73,19 @@ def export_artifacts(
     folder: str | Path,
     int8: Int8Options | None = None,
     progress: Callable[[str], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> ExportResult:
     """Write the export folder of ``model`` (from ``compress(original, plan)``).
 
     The ONNX files, layer map, reference outputs and PyTorch metrics are the pipeline object's
     (computed once, shared with whoever asked before). ``int8`` adds ``model_int8.onnx`` made with
-    those options. ``progress`` receives a short description of each step (for a status line).
-    Raises ``CompressError`` for any bad input; the destination then holds no new file.
+    those options. ``progress`` receives a short description of each step (for a status line);
+    ``tracker`` is told each step (its keys are ``budget.EXPORT_*``) and each ONNX file run, and
+    raises ``budget.Stopped`` between steps once its ``cancel`` is true. Raises ``CompressError``
+    for any bad input; the destination then holds no new file, also when stopped.
     """
     say = progress or (lambda step: None)
+    track = tracker if tracker is not None else Tracker()
     original, compressed = model.original.handle, model.compressed.handle
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -89,9 +95,15 @@ def export_artifacts(
         tempfile.mkdtemp(prefix=f".{sanitize_filename(original.name)}.", suffix=".partial", dir=folder.parent)
     )
     try:
+        track.begin(EXPORT_PREPARE)
+        model.evaluate()  # computed once, as are the ONNX exports: the first export of a plan pays here
+        _ = model.original.onnx_model, model.compressed.onnx_model
+        track.begin(EXPORT_WRITE)
         say("exporting ONNX")
         onnx.save(model.original.onnx_model, staging / ORIGINAL_ONNX)
+        track.check()
         onnx.save(model.compressed.onnx_model, staging / FP32_ONNX)
+        track.check()
         if compressed.backend == "torch":
             torch.save(compressed.model.state_dict(), staging / TORCH_WEIGHTS)
         model.plan.save(staging / RECIPE)
@@ -100,16 +112,19 @@ def export_artifacts(
         np.savez_compressed(staging / EVAL_DATA, **arrays)
         quantized = None
         if int8 is not None:
+            track.begin(EXPORT_INT8)
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
             quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8)
+        track.begin(EXPORT_RUN)
         say("running every ONNX file in ONNX Runtime")
-        metrics = _metrics(model, staging, int8, quantized)
+        metrics = _metrics(model, staging, int8, quantized, track)
         (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
         (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
         sizes = {
             name: {key: entry[key] for key in ("bytes", "zip_bytes")} for name, entry in metrics["artifacts"].items()
         }
         sizes.update({name: file_sizes(staging / name) for name in (METRICS, REPORT)})
+        track.check()  # the last chance to stop: from here on the destination changes
         folder.mkdir(exist_ok=True)
         files = {}
         for name in FILES:
@@ -131,15 +146,30 @@ def file_sizes(path: Path) -> dict[str, int]:
     return {"bytes": path.stat().st_size, "zip_bytes": len(buffer.getvalue())}
 
 
-def run_onnx(path: Path, inputs: Inputs, fixed_batch: int | None = None, output: int = 0, axis: int = 0) -> np.ndarray:
+def run_onnx(
+    path: Path,
+    inputs: Inputs,
+    fixed_batch: int | None = None,
+    output: int = 0,
+    axis: int = 0,
+    session: Any = None,
+    check: Callable[[], None] | None = None,
+) -> np.ndarray:
     """Output number ``output`` of the ONNX file on ``inputs``, run in ONNX Runtime in batches (of
     ``fixed_batch`` for a file with a static batch size), its batch axis (``axis`` as the file
-    returns it) first."""
-    session = make_session(path)
+    returns it) first. ``session``: one already open on ``path`` (else one is opened); ``check`` is
+    called before each batch (to stop a long run: ``Tracker.check`` raises ``Stopped``)."""
+    session = session if session is not None else make_session(path)
     try:
-        batches = in_batches(inputs, RUN_BATCH, fixed_batch)
-        joined = np.concatenate([session.run(None, batch.feed())[output] for batch in batches], axis=axis)
+        results = []
+        for batch in in_batches(inputs, RUN_BATCH, fixed_batch):
+            if check is not None:
+                check()
+            results.append(session.run(None, batch.feed())[output])
+        joined = np.concatenate(results, axis=axis)
         return np.moveaxis(joined, axis, 0)[: len(inputs)]
+    except CompressError:  # a stop (``Stopped``) or the check's own message
+        raise
     except Exception as exc:  # ORT's errors carry no common type
         first = first_line(exc, 200)
         raise CompressError(f"{path.name}: ONNX Runtime could not run the model ({first})") from exc
@@ -156,19 +186,33 @@ def headline(fidelity: dict[str, Any], task: str, metric_label: str | None = Non
 
 
 def _metrics(
-    model: CompressedModel, staging: Path, int8: Int8Options | None, quantized: Int8Result | None
+    model: CompressedModel,
+    staging: Path,
+    int8: Int8Options | None,
+    quantized: Int8Result | None,
+    track: Tracker,
 ) -> dict[str, Any]:
     original = model.original.handle
     output = original.quality.output
     reference = model.original.baseline().reference
     artifacts = {}
+    onnx_files = [name for name in ONNX_FILES if (staging / name).exists()]
     for name in FILES:
         path = staging / name
         if name in (METRICS, REPORT) or not path.exists():
             continue
         entry: dict[str, Any] = file_sizes(path)
         if name in ONNX_FILES:
-            outputs = run_onnx(path, original.data.inputs, original.fixed_batch, output, original.output_axis(output))
+            track.check()
+            track.tick(onnx_files.index(name), len(onnx_files), f"running {name} in ONNX Runtime")
+            outputs = run_onnx(
+                path,
+                original.data.inputs,
+                original.fixed_batch,
+                output,
+                original.output_axis(output),
+                check=track.check,
+            )
             entry.update(output_quality(original, reference, outputs))
         artifacts[name] = entry
     return {
@@ -252,9 +296,12 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
         if runtime:
             lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
-    lines += ["", metrics_markdown(
+    lines += [
+        "",
+        metrics_markdown(
             simulated, "PyTorch-simulated metrics", metrics.get("task"), metrics.get("metric_label")
-        ).replace("# ", "## ", 1)]
+        ).replace("# ", "## ", 1),
+    ]
     return "\n".join(lines)
 
 

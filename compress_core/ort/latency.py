@@ -3,6 +3,11 @@
 Candidates run interleaved (A B C A B C ...) after a warm-up, so that a slow drift of the machine
 (frequency, other processes) touches all of them alike; each reports median, p10 and p90 in ms and
 throughput, and its speed-up over a baseline (the first candidate unless named).
+
+A budgeted caller (``ort.bench``) opens the sessions itself and times one run of each first
+(``open_and_probe``), lets the warm-up decide the number of timed runs (``choose_runs``), and may
+stop the timing: when its time is up, or when ``cancel()`` is true, the rounds timed so far are the
+result.
 """
 
 from __future__ import annotations
@@ -48,6 +53,18 @@ def timing_feed(inputs: Inputs, batch: int) -> dict[str, np.ndarray]:
     return batch_of(inputs, batch).feed()
 
 
+def open_and_probe(model: Any, inputs: Inputs, batch: int, threads: int | None = 2) -> tuple[Any, float, float]:
+    """A timed session on ``model`` (a path or a ``ModelProto``) and what it cost: seconds to open it,
+    and of its first run on one ``batch`` of ``inputs`` (a first run is the slowest: an estimate
+    made from it errs long)."""
+    feed = timing_feed(inputs, batch)
+    start = time.perf_counter()
+    session = make_session(model, threads)
+    opened = time.perf_counter()
+    session.run(None, feed)
+    return session, opened - start, time.perf_counter() - opened
+
+
 def measure_latency(
     candidates: Mapping[str, str | Path],
     inputs: Inputs,
@@ -57,11 +74,21 @@ def measure_latency(
     runs: int = 50,
     baseline: str | None = None,
     progress: Progress | None = None,
+    *,
+    sessions: Mapping[str, Any] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    choose_runs: Callable[[dict[str, float]], int] | None = None,
+    time_up: Callable[[], bool] | None = None,
 ) -> list[LatencyResult]:
     """Time each ONNX file of ``candidates`` (name -> path) on one batch of ``inputs``, interleaved.
 
     ``progress(done, total)`` is called after every timed or warm-up run. ``speedup`` is relative
-    to ``baseline`` (a candidate name; the first candidate by default).
+    to ``baseline`` (a candidate name; the first candidate by default). ``sessions`` (name ->
+    session on ``threads`` threads) are used instead of opening new ones. After the warm-up,
+    ``choose_runs`` (given each candidate's seconds per run at ``batch``) sets the number of timed
+    runs. No timed round starts once ``time_up()`` is true (after the first); when
+    ``cancel()`` turns true, the run under way ends the timing. Either way each result holds the
+    complete rounds so far (``runs`` says how many); none when no round was complete.
     """
     if not candidates:
         raise CompressError("no ONNX file to measure")
@@ -73,20 +100,45 @@ def measure_latency(
     if baseline not in candidates:
         raise CompressError(f"baseline '{baseline}' is not a candidate; candidates: {', '.join(candidates)}")
     feed = timing_feed(inputs, batch)
-    sessions = {name: make_session(path, threads) for name, path in candidates.items()}
+    if sessions is None:
+        sessions = {name: make_session(path, threads) for name, path in candidates.items()}
+    else:
+        sessions = {name: sessions[name] for name in candidates}
+    warm: dict[str, list[float]] = {name: [] for name in candidates}
     times: dict[str, list[float]] = {name: [] for name in candidates}
     total = (warmup + runs) * len(sessions)
     done = 0
-    for round_index in range(warmup + runs):
+    round_index = 0
+    while round_index < warmup + runs:
+        if round_index == warmup and choose_runs is not None and warmup > 0:
+            runs = max(
+                1, choose_runs({name: float(np.median(values[1:] or values)) / 1000 for name, values in warm.items()})
+            )
+            total = (warmup + runs) * len(sessions)
+        if round_index > warmup and time_up is not None and time_up():
+            break
         for name, session in sessions.items():
+            if cancel is not None and cancel():
+                complete = min(len(values) for values in times.values())
+                times = {key: values[:complete] for key, values in times.items()}
+                return _results(candidates, times, baseline, batch, threads)
             start = time.perf_counter()
             session.run(None, feed)
             elapsed = (time.perf_counter() - start) * 1000
-            if round_index >= warmup:
-                times[name].append(elapsed)
+            (times if round_index >= warmup else warm)[name].append(elapsed)
             done += 1
             if progress is not None:
                 progress(done, total)
+        round_index += 1
+    return _results(candidates, times, baseline, batch, threads)
+
+
+def _results(
+    candidates: Mapping[str, str | Path], times: dict[str, list[float]], baseline: str, batch: int, threads: int
+) -> list[LatencyResult]:
+    """One ``LatencyResult`` per candidate from its timed runs (ms); none without a timed round."""
+    if not all(times.values()):
+        return []
     medians = {name: float(np.median(values)) for name, values in times.items()}
     return [
         LatencyResult(
@@ -99,7 +151,7 @@ def measure_latency(
             speedup=medians[baseline] / medians[name],
             batch=batch,
             threads=threads,
-            runs=runs,
+            runs=len(values),
         )
         for name, values in times.items()
     ]
