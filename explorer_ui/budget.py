@@ -7,17 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-
-def duration_text(seconds: float) -> str:
-    """``42 s``, ``3 min 20 s`` or ``1 h 05 min``: one way to write a duration everywhere."""
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+from compress_core.ort.budget import format_seconds
 
 
 def time_left(fraction: float, elapsed: float) -> float | None:
@@ -49,9 +39,9 @@ class Deadline:
     def progress_text(self, fraction: float, text: str) -> str:
         """``text`` with the time spent, the estimated time left and the budget."""
         left = time_left(fraction, self.elapsed)
-        parts = [text, f"{duration_text(self.elapsed)} spent"]
+        parts = [text, f"{format_seconds(self.elapsed)} spent"]
         if left is not None:
-            parts.append(f"about {duration_text(left)} left")
+            parts.append(f"about {format_seconds(left)} left")
         if self.seconds is not None:
-            parts.append(f"budget {duration_text(self.seconds)}")
+            parts.append(f"budget {format_seconds(self.seconds)}")
         return "; ".join(parts)

@@ -5,8 +5,8 @@ import streamlit as st
 from compress_core import CompressError
 from compress_core.analysis.sweep import KINDS, Sweep
 from compress_core.ops.quantize import ALLOWED_BITS
+from compress_core.ort.budget import format_seconds
 from explorer_ui import cache, figures, sensitivity_view, state
-from explorer_ui.budget import duration_text
 
 PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 RANK_LEVELS = (0.9, 0.75, 0.5, 0.25, 0.1)
@@ -63,7 +63,7 @@ else:
         else f"over the budget: about {int(cells * budget / seconds)} of the {cells} cells fit; fewer layers, kinds "
         "or levels, or a larger budget, measure more"
     )
-    st.caption(f"{cells} cells, estimated {duration_text(seconds)} (one evaluation pass per cell; {fits}).")
+    st.caption(f"{cells} cells, estimated {format_seconds(seconds)} (one evaluation pass per cell; {fits}).")
 
 running = session.get(state.SENSITIVITY_JOB)
 reason = "a sweep is running" if running is not None else sweep_error

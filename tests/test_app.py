@@ -328,13 +328,14 @@ def test_a_model_with_two_inputs_loads_from_the_inputs_field_and_can_be_measured
 def test_a_sweep_stops_at_its_time_budget_and_keeps_what_it_measured():
     from compress_core import load_model
     from compress_core.analysis.sweep import Sweep
-    from explorer_ui.budget import Deadline, duration_text, time_left
+    from compress_core.ort.budget import format_seconds
+    from explorer_ui.budget import Deadline, time_left
 
     clock = iter([0.0, 1.0, 3.0]).__next__
     deadline = Deadline(2.0, threading.Event(), clock)
     assert (deadline.stop(), deadline.stop()) == (False, True)
     assert time_left(0.25, 10.0) == 30.0 and time_left(0.0, 1.0) is None
-    assert [duration_text(s) for s in (42, 200, 3900)] == ["42 s", "3 min 20 s", "1 h 05 min"]
+    assert [format_seconds(s) for s in (0.2, 42, 200, 3900)] == ["< 1 s", "42 s", "3 min 20 s", "1 h 05 min"]
     job = sensitivity_view.start(load_model("digits_mlp"), Sweep(kinds=("bits",), bits=(8, 4)), budget_s=0.0)
     job.wait(RUN_TIMEOUT)
     assert job.error is None

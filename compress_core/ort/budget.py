@@ -55,13 +55,16 @@ class Stopped(CompressError):
 
 
 def format_seconds(seconds: float) -> str:
-    """``< 1 s``, ``12 s``, ``3 min 05 s``: a duration for a progress line."""
+    """``< 1 s``, ``12 s``, ``3 min 05 s``, ``1 h 05 min``: one way to write a duration everywhere."""
     if seconds < 1:
         return "< 1 s"
     if seconds < 60:
         return f"{seconds:.0f} s"
     minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 # The latency benchmark ----------------------------------------------------------------------------
