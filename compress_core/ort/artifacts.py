@@ -232,7 +232,7 @@ def _metrics(
         else {
             "mode": quantized.mode,
             "method": None if int8.dynamic else int8.method,
-            "calibration_samples": None if int8.dynamic else int8.calibration_samples,
+            "calibration_samples": None if int8.dynamic else min(int8.calibration_samples, len(original.data)),
             "activations": None if int8.dynamic else int8.activations,
             "layers": [vars(row) for row in quantized.layers],
             "notes": quantized.notes,
