@@ -301,7 +301,7 @@ def onnx_markdown(section: dict | None) -> list[str]:
         f"{2 * FORWARD_RUNS}, before and after the sweep). Per cell: mean time of a sweep cell (bits 8 and 4, prune 0.5; "
         "median in brackets) in the sweep's one session, the cell's weight fed in, its quality measured. Set-up: "
         "inventory, session, reference pass and the first cell. apply_plan: a 4-bit cell through `apply_plan` and "
-        f"a new session, as sweeps did before. Target: per cell <= {section['cell_target']}x forward.",
+        f"a new session, its quality measured, as sweeps did before. Target: per cell <= {section['cell_target']}x forward.",
         "",
         "| model | layers | task | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed |",
         "|---|---|---|---|---|---|---|---|---|---|",
