@@ -119,12 +119,13 @@ def bench_folder(
     runtime = runtime_record(threads)
     plan_bench(BenchCosts({}, {}, 0), budget_s, batch=batch, runs=runs, warmup=warmup)  # bad arguments fail first
     tracker = Tracker(STEPS, progress, cancel)
-    probe_batch = fixed_batch or 1
+    probe_batch = fixed_batch or batch or 1  # the batch to be timed when known, else the cheapest
     paths = {name: folder / file for name, file in CANDIDATES if (folder / file).is_file()}
     sessions: dict[str, Any] = {}
     session_s: dict[str, float] = {}
     run_s: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
+    stopped = False
     with tempfile.TemporaryDirectory() as scratch, tracker.ticking():
         try:
             tracker.begin("open")
@@ -193,8 +194,7 @@ def bench_folder(
                     }
                 )
         except Stopped:
-            pass
-    stopped = tracker.stopped()
+            stopped = True
     likely = {"accuracy": None if labels is None else 0.0, "agreement": 0.0, "cosine": 0.0}  # no file analysed
     measured = next((row["quality"] for row in rows if row["complete"]), headline(likely, metrics["task"])[0])
     for row in rows:
