@@ -220,6 +220,23 @@ def test_ranking_key_per_task() -> None:
     assert quality.metric_title("dense", "exact_match") == "exact match"
 
 
+def test_ranking_computes_cosine_only_where_it_ranks(monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(6, 5, 4)).astype(np.float32)
+    outputs = reference + rng.normal(scale=0.5, size=reference.shape).astype(np.float32)
+    full = quality.fidelity("sequence", reference, outputs, None)
+    lean = quality.fidelity("sequence", reference, outputs, None, similarity=False)
+    assert lean["cosine"] is None and lean["sqnr_db"] is None
+    assert lean["agreement"] == full["agreement"] and lean["exact_match"] == full["exact_match"]
+    calls = []
+    similarity = quality._similarity
+    monkeypatch.setattr(quality, "_similarity", lambda *arrays: calls.append(1) or similarity(*arrays))
+    assert quality_ranking(_handle("sequence"), reference, outputs) == ("agreement", 100.0 * full["agreement"])
+    assert calls == []  # a sweep cell ranking by agreement pays no cosine
+    name, value = quality_ranking(_handle("embedding"), reference, outputs)
+    assert (name, calls) == ("cosine", [1]) and value == pytest.approx(100.0 * full["cosine"])
+
+
 # ---------------------------------------------------------------- user metrics
 
 

@@ -38,11 +38,12 @@ def output_fidelity(
     labels: np.ndarray | None,
     task: str,
     ctc_blank: int | None = None,
+    similarity: bool = True,
 ) -> dict[str, float | None]:
     """``quality.fidelity`` of ``outputs`` for ``task``: accuracy (with labels), agreement and exact
     match as the task defines them, mean cosine and SQNR (dB; ``ops.sqnr.sqnr_from_energies``:
-    ``-inf`` for an all-zero reference that ``outputs`` miss)."""
-    return quality.fidelity(task, reference, outputs, labels, ctc_blank)
+    ``-inf`` for an all-zero reference that ``outputs`` miss; None with ``similarity=False``)."""
+    return quality.fidelity(task, reference, outputs, labels, ctc_blank, similarity)
 
 
 def output_quality(handle: ModelHandle, reference: np.ndarray, outputs: np.ndarray) -> dict[str, float | None]:
@@ -72,7 +73,12 @@ def quality_ranking(handle: ModelHandle, reference: np.ndarray, outputs: np.ndar
     as it is, else accuracy in % where labels exist, else agreement or cosine in %."""
     metric = handle.quality.metric
     if metric is None:
-        return quality.quality_value(handle.task, output_quality(handle, reference, outputs))
+        labels, blank = handle.data.labels, handle.quality.ctc_blank
+        # cosine ranks only where nothing else is defined: compute it only then (a sweep cell's saving)
+        measured = output_fidelity(reference, outputs, labels, handle.task, blank, similarity=False)
+        if quality.ranked_key(handle.task, measured) is None:
+            measured = output_fidelity(reference, outputs, labels, handle.task, blank)
+        return quality.quality_value(handle.task, measured)
     name = _metric_name(handle, metric)
     return name, quality.call_user_metric(metric, name, reference, outputs, handle.data.labels)
 

@@ -127,31 +127,29 @@ def fidelity(
     outputs: np.ndarray,
     labels: np.ndarray | None,
     ctc_blank: int | None = None,
+    similarity: bool = True,
 ) -> dict[str, float | None]:
     """How close ``outputs`` are to ``reference`` (the original's outputs, same shape) for ``task``.
 
     Keys ``FIDELITY_KEYS``: ``accuracy`` (with labels), ``agreement`` and ``exact_match`` as the task
     defines them (see the module's docstring; None where they do not apply), ``cosine`` (mean over
     samples) and ``sqnr_db`` (``ops.sqnr.sqnr_from_energies``: ``-inf`` for an all-zero reference
-    that ``outputs`` miss), both on each sample's flattened values. ``task`` ``auto`` is detected
-    from ``reference``. A shape or labels that do not fit the task raise ``CompressError``.
+    that ``outputs`` miss), both on each sample's flattened values; ``similarity=False`` leaves
+    these two None (they cost a float64 pass over every value, which a sweep ranking by agreement
+    does not need). ``task`` ``auto`` is detected from ``reference``. A shape or labels that do not
+    fit the task raise ``CompressError``.
     """
     task = detect_task(reference) if check_task(task) == AUTO else task
     if outputs.shape != reference.shape:
         if outputs.size != reference.size or len(outputs) != len(reference):
             raise CompressError(f"outputs of shape {outputs.shape} do not match the original's {reference.shape}")
         outputs = outputs.reshape(reference.shape)
-    flat_reference = reference.reshape(len(reference), -1).astype(np.float64)
-    flat_outputs = outputs.reshape(len(outputs), -1).astype(np.float64)
-    norms = np.linalg.norm(flat_reference, axis=1) * np.linalg.norm(flat_outputs, axis=1)
     result: dict[str, float | None] = dict.fromkeys(FIDELITY_KEYS)
-    result["cosine"] = float(np.mean(np.sum(flat_reference * flat_outputs, axis=1) / np.maximum(norms, 1e-12)))
-    result["sqnr_db"] = sqnr_from_energies(
-        float(np.sum(flat_reference**2)), float(np.sum((flat_reference - flat_outputs) ** 2))
-    )
-    if task == "classification" and flat_outputs.shape[1] > 1:
-        predicted = flat_outputs.argmax(1)
-        result["agreement"] = float((predicted == flat_reference.argmax(1)).mean())
+    if similarity:
+        result.update(_similarity(reference, outputs))
+    if task == "classification" and reference.size > len(reference):
+        predicted = outputs.reshape(len(outputs), -1).argmax(1)
+        result["agreement"] = float((predicted == reference.reshape(len(reference), -1).argmax(1)).mean())
         if labels is not None:
             result["accuracy"] = float((predicted == _sample_labels(labels, len(predicted))).mean())
     elif task in ("sequence", "dense"):
@@ -168,6 +166,19 @@ def fidelity(
     elif task == "ids":
         result.update(_id_fidelity(reference, outputs, labels, ctc_blank, task))
     return result
+
+
+def _similarity(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float | None]:
+    """Mean cosine over samples and SQNR (dB) of two arrays of one shape, batch axis first."""
+    flat_reference = reference.reshape(len(reference), -1).astype(np.float64)
+    flat_outputs = outputs.reshape(len(outputs), -1).astype(np.float64)
+    norms = np.linalg.norm(flat_reference, axis=1) * np.linalg.norm(flat_outputs, axis=1)
+    return {
+        "cosine": float(np.mean(np.sum(flat_reference * flat_outputs, axis=1) / np.maximum(norms, 1e-12))),
+        "sqnr_db": sqnr_from_energies(
+            float(np.sum(flat_reference**2)), float(np.sum((flat_reference - flat_outputs) ** 2))
+        ),
+    }
 
 
 def _sample_labels(labels: np.ndarray, samples: int) -> np.ndarray:
