@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compress_core as cc
 from compress_core.errors import CompressError
+from compress_core.ort.budget import Stopped
 from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.ort.layer_map import layer_targets, module_scope
@@ -116,6 +117,20 @@ def test_int8_accuracy_within_one_point_of_fp32(cnn, tmp_path):
     int8 = (session.run(None, cnn.data.inputs.feed())[0].argmax(1) == cnn.data.labels).mean()
     fp32 = (cnn.run(cnn.data.inputs).argmax(1) == cnn.data.labels).mean()
     assert abs(int8 - fp32) <= 0.01
+
+
+def test_a_stop_during_calibration_writes_nothing(cnn, tmp_path):
+    compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
+    calls = []
+
+    def check() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # the second calibration batch
+            raise Stopped("stopped after 1 s")
+
+    with pytest.raises(Stopped, match="stopped after 1 s"):
+        quantize_int8(compressed, tmp_path / "int8.onnx", Int8Options(calibration_samples=64), check)
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["digits_cnn", "digits_mlp", "digits_transformer", "digits_lstm", "digits_resnet"])

@@ -114,7 +114,7 @@ def export_artifacts(
         if int8 is not None:
             track.begin(EXPORT_INT8)
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
-            quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8)
+            quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8, track.check)
         track.begin(EXPORT_RUN)
         say("running every ONNX file in ONNX Runtime")
         metrics = _metrics(model, staging, int8, quantized, track)

@@ -30,7 +30,7 @@ again: its int8 file is the model as it is, and the result's notes say so.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,16 +114,25 @@ class EvalDataReader:
     for every input of the model.
 
     Batches hold ``batch`` samples, or ``fixed_batch`` for a model with a static batch size (the last
-    one filled up by repeating its last sample, as ``ModelHandle.input_batches`` does).
+    one filled up by repeating its last sample, as ``ModelHandle.input_batches`` does). ``check`` is
+    called before each batch is handed out: it raises to stop a long calibration (``Tracker.check``).
     """
 
-    def __init__(self, inputs: Inputs, batch: int = CALIBRATION_BATCH, fixed_batch: int | None = None) -> None:
+    def __init__(
+        self,
+        inputs: Inputs,
+        batch: int = CALIBRATION_BATCH,
+        fixed_batch: int | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> None:
         self.batches = [part.feed() for part in in_batches(inputs, batch, fixed_batch)]
         self.position = 0
+        self.check = check or (lambda: None)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.position >= len(self.batches):
             return None
+        self.check()
         self.position += 1
         return self.batches[self.position - 1]
 
@@ -131,7 +140,9 @@ class EvalDataReader:
         self.position = 0
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return iter(self.batches)
+        for feed in self.batches:
+            self.check()
+            yield feed
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -144,11 +155,18 @@ def calibration_inputs(inputs: Inputs, samples: int) -> Inputs:
     return inputs[np.linspace(0, len(inputs) - 1, samples).round().astype(int)]
 
 
-def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Options = Int8Options()) -> Int8Result:
+def quantize_int8(
+    compressed: PreparedModel,
+    path: str | Path,
+    options: Int8Options = Int8Options(),
+    check: Callable[[], None] | None = None,
+) -> Int8Result:
     """Write the integer ONNX model of ``compressed`` (``CompressedModel.compressed``) to ``path``.
 
     Quantizes the model's cached fp32 export, with its cached inventory and layer map. Raises
-    ``CompressError`` naming the op and layer when a planned layer cannot be quantized.
+    ``CompressError`` naming the op and layer when a planned layer cannot be quantized. ``check``
+    is called between calibration batches and may raise to stop (``budget.Stopped``: nothing is
+    written then).
     """
     from onnxruntime.quantization import QuantType
 
@@ -207,7 +225,10 @@ def quantize_int8(compressed: PreparedModel, path: str | Path, options: Int8Opti
                 raise CompressError(_failure_message(exc, model, targets)) from exc
             return
         reader = EvalDataReader(
-            calibration_inputs(handle.data.inputs, options.calibration_samples), CALIBRATION_BATCH, handle.fixed_batch
+            calibration_inputs(handle.data.inputs, options.calibration_samples),
+            CALIBRATION_BATCH,
+            handle.fixed_batch,
+            check,
         )
         notes.extend(
             quantize_static_calibrated(
