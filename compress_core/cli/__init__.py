@@ -12,7 +12,7 @@ import sys
 from compress_core.errors import CompressError
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` on it.
-COMMAND_MODULES = ("inspect", "evaluate", "apply", "finetune", "export", "bench", "sensitivity", "suggest")
+COMMAND_MODULES = ("inspect", "evaluate", "apply", "finetune", "export", "bench", "sensitivity", "suggest", "debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
