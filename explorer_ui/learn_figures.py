@@ -126,17 +126,23 @@ def scheme_levels(rows: list[dict[str, Any]], extremes: dict[str, dict[str, Any]
 
 
 def pruning_mask(view: dict[str, Any], title: str) -> go.Figure:
-    """The keep-mask as an image (rows: output channels; columns: inputs), its top-left window if large."""
-    rows, columns = view["shape"]
-    shown = [row[:MAX_MASK_COLUMNS] for row in view["mask"][:MAX_MASK_ROWS]]
-    window = (
-        ""
-        if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS
-        else f", top-left {len(shown)}x{len(shown[0])} shown"
-    )
-    figure = mask_figure(shown)
+    """The keep-mask as an image (rows: output channels; columns: inputs), its top-left window if large
+    (``mask_window`` says which)."""
+    figure = mask_figure([row[:MAX_MASK_COLUMNS] for row in view["mask"][:MAX_MASK_ROWS]])
     kept = view["kept"] / (view["kept"] + view["zeros"])
-    return layout(figure, f"{title}: {kept:.0%} kept{window}", "input (flattened)", "output channel", height=300)
+    return layout(figure, f"{title}: {kept:.0%} kept", "input (flattened)", "output channel", height=300)
+
+
+def mask_window(view: dict[str, Any]) -> str | None:
+    """A caption naming the part of a large mask that ``pruning_mask`` draws; None when it draws all of it."""
+    rows, columns = view["shape"]
+    if rows <= MAX_MASK_ROWS and columns <= MAX_MASK_COLUMNS:
+        return None
+    shown_rows, shown_columns = min(rows, MAX_MASK_ROWS), min(columns, MAX_MASK_COLUMNS)
+    return (
+        f"Each mask shows the top-left {shown_rows}x{shown_columns} of the {rows:,}x{columns:,} weight "
+        "(output channels x flattened inputs); the share kept is over the whole weight."
+    )
 
 
 def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
@@ -151,8 +157,17 @@ def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
         annotation_text=f"break-even {profile['break_even_rank']}",
         annotation_position="top right",
     )
-    figure.update_yaxes(type="log")
+    figure.update_yaxes(type="log", dtick=log_dtick(values))
     return layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
+
+
+def log_dtick(values: Any) -> int | str:
+    """Plotly's tick step for a log axis over ``values``: powers of ten only over two decades or more,
+    else 1, 2 and 5 of each decade (``"D2"``), never the crowded 1-to-9 labels plotly picks by default."""
+    positive = np.asarray(values, dtype=float)
+    positive = positive[positive > 0]
+    decades = np.log10(positive.max() / positive.min()) if positive.size else 0.0
+    return 1 if decades >= 2 else "D2"
 
 
 def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:

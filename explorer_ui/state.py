@@ -163,6 +163,14 @@ def remember(widget_key: str, plain_key: str) -> None:
     st.session_state[plain_key] = st.session_state[widget_key]
 
 
+def keep_settings(state: State, prefix: str, *skip: str) -> None:
+    """Keep the session values of a page's settings (keys starting with ``prefix``, but not ``skip``)
+    through a run in which their widgets are not drawn (a lazy tab that is closed): Streamlit drops a
+    widget's value when the widget is missing from a run, unless the value is set again."""
+    for key in [key for key in state if str(key).startswith(prefix) and key not in skip]:
+        state[key] = state[key]
+
+
 def pick_layer(state: State, layers: list[LayerInfo], default: str, widget_key: str) -> LayerInfo:
     """The layer selectbox shared by pages: it opens on the layer chosen on any page (else ``default``)
     and remembers the choice for the other pages."""

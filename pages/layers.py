@@ -38,8 +38,7 @@ def kept(key: str, default: object) -> str:
 
 
 source, handle = state.page_model(session)
-for name in [key for key in session if str(key).startswith(PREFIX) and key != TAB_KEY]:
-    session[name] = session[name]  # keep the settings of the tabs that are not drawn in this run
+state.keep_settings(session, PREFIX, TAB_KEY)
 with st.spinner("Reading the layers ..."):
     layers = cache.inventory(source.key, handle)
 

@@ -14,8 +14,12 @@ from explorer_ui import recover_panel, state
 
 LEARN = "pages/learn.py"
 TUNE = "pages/tune.py"
-# The Learn page's charts, in page order (a layer whose shape fits every N:M pattern, no sensitivity results).
-GRID, ERROR, SQNR, SCHEMES, UNSTRUCTURED, NM, STRUCTURED, SINGULAR, TRADEOFF, CALIBRATION, DISTILLATION = range(11)
+# Each tab's charts, in page order (a layer whose shape fits every N:M pattern, no sensitivity results).
+TAB_CHARTS = {"Quantization": 4, "Pruning": 3, "Low rank": 2, "Calibration": 1, "Distillation": 1}
+GRID, ERROR, SQNR, SCHEMES = range(4)
+UNSTRUCTURED, NM, STRUCTURED = range(3)
+SINGULAR, TRADEOFF = range(2)
+CALIBRATION = DISTILLATION = 0
 
 
 @pytest.fixture
@@ -37,37 +41,61 @@ def test_learn_page_renders_every_section(app: AppTest, sample: str) -> None:
     assert not app.error, [error.value for error in app.error]
     assert app.title[0].value == f"Learn with {sample}"
     assert len(app.get("tab")) == 5
-    assert len(app.get("plotly_chart")) >= 9
+    assert len(app.get("plotly_chart")) == TAB_CHARTS["Quantization"]  # only the open tab is drawn
+    charts = {}
+    for tab in TAB_CHARTS:
+        _open_tab(app, tab)
+        charts[tab] = len(app.get("plotly_chart"))
+        if tab == "Pruning":
+            assert any("run the Sensitivity page" in info.value for info in app.info)
     assert "2 bits, made for this demo" in " ".join(caption.value for caption in app.caption)
-    assert any("run the Sensitivity page" in info.value for info in app.info)
+    assert charts["Quantization"] == 4 and charts["Low rank"] == 2 and charts["Distillation"] == 1
+    assert charts["Pruning"] >= 2  # N:M needs a fitting input size
 
 
-CONTROLS = (  # (widget key, new value, the charts it must change and no other)
-    ("learn_bits", 3, {GRID, ERROR, SQNR, SCHEMES}),
-    ("learn_scheme", "asymmetric", {GRID, ERROR, SQNR}),
-    ("learn_granularity", "channel", {GRID, ERROR, SQNR, SCHEMES}),
-    ("learn_channel", 7, {GRID, ERROR}),
-    ("learn_prune_ratio", 0.8, {UNSTRUCTURED, STRUCTURED}),
-    ("learn_nm", "1:4", {NM}),
-    ("learn_rank", 3, {SINGULAR, TRADEOFF}),
-    ("learn_calibration_bits", 4, {CALIBRATION}),
-    ("learn_percentiles", [99.0], {CALIBRATION}),
-    ("learn_temperature", 10.0, {DISTILLATION}),
-    ("learn_sample", 5, {DISTILLATION}),
+def _open_tab(at: AppTest, tab: str) -> None:
+    """Open one of the Learn page's tabs (each draws only when open) and run the page."""
+    at.session_state["learn_tab"] = tab
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [error.value for error in at.error]
+
+
+CONTROLS = (  # (tab, widget key, new value, the charts of that tab it must change and no other)
+    ("Quantization", "learn_bits", 3, {GRID, ERROR, SQNR, SCHEMES}),
+    ("Quantization", "learn_scheme", "asymmetric", {GRID, ERROR, SQNR}),
+    ("Quantization", "learn_granularity", "channel", {GRID, ERROR, SQNR, SCHEMES}),
+    ("Quantization", "learn_channel", 7, {GRID, ERROR}),
+    ("Pruning", "learn_prune_ratio", 0.8, {UNSTRUCTURED, STRUCTURED}),
+    ("Pruning", "learn_nm", "1:4", {NM}),
+    ("Low rank", "learn_rank", 3, {SINGULAR, TRADEOFF}),
+    ("Calibration", "learn_calibration_bits", 4, {CALIBRATION}),
+    ("Calibration", "learn_percentiles", [99.0], {CALIBRATION}),
+    ("Distillation", "learn_temperature", 10.0, {DISTILLATION}),
+    ("Distillation", "learn_sample", 5, {DISTILLATION}),
 )
 
 
 def test_each_control_changes_its_own_plots(app: AppTest) -> None:
     app.switch_page(LEARN).run()
     app.selectbox(key="learn_layer_widget").set_value("conv2").run()
-    before = _specs(app)
-    assert len(before) == 11
-    for key, value, changed in CONTROLS:
+    for tab, key, value, changed in CONTROLS:
+        _open_tab(app, tab)
+        before = _specs(app)
+        assert len(before) == TAB_CHARTS[tab], tab
         _widget(app, key).set_value(value).run()
         assert not app.exception and not app.error, key
         after = _specs(app)
         assert {index for index, (old, new) in enumerate(zip(before, after)) if old != new} == changed, key
-        before = after
+
+
+def test_settings_outlive_a_closed_tab(app: AppTest) -> None:
+    app.switch_page(LEARN).run()
+    _widget(app, "learn_bits").set_value(3).run()
+    _open_tab(app, "Low rank")
+    assert not any(widget.key == "learn_bits" for widget in app.get("slider"))  # not drawn while closed
+    _open_tab(app, "Quantization")
+    assert _widget(app, "learn_bits").value == 3
 
 
 def _widget(at: AppTest, key: str):
@@ -89,10 +117,11 @@ def test_learn_page_explains_what_an_onnx_model_cannot_show(app: AppTest) -> Non
     assert app.session_state[state.CURRENT] != "digits_cnn"
     app.switch_page(LEARN).run()
     assert not app.exception and not app.error
+    _open_tab(app, "Calibration")
     assert any(
         "needs the layer's input activations" in info.value and "forward hooks" in info.value for info in app.info
     )
-    assert len(app.get("plotly_chart")) == 10  # every section but calibration
+    assert len(app.get("plotly_chart")) == 0  # the one section that cannot be shown
 
 
 def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -> None:
@@ -118,6 +147,7 @@ def test_recover_panel_raises_the_accuracy_of_an_aggressive_plan(app: AppTest) -
     assert list(table.columns) == ["metric", "original", "before (#1)", "after recovery"]
 
     app.switch_page(LEARN).run()  # the fine-tuned model is now the distillation demo's student
+    _open_tab(app, "Distillation")
     assert "(plan #1, fine-tuned for 1 epoch)" in " ".join(caption.value for caption in app.caption)
 
     app.switch_page("pages/export.py").run()  # and the model that Export writes
@@ -174,6 +204,7 @@ def test_learn_page_on_a_sequence_output_shows_one_steps_entropy(app: AppTest, t
     assert not app.exception, app.exception
     assert not app.error, [error.value for error in app.error]
     assert len(app.get("tab")) == 5
+    _open_tab(app, "Distillation")
     most = _nats(app, "Most possible, ln C")
     assert most == pytest.approx(math.log(CLASSES), abs=0.005)
     for step in (0, 3, STEPS - 1):
