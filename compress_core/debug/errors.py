@@ -8,6 +8,15 @@ output (``graph.exposed``). Per layer, summed over all batches:
 - **own**: the layer cut out of the int8 model (``graph.layer_model``), fed the fp32 model's inputs,
   with its input QDQ pairs and its integer weights, against the same cut with neither: the error
   this layer adds alone;
+- **own at the output**: the fp32 model with only this layer as the int8 model computes it
+  (``graph.injected_model``), its ranked output against fp32's: the own error as the rest of the
+  model carries it to the output. An error early in the model may be small where it is made and
+  large where it arrives (a first convolution's, amplified by every layer after it);
+- **restore gain**: the int8 model with only this layer's weights back in fp32
+  (``graph.weights_restored``): how many dB its ranked output's SQNR against fp32 gains. Errors
+  interact: a layer whose error is small alone may be the one the rest of the int8 model cannot
+  absorb (seen on an OCR model: the first convolution, 37 dB alone, was the one to keep float).
+  The layers are ranked by this gain, ties by the own error at the output;
 - **weight**: the same cut with integer weights only (inputs float): the weight-only error;
 - **activation**: the same cut with its input QDQ pairs only (fp32 weights): the error of
   quantizing its input activations.
@@ -26,12 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from compress_core.debug.graph import LayerPair, exposed, layer_model, pair_layers
+from compress_core.debug.graph import LayerPair, exposed, injected_model, layer_model, pair_layers, weights_restored
 from compress_core.errors import CompressError, first_line
 from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.sessions import make_session
 from compress_core.ops.sqnr import sqnr_from_energies
 from compress_core.ort.layer_map import LayerTarget
+from compress_core.ort.prep import default_opset, prepare_for_quantization
 
 DEBUG_BATCH = 32
 VARIANTS = {"reference": (False, False), "own": (True, True), "weight": (False, True), "activation": (True, False)}
@@ -80,6 +90,8 @@ class LayerError:
     output_sqnr_db: float | None = None
     output_cosine: float | None = None
     own_sqnr_db: float | None = None
+    own_output_sqnr_db: float | None = None
+    restore_gain_db: float | None = None
     weight_sqnr_db: float | None = None
     activation_sqnr_db: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -93,18 +105,21 @@ def layer_errors(
     fixed_batch: int | None = None,
     batch: int = DEBUG_BATCH,
     check: Callable[[], None] | None = None,
+    output: int = 0,
 ) -> list[LayerError]:
     """``LayerError`` of every layer of ``targets`` that ``int8`` still has, in graph order.
 
     ``fp32`` is the original model's export, ``int8`` the quantized compressed model (same node
-    names), ``targets`` the compressed model's layer map. ``check`` is called before each batch
+    names), ``targets`` the compressed model's layer map, ``output`` the index of the ranked output. ``check`` is called before each batch
     (to stop a long run). Raises ``CompressError`` when no layer of the map is in the int8 model.
     """
     pairs = pair_layers(fp32, int8, targets)
     if not pairs:
         raise CompressError("no layer of the plan is a node of the int8 model: nothing to compare")
-    fp32_names = [name for pair in pairs for name in (*pair.float_inputs, pair.fp32_output) if name]
-    int8_names = [pair.int8_output for pair in pairs if pair.fp32_output]
+    ranked = fp32.graph.output[output].name
+    fp32_names = [ranked, *(name for pair in pairs for name in (*pair.float_inputs, pair.fp32_output) if name)]
+    int8_ranked = int8.graph.output[output].name
+    int8_names = [int8_ranked, *(pair.int8_output for pair in pairs if pair.fp32_output)]
     fp32_run = make_session(exposed(fp32, fp32_names), label="the fp32 model")
     int8_run = make_session(exposed(int8, int8_names), label="the int8 model")
     weights = {init.name: init for init in fp32.graph.initializer}
@@ -116,7 +131,22 @@ def layer_errors(
         for pair in pairs
         if pair.alone
     }
+    base = fp32  # where one layer is put in int8: at the int8 model's opset (its QDQ nodes need it)
+    if default_opset(fp32) < default_opset(int8):
+        base = prepare_for_quantization(fp32, default_opset(int8))[0]
+    injected = {
+        pair.layer: make_session(model, label=f"the fp32 model with layer {pair.layer} in int8")
+        for pair in pairs
+        if (model := injected_model(base, int8, pair)) is not None
+    }
+    restored = {
+        pair.layer: make_session(model, label=f"the int8 model with layer {pair.layer}'s weights in fp32")
+        for pair in pairs
+        if (model := weights_restored(int8, pair, weights)) is not None
+    }
     outputs = {pair.layer: Agreement() for pair in pairs}
+    carried = {layer: Agreement() for layer in injected}
+    whole, regained = Agreement(), {layer: Agreement() for layer in restored}
     own = {pair.layer: {variant: Agreement() for variant in VARIANTS if variant != "reference"} for pair in pairs}
     for part in in_batches(inputs, batch, fixed_batch):
         if check is not None:
@@ -124,6 +154,12 @@ def layer_errors(
         feed = part.feed()
         floats = _run(fp32_run, feed, fp32_names, "the fp32 model")
         ints = _run(int8_run, feed, int8_names, "the int8 model")
+        whole.add(floats[ranked], ints[int8_ranked])
+        for layer, session in injected.items():
+            carried[layer].add(floats[ranked], _run(session, feed, [ranked], f"layer {layer} in int8")[ranked])
+        for layer, session in restored.items():
+            result = _run(session, feed, [int8_ranked], f"layer {layer} restored")[int8_ranked]
+            regained[layer].add(floats[ranked], result)
         for pair in pairs:
             if pair.fp32_output:
                 outputs[pair.layer].add(floats[pair.fp32_output], ints[pair.int8_output])
@@ -134,7 +170,13 @@ def layer_errors(
             results = {variant: _run_alone(session, pair, given, variant) for variant, session in sessions.items()}
             for variant, agreement in own[pair.layer].items():
                 agreement.add(results["reference"], results[variant])
-    return [_row(pair, outputs[pair.layer], own[pair.layer] if pair.layer in alone else None) for pair in pairs]
+    rows = [_row(pair, outputs[pair.layer], own[pair.layer] if pair.layer in alone else None) for pair in pairs]
+    for row in rows:
+        if row.layer in carried:
+            row.own_output_sqnr_db = carried[row.layer].sqnr_db
+        if row.layer in regained:
+            row.restore_gain_db = regained[row.layer].sqnr_db - whole.sqnr_db
+    return rows
 
 
 def _run(session: object, feed: dict[str, np.ndarray], names: list[str], label: str) -> dict[str, np.ndarray]:
@@ -167,11 +209,15 @@ def _row(pair: LayerPair, output: Agreement, own: dict[str, Agreement] | None) -
 
 
 def rank(rows: list[LayerError]) -> list[LayerError]:
-    """Rows by own error, largest first (lowest own SQNR); layers without one last, by output error."""
+    """Rows by restore gain, largest first, ties by own error at the output (lowest SQNR first);
+    layers without a restore gain (float ones) last, by output error."""
 
     def key(row: LayerError) -> tuple[int, float, float]:
-        own = row.own_sqnr_db
+        gain = row.restore_gain_db
+        carried = row.own_output_sqnr_db if row.own_output_sqnr_db is not None else math.inf
         output = row.output_sqnr_db if row.output_sqnr_db is not None else math.inf
-        return (0, own, output) if own is not None else (1, output, 0.0)
+        if gain is None or math.isnan(gain):
+            return (1, output, 0.0)
+        return (0, -round(gain, 1), carried)
 
     return sorted(rows, key=key)

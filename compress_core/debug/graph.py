@@ -175,6 +175,73 @@ def layer_model(
     return helper.make_model(graph, opset_imports=list(int8.opset_import), ir_version=int8.ir_version)
 
 
+def weights_restored(
+    int8: onnx.ModelProto, pair: LayerPair, fp32_weights: dict[str, onnx.TensorProto]
+) -> onnx.ModelProto | None:
+    """``int8`` with this one layer reading the fp32 weights (under ``debug::<layer>::``) in place of
+    its integer ones: everything else stays as the int8 model computes it. None where the layer has
+    no dequantized weight with an fp32 counterpart.
+    """
+    producers = {out: node for node in int8.graph.node for out in node.output}
+    initializers = {init.name for init in int8.graph.initializer}
+    model = onnx.ModelProto()
+    model.CopyFrom(int8)
+    node = next((node for node in model.graph.node if node.name == pair.node), None)
+    if node is None:
+        return None
+    restored = 0
+    for index, name in enumerate(node.input):
+        source = producers.get(name)
+        if source is None or source.op_type != "DequantizeLinear" or source.input[0] not in initializers:
+            continue
+        original = fp32_weights.get(name) or fp32_weights.get(name.removesuffix(DQ_SUFFIX))
+        if original is None:
+            continue
+        model.graph.initializer.append(_renamed(original, f"debug::{pair.layer}::{original.name}"))
+        node.input[index] = f"debug::{pair.layer}::{original.name}"
+        restored += 1
+    return model if restored else None
+
+
+def injected_model(fp32: onnx.ModelProto, int8: onnx.ModelProto, pair: LayerPair) -> onnx.ModelProto | None:
+    """``fp32`` with this one layer as the int8 model computes it (``layer_model`` with its input QDQ
+    pairs and integer weights) in place of its float node: the layer's own error, carried through
+    the float rest of the model to its outputs. None where the fp32 model has no node of that name
+    or the layer cannot be run alone.
+
+    The cut's own tensors are renamed under ``debug::<layer>::`` (its bias DequantizeLinear writes
+    the fp32 bias's name); its output takes the name of the float node's output.
+    """
+    index = next((i for i, node in enumerate(fp32.graph.node) if node.name == pair.node), None)
+    if index is None or not pair.alone:
+        return None
+    cut = layer_model(int8, pair, {}, True, True)
+    prefix = f"debug::{pair.layer}::"
+    rename = {init.name: prefix + init.name for init in cut.graph.initializer}
+    rename.update({out: prefix + out for node in cut.graph.node for out in node.output})
+    rename[pair.raw_output] = fp32.graph.node[index].output[0]
+    nodes = []
+    for node in cut.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.input[:] = [rename.get(name, name) for name in node.input]
+        copy.output[:] = [rename.get(name, name) for name in node.output]
+        copy.name = prefix + node.name
+        nodes.append(copy)
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32)
+    del model.graph.node[:]
+    model.graph.node.extend([*fp32.graph.node[:index], *nodes, *fp32.graph.node[index + 1 :]])
+    model.graph.initializer.extend(_renamed(init, rename[init.name]) for init in cut.graph.initializer)
+    versions = {entry.domain: entry.version for entry in fp32.opset_import}
+    for entry in int8.opset_import:
+        versions[entry.domain] = max(versions.get(entry.domain, 0), entry.version)
+    del model.opset_import[:]
+    model.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in versions.items())
+    model.ir_version = max(fp32.ir_version, int8.ir_version)
+    return model
+
+
 def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     copy = onnx.TensorProto()
     copy.CopyFrom(tensor)

@@ -48,6 +48,8 @@ CSV_COLUMNS = (
     "output_sqnr_db",
     "output_cosine",
     "own_sqnr_db",
+    "own_output_sqnr_db",
+    "restore_gain_db",
     "weight_sqnr_db",
     "activation_sqnr_db",
     "fp32_ms",
@@ -120,7 +122,11 @@ def debug_model(
     handle = original.handle
     inputs = handle.data.inputs[: min(samples, len(handle.data.inputs))]
     targets = model.compressed.layer_targets
-    errors = rank(layer_errors(original.onnx_model, int8, targets, inputs, handle.fixed_batch, DEBUG_BATCH, check))
+    errors = rank(
+        layer_errors(
+            original.onnx_model, int8, targets, inputs, handle.fixed_batch, DEBUG_BATCH, check, handle.quality.output
+        )
+    )
     bits = _planned(model)
     speeds = None
     if speed:
@@ -131,6 +137,7 @@ def debug_model(
     rows = []
     for position, error in enumerate(errors, 1):
         planned, storage, granularity = bits.get(error.layer, (None, "float", None))
+        storage = storage if error.quantized else "float"  # what the int8 file holds, whatever was planned
         timing = by_layer.get(error.layer)
         row: dict[str, Any] = {
             "rank": position,
