@@ -23,6 +23,7 @@ from compress_core.pipeline import CompressedModel
 from compress_core.plan import LayerConfig, Plan, PruneConfig
 from compress_core.plan.patterns import compile_pattern
 from compress_core.plan.quoting import quoted
+from compress_core.transform.aliases import layer_aliases
 
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
@@ -154,9 +155,11 @@ def with_bits(plan: Plan, layers: list[LayerInfo], names: list[str], bits: str) 
     return rows_plan([{**row, "bits": bits} if row["layer"] in names else row for row in rows])
 
 
-def load_recipe(data: bytes, source: str, layers: list[LayerInfo]) -> Plan:
-    """Parse a recipe file's bytes, check it against the model, and return it as the table's exact-entry plan."""
-    plan = Plan.from_bytes(data, source)
+def load_recipe(data: bytes, source: str, handle: ModelHandle, layers: list[LayerInfo]) -> Plan:
+    """Parse a recipe file's bytes, check it against the model, and return it as the table's exact-entry
+    plan. Its entries may name the model's layers or their aliases (``transform.aliases``: a recipe
+    written for a torch model applies to its ONNX export)."""
+    plan = Plan.from_bytes(data, source).with_aliases(layer_aliases(handle, layers))
     plan.resolve([layer.name for layer in layers])
     return rows_plan(plan_rows(plan, layers))
 

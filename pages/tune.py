@@ -70,7 +70,7 @@ with st.expander("Bulk edits and recipes", expanded=True):
     no_recipe = "choose a recipe file above first" if recipe_file is None else None
     if upload_column.button("Load recipe", disabled=no_recipe is not None, help=no_recipe):
         try:
-            state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, layers))
+            state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, handle, layers))
         except CompressError as exc:
             st.error(str(exc))
     if no_recipe:

@@ -184,3 +184,17 @@ def test_structured_pruning_through_attention_reshapes_is_refused_clearly():
     assert (
         compressed.model.blocks[0].mlp.fc1.out_features == 32 and compressed.model.blocks[0].mlp.fc2.in_features == 32
     )
+
+
+def test_a_recipe_for_the_torch_model_applies_to_its_onnx_export(cnn, cnn_onnx):
+    from explorer_ui.tuning import load_recipe
+
+    recipe = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv1: null\n  conv2: {bits: 4}\n"
+    torch_sqnr = apply_plan(cnn, Plan.from_text(recipe)).compression.layer_sqnr
+    onnx_sqnr = apply_plan(cnn_onnx, Plan.from_text(recipe)).compression.layer_sqnr
+    onnx_names = {layer.name: layer.name.split("/")[1] for layer in layer_inventory(cnn_onnx)}  # /conv2/Conv -> conv2
+    assert "conv1" not in torch_sqnr and len(onnx_sqnr) == len(torch_sqnr) == len(onnx_names) - 1
+    for name, sqnr in onnx_sqnr.items():  # the same bits per layer: the same weight SQNR (BatchNorm aside)
+        assert sqnr == pytest.approx(torch_sqnr[onnx_names[name]], abs=1.0), name
+    table = load_recipe(recipe.encode(), "recipe.yaml", cnn_onnx, layer_inventory(cnn_onnx)).layers
+    assert "/conv1/Conv" not in table and table["/conv2/Conv"].bits == 4 and table["/conv3/Conv"].bits == 8

@@ -35,6 +35,28 @@ def test_first_matching_regex_wins():
     assert plan.resolve(LAYERS)["fc1"].bits == 6
 
 
+def test_aliases_let_a_recipe_name_the_modules_an_onnx_files_nodes_came_from():
+    aliases = {"/conv1/Conv": "conv1", "/fc/MatMul": "fc", "/fc/MatMul_1": "fc", "/head/Gemm": "head"}
+    plan = Plan(
+        layers={
+            "conv1": LayerConfig(bits=4),
+            "fc": LayerConfig(bits=6),
+            "/fc/MatMul_1": LayerConfig(bits=2),  # a layer's own name wins over its alias
+            "head": None,
+            "re:.*Gemm": LayerConfig(bits=3),
+        }
+    ).with_aliases(aliases)
+    resolved = plan.resolve(list(aliases))
+    assert {name: config.bits for name, config in resolved.items()} == {
+        "/conv1/Conv": 4,
+        "/fc/MatMul": 6,
+        "/fc/MatMul_1": 2,
+    }  # head: null beats the regex, as an exact entry does
+    unknown = Plan(layers={"conv9": LayerConfig(bits=4)}).with_aliases(aliases)
+    with pytest.raises(CompressError, match="layer 'conv9' is not a compressible layer"):
+        unknown.resolve(list(aliases))
+
+
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_save_and_load_round_trip(tmp_path, suffix):
     plan = Plan.from_text(RECIPE)

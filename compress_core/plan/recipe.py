@@ -25,6 +25,7 @@ Quote N:M kinds: YAML 1.1 reads an unquoted ``2:4`` as the base-60 number 124. A
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,25 @@ class Plan:
             if config is not None and not config.is_identity:
                 resolved[name] = config
         return resolved
+
+    def with_aliases(self, aliases: Mapping[str, str]) -> Plan:
+        """This plan with each exact entry that names an alias of layers written as those layers' names.
+
+        ``aliases`` maps a layer name to another name it answers to: for an ONNX file exported from
+        torch, the module its node came from (``/bert/encoder/layer.0/output/dense/MatMul`` answers to
+        ``bert.encoder.layer.0.output.dense``), so that a recipe written for the torch model applies
+        to its ONNX export. An entry naming a layer itself wins over one naming its alias; regex
+        entries and names that are neither stay as written (``resolve`` reports the unknown ones).
+        """
+        layers_of: dict[str, list[str]] = {}
+        for layer, alias in aliases.items():
+            layers_of.setdefault(alias, []).append(layer)
+        renamed = {key: config for key, config in self.layers.items() if key in aliases or key not in layers_of}
+        for key, config in self.layers.items():
+            if key not in aliases:
+                for layer in layers_of.get(key, ()):
+                    renamed.setdefault(layer, config)
+        return Plan(self.default, renamed)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data (``version``, ``default``, ``layers``)."""
