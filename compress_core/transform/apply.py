@@ -16,6 +16,7 @@ from compress_core.models.inventory import LayerInfo, layer_inventory
 from compress_core.ops.lowrank import resolve_rank
 from compress_core.plan import LayerConfig, Plan
 from compress_core.plan.quoting import quoted, written
+from compress_core.transform.aliases import layer_aliases
 from compress_core.transform.weights import check_n_m_fits
 
 REWRITABLE_KINDS = ("sample", "state_dict", "pickle")
@@ -31,6 +32,7 @@ def apply_plan(handle: ModelHandle, plan: Plan, layers: list[LayerInfo] | None =
     """
     layers = layers if layers is not None else layer_inventory(handle)
     by_name = {layer.name: layer for layer in layers}
+    plan = plan.with_aliases(layer_aliases(handle, layers))
     configs = plan.resolve([layer.name for layer in layers])
     check_not_quantized([by_name[name] for name in configs])
     for name, config in configs.items():
