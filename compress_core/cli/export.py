@@ -7,6 +7,7 @@ import argparse
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
 from compress_core.ort.artifacts import export_artifacts, headline
 from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
+from compress_core.ort.nbits import NBitsOptions
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
@@ -45,6 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dynamic", action="store_true", help="dynamic int8 (weights only; for transformers) instead of static"
     )
+    parser.add_argument(
+        "--weight-only",
+        action="store_true",
+        help="also write model_nbits.onnx: the plan's 2-4-bit MatMul/Gemm layers (and embeddings) stored block-wise "
+        "in 4 bits, 5-8-bit ones in 8, by ONNX Runtime's MatMulNBits (activations stay float)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=NBitsOptions.block_size,
+        metavar="N",
+        help="weights per scale in model_nbits.onnx (a power of two >= 16)",
+    )
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     parser.set_defaults(func=run)
 
@@ -55,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     options = None
     if args.int8 or args.dynamic:
         options = Int8Options(args.calibrate_method, args.calibration, args.activations, args.dynamic)
-    result = export_artifacts(compress(handle, plan), args.out, options)
+    nbits = NBitsOptions(args.block_size) if args.weight_only else None
+    result = export_artifacts(compress(handle, plan), args.out, options, nbits=nbits)
     if args.json:
         print_json(result.metrics)
         return 0

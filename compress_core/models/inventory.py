@@ -6,6 +6,12 @@ product or a recurrent op consumes it, and its MACs are that op's FLOPs / 2. For
 layers are Conv / Gemm / MatMul nodes with a constant weight, and MACs come from the output shapes of
 one example run in ONNX Runtime.
 
+Embedding tables are layers too: an ``nn.Embedding`` (any 2-D weight read only by ``aten.embedding``;
+type ``Embedding``) and an ONNX ``Gather`` along axis 0 of a constant 2-D float table with indices
+computed at run time (type ``Gather``). Their rows are the "channels" (``out_axis`` 0: per-row grids),
+and they have no MACs (a lookup). Bits apply to them; pruning and low-rank are refused
+(``transform.apply`` says why).
+
 Every layer carries its current ``precision``: ``float32``, or for a layer an ONNX file already stores
 as integers (``models.onnx_quantized``: ConvInteger, MatMulInteger, QLinear*, MatMulNBits, QDQ pairs)
 what it is stored as (``uint8 (ConvInteger)``, ``int8 QDQ``, ``4-bit MatMulNBits``); the statistics
@@ -26,12 +32,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from compress_core.models.handle import ModelHandle
-from compress_core.models.onnx_graph import compressible_nodes, constant_tensors
+from compress_core.models.onnx_graph import WeightUse, compressible_nodes, constant_tensors
 from compress_core.models.onnx_quantized import FLOAT_PRECISION, is_quantization_op, quantized_layers
 
 TRANSPOSED_CONVOLUTION = "convolution_transposed"
 MATMUL_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "_addmm_activation"}
 RNN_MARKERS = ("rnn", "lstm", "gru")
+EMBEDDING_OPS = {"embedding"}
+EMBEDDING_TYPES = ("Embedding", "Gather")
+"""Layer types of embedding tables (torch, ONNX): lookups whose rows are the channels."""
 
 
 @dataclass
@@ -62,6 +71,11 @@ class LayerInfo:
     channel_min: list[float] = field(repr=False)
     channel_max: list[float] = field(repr=False)
     precision: str = FLOAT_PRECISION
+
+    @property
+    def embedding(self) -> bool:
+        """Whether the layer is an embedding table (a lookup: bits only, no pruning or low-rank)."""
+        return self.type in EMBEDDING_TYPES
 
     @property
     def quantized(self) -> bool:
@@ -208,6 +222,8 @@ def _classify(ops: list[str], weight: torch.Tensor) -> str | None:
         return "RNN"
     if weight.dim() == 2 and any(op in MATMUL_OPS for op in ops):
         return "Linear"
+    if weight.dim() == 2 and set(ops) <= EMBEDDING_OPS:
+        return "Embedding"
     return None
 
 
@@ -271,13 +287,30 @@ def _torch_inventory(handle: ModelHandle) -> list[LayerInfo]:
 # ---------------------------------------------------------------- ONNX
 
 
+def embedding_nodes(model: onnx.ModelProto) -> list[WeightUse]:
+    """``Gather`` nodes that look rows up (axis 0) in a constant 2-D float32 table with indices computed
+    at run time, in graph order, as ``WeightUse`` (``out_axis`` 0: a row per index)."""
+    constants = constant_tensors(model)
+    uses = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) != 2 or node.input[1] in constants:
+            continue
+        if node.input[0] not in constants or next((a.i for a in node.attribute if a.name == "axis"), 0) != 0:
+            continue
+        array, source = constants[node.input[0]]
+        if array.dtype == np.float32 and array.ndim == 2:
+            uses.append(WeightUse(node.name, node.op_type, node.input[0], 0, source))
+    return uses
+
+
 def _onnx_inventory(handle: ModelHandle) -> list[LayerInfo]:
     model = handle.model
-    uses = compressible_nodes(model)
+    uses = compressible_nodes(model) + embedding_nodes(model)
     quantized = quantized_layers(model)
     constants = constant_tensors(model)
     nodes = {node.name: node for node in model.graph.node}
-    output_shapes = _onnx_output_shapes(handle, [nodes[use.node_name].output[0] for use in uses])
+    computing = [use for use in uses if use.op_type not in EMBEDDING_TYPES]  # a lookup has no MACs to measure
+    output_shapes = _onnx_output_shapes(handle, [nodes[use.node_name].output[0] for use in computing])
     if quantized:
         output_shapes.update(
             _typed_output_shapes(handle, {nodes[q.node_name].output[0]: q.output_type for q in quantized})
@@ -325,13 +358,14 @@ def _onnx_layer(
     bias = _bias_name(node)
     bias_params = constants[bias][0].size if bias in constants else 0
     conv = op_type in ("Conv", "ConvInteger", "QLinearConv")
+    lookup = op_type in EMBEDDING_TYPES
     return LayerInfo(
         name=name,
         type=op_type,
         weight_name=weight_name,
         weight_shape=tuple(int(d) for d in weight.shape),
         params=int(weight.size + bias_params),
-        macs=_onnx_macs(conv, weight, out_axis, output_shapes[node.output[0]]),
+        macs=0 if lookup else _onnx_macs(conv, weight, out_axis, output_shapes[node.output[0]]),
         out_axis=out_axis,
         **weight_statistics(weight, out_axis),
         precision=precision,

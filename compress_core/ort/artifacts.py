@@ -8,7 +8,8 @@ folder removes the files it does not make (``model_int8.onnx`` of an earlier bui
 ``bench`` never measures a stale file. A ``budget.Tracker`` follows the steps (``budget.export_steps``
 estimates them) and stops the export between steps when its ``cancel`` says so.
 
-Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model.pt``
+Folder layout (``FILES``): ``model_fp32.onnx``, ``model_int8.onnx`` (with int8), ``model_nbits.onnx``
+(with ``nbits``: weight-only block-wise MatMulNBits, ``ort.nbits``), ``model.pt``
 (torch handles: the compressed ``state_dict``), ``recipe.yaml``, ``metrics.json``, ``report.md``,
 and what ``bench`` needs: ``original_fp32.onnx`` and ``eval_data.npz``. ``metrics.json`` records the
 machine the files were run on (``runtime``: ``cpu.runtime_record``), since int8 accuracy depends on
@@ -41,19 +42,21 @@ from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.sessions import make_session
 from compress_core.ort.budget import EXPORT_INT8, EXPORT_PREPARE, EXPORT_RUN, EXPORT_WRITE, Tracker
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
+from compress_core.ort.nbits import NBitsOptions, quantize_nbits
 from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
 
 ORIGINAL_ONNX = "original_fp32.onnx"
 FP32_ONNX = "model_fp32.onnx"
 INT8_ONNX = "model_int8.onnx"
+NBITS_ONNX = "model_nbits.onnx"
 TORCH_WEIGHTS = "model.pt"
 RECIPE = "recipe.yaml"
 METRICS = "metrics.json"
 REPORT = "report.md"
 EVAL_DATA = "eval_data.npz"
-FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX, TORCH_WEIGHTS, RECIPE, EVAL_DATA, METRICS, REPORT)
-ONNX_FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX)
+FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX, NBITS_ONNX, TORCH_WEIGHTS, RECIPE, EVAL_DATA, METRICS, REPORT)
+ONNX_FILES = (ORIGINAL_ONNX, FP32_ONNX, INT8_ONNX, NBITS_ONNX)
 RUN_BATCH = 256
 
 
@@ -74,12 +77,14 @@ def export_artifacts(
     int8: Int8Options | None = None,
     progress: Callable[[str], None] | None = None,
     tracker: Tracker | None = None,
+    nbits: NBitsOptions | None = None,
 ) -> ExportResult:
     """Write the export folder of ``model`` (from ``compress(original, plan)``).
 
     The ONNX files, layer map, reference outputs and PyTorch metrics are the pipeline object's
     (computed once, shared with whoever asked before). ``int8`` adds ``model_int8.onnx`` made with
-    those options. ``progress`` receives a short description of each step (for a status line);
+    those options; ``nbits`` adds ``model_nbits.onnx`` (weight-only MatMulNBits, ``ort.nbits``), made
+    in the int8 step. ``progress`` receives a short description of each step (for a status line);
     ``tracker`` is told each step (its keys are ``budget.EXPORT_*``) and each ONNX file run, and
     raises ``budget.Stopped`` between steps once its ``cancel`` is true. Raises ``CompressError``
     for any bad input; the destination then holds no new file, also when stopped.
@@ -115,9 +120,14 @@ def export_artifacts(
             track.begin(EXPORT_INT8)
             say(f"quantizing to int8 ({'dynamic' if int8.dynamic else f'static, {int8.method} calibration'})")
             quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8, track.check)
+        weight_only = None
+        if nbits is not None:
+            say(f"storing weights block-wise (MatMulNBits, blocks of {nbits.block_size})")
+            weight_only = quantize_nbits(model, staging / NBITS_ONNX, nbits)
         track.begin(EXPORT_RUN)
         say("running every ONNX file in ONNX Runtime")
         metrics = _metrics(model, staging, int8, quantized, track)
+        metrics["weight_only"] = _weight_only_metrics(nbits, weight_only)
         (staging / METRICS).write_text(jsonio.dumps(metrics), encoding="utf-8")
         (staging / REPORT).write_text(report_markdown(metrics), encoding="utf-8")
         sizes = {
@@ -242,6 +252,39 @@ def _metrics(
     }
 
 
+def _weight_only_metrics(nbits: NBitsOptions | None, result: Int8Result | None) -> dict[str, Any] | None:
+    """``metrics.json``'s record of ``model_nbits.onnx``: block size, each layer's storage, notes."""
+    if nbits is None or result is None:
+        return None
+    return {
+        "format": "MatMulNBits",
+        "block_size": nbits.block_size,
+        "layers": [vars(row) for row in result.layers],
+        "notes": result.notes,
+    }
+
+
+def _weight_only_section(weight_only: dict[str, Any] | None) -> list[str]:
+    """The report's section on ``model_nbits.onnx`` (nothing without one)."""
+    if not weight_only:
+        return []
+    lines = [
+        "",
+        "## Weight-only model (MatMulNBits)",
+        "",
+        f"`{NBITS_ONNX}`: weights stored block-wise in {weight_only['block_size']}-value blocks, activations float "
+        "(no activation quantization, so no saturation on any CPU).",
+        "",
+        "| layer | node | planned bits | stored as |",
+        "|---|---|---:|---|",
+    ]
+    lines += [
+        f"| {row['layer']} | `{row['node']}` | {row['bits'] or 'float'} | {row['storage']} |"
+        for row in weight_only["layers"]
+    ]
+    return lines + (["", *(f"- {note}" for note in weight_only["notes"])] if weight_only["notes"] else [])
+
+
 def report_markdown(metrics: dict[str, Any]) -> str:
     """The export report: the task kind and its metric, each file's size and ORT-measured quality
     next to the PyTorch simulation."""
@@ -296,6 +339,7 @@ def report_markdown(metrics: dict[str, Any]) -> str:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
         if runtime:
             lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
+    lines += _weight_only_section(metrics.get("weight_only"))
     lines += [
         "",
         metrics_markdown(

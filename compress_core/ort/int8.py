@@ -61,6 +61,7 @@ ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_BATCH = 16
 STORAGE_BITS = {4: "QInt4", 16: "QInt16"}  # every other bit width is stored in QInt8
 UNIFORM_SCHEMES = ("symmetric", "asymmetric")
+TABLE_BLOCK = 32  # block size of an embedding table whose plan grid cannot be stored exactly
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,10 @@ def quantize_int8(
         return _as_loaded(compressed, path, already)
     layers, targets = compressed.inventory, compressed.layer_targets
     quantized = handle.compression.quantized
-    wide = not options.dynamic and any(grid.bits in STORAGE_BITS for grid in quantized.values())
+    tables_of = {layer.weight_name for layer in layers if layer.embedding}  # stored by block_quant at any opset
+    wide = not options.dynamic and any(
+        grid.bits in STORAGE_BITS for name, grid in quantized.items() if name not in tables_of
+    )
     model, notes = prepare_for_quantization(compressed.onnx_model, INT4_OPSET if wide else MIN_OPSET)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     out_axes = {use.node_name: use.out_axis for use in compressible_nodes(model)}
@@ -187,11 +191,18 @@ def quantize_int8(
         notes.append(f"no ONNX node for {', '.join(unmapped)} (the export dropped it: its output is unused)")
     excluded, overrides, report = [], {}, []
     dynamic_nodes: dict[bool, list[str]] = {True: [], False: []}  # per channel? -> nodes
+    tables: dict[str, Any] = {}  # embedding Gather node -> the plan's grid (GatherBlockQuantized after ORT)
     for layer in layers:
         target = targets.get(layer.name)
         if target is None:
             continue
         grid = quantized.get(layer.weight_name, quantized.get(layer.name))
+        if layer.embedding:
+            excluded.append(target.node)  # ORT's own Gather quantization is per tensor, 8-bit: never used
+            if grid is not None:
+                tables[target.node] = grid
+            report.append(Int8Layer(layer.name, target.node, None if grid is None else grid.bits, "float"))
+            continue
         if grid is None:
             excluded.append(target.node)
             report.append(Int8Layer(layer.name, target.node, None, "float"))
@@ -215,7 +226,7 @@ def quantize_int8(
                 f"{layer.name}: {grid.bits}-bit weights are stored in int8, holding the plan's {2**grid.bits}-level grid exactly"
             )
     if options.dynamic:
-        notes.extend(_dynamic_notes(report, model, weights))
+        notes.extend(_dynamic_notes(report, model, weights, set(tables)))
 
     def write(temporary: Path) -> None:
         if options.dynamic:
@@ -243,9 +254,40 @@ def quantize_int8(
             )
         )
 
-    written = atomic_write(path, write)
+    def write_with_tables(temporary: Path) -> None:
+        write(temporary)
+        if tables:
+            notes.extend(quantize_embedding_tables(temporary, tables, report))
+
+    written = atomic_write(path, write_with_tables)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
     return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes)
+
+
+def quantize_embedding_tables(path: Path, tables: dict[str, Any], report: list[Int8Layer]) -> list[str]:
+    """Store the planned embedding tables of the ONNX file at ``path`` (Gather node -> the plan's grid) as
+    ``GatherBlockQuantized`` (``ort.block_quant``), in place; update their ``report`` rows' storage and
+    return sentences for the notes."""
+    from compress_core.ort.block_quant import replace_gather, table_codes
+
+    model = onnx.load(str(path))
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes = {node.name: node for node in model.graph.node}
+    notes = []
+    for node_name, grid in tables.items():
+        table = numpy_helper.to_array(weights[nodes[node_name].input[0]])
+        codes = table_codes(table, grid, TABLE_BLOCK)
+        replace_gather(model, node_name, codes)
+        position = next(i for i, row in enumerate(report) if row.node == node_name)
+        storage = f"{codes.bits}-bit GatherBlockQuantized"
+        report[position] = Int8Layer(report[position].layer, node_name, grid.bits, storage)
+        if not codes.exact:
+            notes.append(
+                f"{report[position].layer}: the {grid.bits}-bit {grid.scheme} table is stored in {codes.bits} bits "
+                f"with min/max per block of {TABLE_BLOCK} (approximated)"
+            )
+    onnx.save(model, str(path))
+    return notes
 
 
 def quantize_dynamic_by_granularity(
@@ -395,16 +437,25 @@ def _check_static_support(target: LayerTarget, out_axes: dict[str, int]) -> None
         )
 
 
-def _dynamic_notes(report: list[Int8Layer], model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> list[str]:
-    """What dynamic quantization stores differently from the plan, and the weights it leaves float."""
+def _dynamic_notes(
+    report: list[Int8Layer], model: onnx.ModelProto, weights: dict[str, np.ndarray], tables: set[str]
+) -> list[str]:
+    """What dynamic quantization stores differently from the plan, and the weights it leaves float
+    (``tables``: the embedding Gather nodes stored by ``quantize_embedding_tables``)."""
     notes = []
-    odd = [f"{row.layer} ({row.bits}-bit)" for row in report if row.bits not in (None, 8)]
+    odd = [f"{row.layer} ({row.bits}-bit)" for row in report if row.bits not in (None, 8) and row.node not in tables]
     if odd:
         notes.append(f"dynamic quantization stores every weight in int8 on ORT's grid: {', '.join(odd)} approximated")
-    tables = {node.input[0] for node in model.graph.node if node.op_type == "Gather" and node.input[0] in weights}
-    table_bytes = sum(weights[name].nbytes for name in tables if weights[name].dtype == np.float32)
+    float_tables = {
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Gather" and node.input[0] in weights and node.name not in tables
+    }
+    table_bytes = sum(weights[name].nbytes for name in float_tables if weights[name].dtype == np.float32)
     if table_bytes:
-        notes.append(f"embedding tables stay float32 ({table_bytes / 2**20:.1f} MiB): they are not layers of the plan")
+        notes.append(
+            f"embedding tables kept float stay float32 ({table_bytes / 2**20:.1f} MiB): give them bits in the plan to shrink them"
+        )
     return notes
 
 
@@ -452,6 +503,8 @@ def _check_weights_quantized(model: onnx.ModelProto, targets: dict[str, LayerTar
     initializers = {init.name for init in model.graph.initializer}
     for row in report:
         target = targets[row.layer]
+        if row.storage.endswith("GatherBlockQuantized"):
+            continue  # written by quantize_embedding_tables itself
         if row.bits is not None and f"{target.weight_tensor}_quantized" not in initializers:
             raise CompressError(
                 f"layer '{row.layer}': ONNX Runtime left {target.op_type} node '{target.node}' unquantized; "

@@ -7,7 +7,9 @@ after the module that emitted it. BatchNorm folding renames the folded weights (
 so the weight tensor is read from the matched node, never guessed from the parameter name; the shape
 of that tensor is checked against the layer's weight. Exports that keep parameter names as
 initializer names (the dynamo exporter, or no constant folding) are matched by name as a fallback.
-For an ONNX handle the layer names already are node names.
+For an ONNX handle the layer names already are node names. An embedding layer (``nn.Embedding``)
+maps to its ``Gather`` node, whose weight tensor is the table (the Gather's first input, not its
+second as for Conv / Gemm / MatMul).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import onnx
 
 from compress_core.models.handle import ModelHandle
-from compress_core.models.inventory import LayerInfo, layer_inventory, torch_layer_names
+from compress_core.models.inventory import LayerInfo, embedding_nodes, layer_inventory, torch_layer_names
 from compress_core.models.onnx_graph import compressible_nodes, constant_tensors
 
 RNN_OPS = ("LSTM", "GRU", "RNN")
@@ -62,7 +64,9 @@ def layer_targets(
     by_scope: dict[str, list[onnx.NodeProto]] = {}
     for node in weighted:
         by_scope.setdefault(module_scope(node.name), []).append(node)
-    consumers = {node.input[index]: node for node in weighted for index in (1, 2) if len(node.input) > index}
+    consumers = {
+        node.input[index]: node for node in weighted for index in _weight_inputs(node) if len(node.input) > index
+    }
     shapes = {name: tuple(array.shape) for name, (array, _) in constant_tensors(model).items()}
     targets: dict[str, LayerTarget] = {}
     for layer in layers:
@@ -95,9 +99,16 @@ def module_scope(node_name: str) -> str:
 
 
 def _weighted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Conv / Gemm / MatMul nodes with a constant weight, and recurrent nodes, in graph order."""
-    names = {use.node_name for use in compressible_nodes(model)}
+    """Conv / Gemm / MatMul nodes with a constant weight, embedding lookups (``Gather`` on a constant
+    table) and recurrent nodes, in graph order."""
+    names = {use.node_name for use in [*compressible_nodes(model), *embedding_nodes(model)]}
     return [node for node in model.graph.node if node.name in names or node.op_type in RNN_OPS]
+
+
+def _weight_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    """The input positions that may hold the node's weight: the table of a Gather, else the second (and a
+    recurrent node's third)."""
+    return (0,) if node.op_type == "Gather" else (1, 2)
 
 
 def _match_scope(
@@ -115,7 +126,7 @@ def _match_scope(
         tensor = node.input[1 if rnn.group(1) == "ih" else 2]
         return LayerTarget(layer.name, layer.weight_name, node.name, node.op_type, tensor)
     for node in candidates:
-        tensor = node.input[1]
+        tensor = node.input[_weight_inputs(node)[0]]
         if node.op_type not in RNN_OPS and _same_weight_shape(shapes.get(tensor), layer.weight_shape):
             return LayerTarget(layer.name, layer.weight_name, node.name, node.op_type, tensor)
     return None

@@ -69,9 +69,25 @@ def check_not_quantized(layers: list[LayerInfo]) -> None:
     )
 
 
+def _check_embedding_config(where: str, config: LayerConfig) -> None:
+    """An embedding table takes bits (per row or per tensor) and unstructured or N:M pruning (zeros in
+    the table, its shape unchanged); low-rank and structured pruning are refused, saying why."""
+    if config.rank is not None:
+        raise CompressError(
+            f"{where}: low-rank is not supported for embedding tables (a lookup, not a matrix product); use bits"
+        )
+    if config.prune is not None and config.prune.kind == "structured" and config.prune.ratio > 0:
+        raise CompressError(
+            f"{where}: structured pruning is not supported for embedding tables (removing rows removes tokens, "
+            "removing columns changes the hidden size); use bits, or unstructured or N:M pruning"
+        )
+
+
 def check_layer_config(handle: ModelHandle, layer: LayerInfo, config: LayerConfig) -> None:
     """Refuse settings this layer or this kind of model cannot take, with a specific message."""
     where = f"layer '{layer.name}'"
+    if layer.embedding:
+        _check_embedding_config(where, config)
     if config.rank is not None:
         if layer.type in RNN_TYPES:
             raise CompressError(f"{where}: low-rank is not supported for {layer.type} weights; use bits or pruning")

@@ -15,7 +15,7 @@ from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
 from compress_core.plan import Plan
 from compress_core.plan.layer_config import LayerConfig
-from compress_core.transform.weights import prune_mask
+from compress_core.transform.weights import prune_mask, quantize_table
 
 
 def apply_onnx(
@@ -43,7 +43,11 @@ def apply_onnx(
                 if config.prune.n_m:
                     record.nm_patterns[weight_name] = config.prune.n_m
             if config.bits is not None:
-                quantized = quantize_weight(weight, config.bits, config.scheme, config.granularity, axis=out_axis)
+                quantized = (
+                    quantize_table(weight, config)
+                    if layer.embedding
+                    else quantize_weight(weight, config.bits, config.scheme, config.granularity, axis=out_axis)
+                )
                 weight = quantized.values
                 record.quantized[weight_name] = quantized
             store.set(weight_name, weight.numpy())

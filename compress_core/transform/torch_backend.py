@@ -19,7 +19,7 @@ from compress_core.ops.quantize import quantize_weight
 from compress_core.ops.sqnr import sqnr_db
 from compress_core.plan import Plan
 from compress_core.plan.layer_config import LayerConfig
-from compress_core.transform.weights import check_n_m_fits, prune_mask
+from compress_core.transform.weights import check_n_m_fits, prune_mask, quantize_table
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -63,8 +63,12 @@ def apply_torch(
         if config.bits is not None:
             for weight_name in targets[name]:
                 parameter = _parameter(model, weight_name)
-                quantized = quantize_weight(
-                    parameter.data, config.bits, config.scheme, config.granularity, axis=layers[name].out_axis
+                quantized = (
+                    quantize_table(parameter.data, config)
+                    if layers[name].embedding
+                    else quantize_weight(
+                        parameter.data, config.bits, config.scheme, config.granularity, axis=layers[name].out_axis
+                    )
                 )
                 parameter.data.copy_(quantized.values)
                 record.quantized[weight_name] = quantized

@@ -3,12 +3,58 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from compress_core.errors import CompressError
 from compress_core.ops.prune import magnitude_mask, n_m_mask
-from compress_core.plan.layer_config import PruneConfig
+from compress_core.ops.quantize import QuantizedWeight, quantize_weight
+from compress_core.plan.layer_config import LayerConfig, PruneConfig
+
+TABLE_BLOCK = 32
+"""Values per grid of an embedding table quantized per row (``granularity: channel``) in 4 bits or fewer:
+each row is cut into blocks of 32 columns, each with its own grid, as ONNX Runtime's
+``GatherBlockQuantized`` stores a table (``ort.block_quant``). At 5 bits and more, and for a row whose
+length is not a multiple of 32, each row has one grid (blocks would add a scale per 32 values, 12% of
+an 8-bit table, for little gain). MiniLM's word embeddings in 4 bits, min embedding cosine on the
+built-in sentences: 0.9878 per row, 0.9904 per block of 32 (asymmetric, the rest of the recipe int8)."""
+BLOCKED_MAX_BITS = 4
+
+
+@dataclass(frozen=True, eq=False)
+class TableQuantizedWeight(QuantizedWeight):
+    """An embedding table quantized per block of ``block`` columns of each row: ``scale`` (and
+    ``zero_point``, ``codebook``) hold one entry per block, row by row ([rows * columns / block])."""
+
+    block: int = TABLE_BLOCK
+
+    @property
+    def groups(self) -> int:
+        """How many grids the table has: one per block of every row."""
+        return self.values.numel() // self.block
+
+
+def quantize_table(table: torch.Tensor, config: LayerConfig) -> QuantizedWeight:
+    """Quantize an embedding table [rows, columns] as the plan says: per tensor, or per row (in blocks of
+    ``TABLE_BLOCK`` columns at ``BLOCKED_MAX_BITS`` bits or fewer)."""
+    assert config.bits is not None
+    rows, columns = table.shape
+    blocked = config.bits <= BLOCKED_MAX_BITS and columns % TABLE_BLOCK == 0 and columns > TABLE_BLOCK
+    if config.granularity == "tensor" or not blocked:
+        return quantize_weight(table, config.bits, config.scheme, config.granularity, axis=0)
+    grids = quantize_weight(table.reshape(-1, TABLE_BLOCK), config.bits, config.scheme, "channel", axis=0)
+    return TableQuantizedWeight(
+        grids.values.reshape(rows, columns),
+        grids.bits,
+        grids.scheme,
+        "channel",
+        0,
+        grids.scale,
+        grids.zero_point,
+        grids.codebook,
+        TABLE_BLOCK,
+    )
 
 
 def prune_mask(weight: torch.Tensor, prune: PruneConfig, out_axis: int) -> torch.Tensor:
