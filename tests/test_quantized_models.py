@@ -16,10 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import compress_core as cc
+from compress_core.analysis.metrics import plan_bytes
 from compress_core.cli import main
 from compress_core.errors import CompressError
 from compress_core.models.inventory import layer_inventory, layer_weight_array, total_params
-from compress_core.models.onnx_quantized import dequantize, quantized_layers, quantized_op_counts
+from compress_core.models.onnx_quantized import dequantize, quantized_layers, quantized_op_counts, stored_bits
 from compress_core.ort.export import to_onnx
 from compress_core.ort.int8 import EvalDataReader, calibration_inputs
 from compress_core.ort.prep import prepare_for_quantization
@@ -74,6 +75,22 @@ def test_common_old_layers_and_their_precision(common_old):
     for layer in layers:  # statistics of dequantized weights: real values, not 0..255
         assert layer.min < 0 < layer.max and 0 < layer.std < 5, layer.name
     assert total_params(common_old) > sum(layer.params for layer in layers) > 9_000_000
+
+
+@pytest.mark.ddddocr
+def test_common_old_size_counts_its_integer_weights_at_their_width(common_old):
+    layers = layer_inventory(common_old)
+    weights = sum(layer.params for layer in layers)
+    other = total_params(common_old) - weights
+    size = plan_bytes(common_old, layers)
+    # 8 bits per stored weight, a scale and zero point per layer, everything else float32
+    assert weights + 4 * other <= size <= weights + 4 * other + 8 * len(layers)
+    assert [stored_bits(text) for text in ("float32", "uint8 (ConvInteger)", "int4 QDQ", "4-bit MatMulNBits")] == [
+        None,
+        8,
+        4,
+        4,
+    ]
 
 
 @pytest.mark.ddddocr

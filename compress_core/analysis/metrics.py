@@ -15,6 +15,7 @@ from compress_core.analysis import quality
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle
 from compress_core.models.inventory import LayerInfo, layer_inventory, total_params
+from compress_core.models.onnx_quantized import stored_bits
 from compress_core.ops.storage import FLOAT_BITS, index_bits, weight_bits
 
 METRIC_KEYS = (
@@ -117,9 +118,10 @@ def per_output_fidelity(
 def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
     """Bytes to store the model at the plan's bit widths.
 
-    Compressible layers: kept weights at their bit width, plus a one-bit-per-weight index for
-    unstructured sparsity (ceil(log2(M)) bits per kept weight for N:M), plus scales (and zero points
-    or codebooks). Everything else (biases, norms, embeddings) at 32 bits.
+    Compressible layers: kept weights at their bit width (the plan's, or the one an already-quantized
+    file stores them at), plus a one-bit-per-weight index for unstructured sparsity (ceil(log2(M)) bits
+    per kept weight for N:M), plus scales (and zero points or codebooks). Everything else (biases,
+    norms) at 32 bits.
     """
     record = handle.compression
     quantized = record.quantized if record else {}
@@ -134,9 +136,10 @@ def plan_bytes(handle: ModelHandle, layers: list[LayerInfo]) -> int:
         kept = numel if mask is None else int(mask.sum())
         index = 0 if mask is None else index_bits(numel, kept, nm_patterns.get(layer.weight_name))
         q = quantized.get(layer.weight_name)
-        total_bits += (
-            weight_bits(kept, None, index=index) if q is None else weight_bits(kept, q.bits, q.scheme, q.groups, index)
-        )
+        if q is not None:
+            total_bits += weight_bits(kept, q.bits, q.scheme, q.groups, index)
+        else:  # float, or stored as integers by the file itself (an already-quantized model)
+            total_bits += weight_bits(kept, stored_bits(layer.precision), "asymmetric", index=index)
     return math.ceil(total_bits / 8)
 
 

@@ -18,6 +18,7 @@ A model holding any quantization op (these, ``QuantizeLinear``, ``DynamicQuantiz
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -27,6 +28,17 @@ import onnx
 from compress_core.models.onnx_graph import COMPRESSIBLE_OPS, constant_tensors
 
 FLOAT_PRECISION = "float32"
+
+
+def stored_bits(precision: str) -> int | None:
+    """Bits per weight of a layer's ``precision`` (``uint8 (ConvInteger)`` -> 8, ``4-bit MatMulNBits``
+    -> 4); None for float32 or a precision that names no width."""
+    if precision == FLOAT_PRECISION:
+        return None
+    found = re.search(r"(\d+)", precision)
+    return int(found.group(1)) if found else None
+
+
 INTEGER_OUTPUT = onnx.TensorProto.INT32
 
 
