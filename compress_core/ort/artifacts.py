@@ -243,7 +243,9 @@ def _metrics(
             "mode": quantized.mode,
             "method": None if int8.dynamic else int8.method,
             "calibration_samples": None if int8.dynamic else min(int8.calibration_samples, len(original.data)),
-            "activations": None if int8.dynamic else int8.activations,
+            "activations": quantized.choice.activations if quantized.choice else int8.activations,
+            "path": quantized.choice.to_dict() if quantized.choice else None,
+            "saturation": [vars(row) for row in quantized.saturation],
             "layers": [vars(row) for row in quantized.layers],
             "notes": quantized.notes,
         },
@@ -317,11 +319,11 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         setup = (
             "dynamic (weights int8, activations quantized at run time)"
             if quantized["mode"] == "dynamic"
-            else (
-                f"static QDQ, {quantized['method']} calibration on {quantized['calibration_samples']} samples, "
-                f"{'U8S8' if quantized['activations'] == 'uint8' else 'S8S8'} (activations {quantized['activations']})"
-            )
+            else f"static QDQ, {quantized['method']} calibration on {quantized['calibration_samples']} samples"
         )
+        path = quantized.get("path")
+        if path:
+            setup += f", {path['kernel']} (rule {path['rule']}{': set by the user' if path['overridden'] else ''})"
         lines += [
             "",
             "## Integer model",
@@ -337,6 +339,19 @@ def report_markdown(metrics: dict[str, Any]) -> str:
         ]
         if quantized["notes"]:
             lines += ["", *(f"- {note}" for note in quantized["notes"])]
+        if quantized.get("saturation"):
+            lines += [
+                "",
+                "U8S8 without VNNI, against the exact integer sums (worst layers, on the evaluation data):",
+                "",
+                "| layer | pairs clipped | outputs changed | output change (relative L2) |",
+                "|---|---:|---:|---:|",
+                *(
+                    f"| {row['layer'] or row['node']} | {row['saturated_pairs']:.4%} | {row['changed_outputs']:.2%} | "
+                    f"{row['relative_error']:.3%} |"
+                    for row in quantized["saturation"][:5]
+                ),
+            ]
         if runtime:
             lines += ["", "On this CPU:", "", *(f"- {note}" for note in int8_notes(cpu_from_record(runtime)))]
     lines += _weight_only_section(metrics.get("weight_only"))

@@ -52,8 +52,11 @@ from compress_core.ort.calibration import (
     save_ranges,
     supports_calibration_cache,
 )
+from compress_core.ort.cpu import cpu_features
+from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_convs, resolve_path, unsigned_overrides
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
+from compress_core.ort.saturation import LayerSaturation
 from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -66,14 +69,22 @@ TABLE_BLOCK = 32  # block size of an embedding table whose plan grid cannot be s
 
 @dataclass(frozen=True)
 class Int8Options:
-    """How to quantize: calibration ``method`` and ``calibration_samples`` (static only), the
-    activation type (``uint8``: U8S8, the fast path on x86; ``int8``: S8S8, ORT's default), and
-    ``dynamic`` for ``quantize_dynamic``."""
+    """How to quantize: calibration ``method`` and ``calibration_samples`` (static only), and
+    ``dynamic`` for ``quantize_dynamic``. The int8 path is chosen for this CPU by a rule
+    (``ort.int8_path``); each of the following, when not None, overrides its choice: the activation
+    type (``uint8``: U8S8 with int8 weights; ``int8``: S8S8, static only), the ``weights`` type
+    (``uint8``: U8U8, exact on x86 without VNNI), ``reduce_range`` (7-bit weights),
+    ``per_channel`` weights (None: as the plan says) and ``float_narrow_convs`` (static: keep float
+    the Conv layers that read a single input channel)."""
 
     method: str = "minmax"
     calibration_samples: int = 64
-    activations: str = "uint8"
+    activations: str | None = None
     dynamic: bool = False
+    weights: str | None = None
+    reduce_range: bool | None = None
+    per_channel: bool | None = None
+    float_narrow_convs: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -86,8 +97,9 @@ class Int8Options:
             or self.calibration_samples < 1
         ):
             raise CompressError(f"calibration samples {self.calibration_samples!r} is not allowed; use an integer >= 1")
-        if self.activations not in ACTIVATION_TYPES:
-            raise CompressError(f"activation type '{self.activations}' is not allowed; use uint8 or int8")
+        for name, value in (("activation", self.activations), ("weight", self.weights)):
+            if value is not None and value not in ACTIVATION_TYPES:
+                raise CompressError(f"{name} type '{value}' is not allowed; use uint8 or int8")
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,8 @@ class Int8Result:
     mode: str
     layers: list[Int8Layer]
     notes: list[str] = field(default_factory=list)
+    choice: Int8Path | None = None  # the int8 path taken, and the rule that chose it
+    saturation: list[LayerSaturation] = field(default_factory=list)  # U8S8 measured where it can saturate
 
 
 class EvalDataReader:
@@ -189,6 +203,8 @@ def quantize_int8(
     unmapped = [layer.name for layer in layers if layer.name not in targets]
     if unmapped:
         notes.append(f"no ONNX node for {', '.join(unmapped)} (the export dropped it: its output is unused)")
+    choice = options_path(options)
+    narrow = narrow_convs(model, {name: t.node for name, t in targets.items()}) if choice.float_narrow_convs else []
     excluded, overrides, report = [], {}, []
     dynamic_nodes: dict[bool, list[str]] = {True: [], False: []}  # per channel? -> nodes
     tables: dict[str, Any] = {}  # embedding Gather node -> the plan's grid (GatherBlockQuantized after ORT)
@@ -203,18 +219,19 @@ def quantize_int8(
                 tables[target.node] = grid
             report.append(Int8Layer(layer.name, target.node, None if grid is None else grid.bits, "float"))
             continue
-        if grid is None:
+        if grid is None or layer.name in narrow:
             excluded.append(target.node)
-            report.append(Int8Layer(layer.name, target.node, None, "float"))
+            report.append(Int8Layer(layer.name, target.node, None if grid is None else grid.bits, "float"))
             continue
         storage = STORAGE_BITS.get(grid.bits, "QInt8")
         report.append(Int8Layer(layer.name, target.node, grid.bits, storage))
+        per_channel = grid.granularity == "channel" if choice.per_channel is None else choice.per_channel
         if options.dynamic:
-            dynamic_nodes[grid.granularity == "channel"].append(target.node)
+            dynamic_nodes[per_channel].append(target.node)
             continue
         _check_static_support(target, out_axes)
         override, exact = weight_override(
-            weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage)
+            weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage), per_channel
         )
         overrides[target.weight_tensor] = override
         if not exact:
@@ -228,10 +245,18 @@ def quantize_int8(
     if options.dynamic:
         notes.extend(_dynamic_notes(report, model, weights, set(tables)))
 
+    if narrow:
+        notes.append(
+            f"{', '.join(narrow)} stay{'s' if len(narrow) == 1 else ''} float: a Conv reading one input channel "
+            "gains nothing in int8 (its dot products are kh*kw long) and costs a quantize and a layout change"
+        )
+
     def write(temporary: Path) -> None:
         if options.dynamic:
             try:
-                quantize_dynamic_by_granularity(model, temporary, dynamic_nodes[True], dynamic_nodes[False])
+                quantize_dynamic_by_granularity(
+                    model, temporary, dynamic_nodes[True], dynamic_nodes[False], choice.weights, choice.reduce_range
+                )
             except Exception as exc:  # ORT raises many types; the message names where it failed
                 raise CompressError(_failure_message(exc, model, targets)) from exc
             return
@@ -243,12 +268,13 @@ def quantize_int8(
         )
         notes.extend(
             quantize_static_calibrated(
+                choice,
                 model,
                 temporary,
                 reader,
                 options,
                 excluded,
-                overrides,
+                overrides if choice.weights == "int8" else unsigned_overrides(overrides, QuantType.QUInt8),
                 {target.node: target.layer for target in targets.values()},
                 targets,
             )
@@ -260,8 +286,63 @@ def quantize_int8(
             notes.extend(quantize_embedding_tables(temporary, tables, report))
 
     written = atomic_write(path, write_with_tables)
+    saturation: list[LayerSaturation] = []
+    if choice.measure_saturation:
+        saturation, choice = _measure_u8s8(written, handle, options, targets, choice, notes)
+        if not choice.measure_saturation:  # switched to the exact path: write it instead
+            written = atomic_write(path, write_with_tables)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
-    return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes)
+    notes.insert(0, f"int8 path: {choice.describe()}")
+    return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes, choice, saturation)
+
+
+def options_path(options: Int8Options) -> Int8Path:
+    """The int8 path for this CPU (``ort.int8_path``), with the overrides that ``options`` sets."""
+    return resolve_path(
+        cpu_features(),
+        options.dynamic,
+        options.activations,
+        options.weights,
+        options.reduce_range,
+        options.per_channel,
+        options.float_narrow_convs,
+    )
+
+
+def _measure_u8s8(
+    written: Path,
+    handle: Any,
+    options: Int8Options,
+    targets: dict[str, LayerTarget],
+    choice: Int8Path,
+    notes: list[str],
+) -> tuple[list[LayerSaturation], Int8Path]:
+    """Measure the U8S8 file's saturation on this CPU kind (``ort.saturation``, on the calibration
+    samples); keep it when no layer's output moves by more than ``SATURATION_TOLERANCE``, else take
+    the exact path. Says which, with both figures, in ``notes``."""
+    from compress_core.ort.int8_path import SATURATION_TOLERANCE
+    from compress_core.ort.saturation import measure_saturation
+
+    rows = measure_saturation(
+        written,
+        calibration_inputs(handle.data.inputs, options.calibration_samples),
+        {layer: target.node for layer, target in targets.items()},
+    )
+    worst = rows[0] if rows else None
+    if worst is None or worst.relative_error <= SATURATION_TOLERANCE:
+        moved = f"{worst.relative_error:.2%} at most ({worst.layer or worst.node})" if worst else "nothing"
+        notes.append(
+            f"U8S8 kept: without VNNI its 16-bit pair sums move the layers' outputs by {moved} on the evaluation "
+            f"data, within {SATURATION_TOLERANCE:.1%}"
+        )
+        return rows, choice
+    exact = exact_alternative(choice)
+    notes.append(
+        f"U8S8 would saturate on this CPU: {worst.layer or worst.node}'s output moves by {worst.relative_error:.2%} "
+        f"(16-bit pair sums against the exact integer sums, on the evaluation data; {SATURATION_TOLERANCE:.1%} allowed); "
+        f"{exact.kernel} is exact here and is used instead"
+    )
+    return rows, exact
 
 
 def quantize_embedding_tables(path: Path, tables: dict[str, Any], report: list[Int8Layer]) -> list[str]:
@@ -291,13 +372,18 @@ def quantize_embedding_tables(path: Path, tables: dict[str, Any], report: list[I
 
 
 def quantize_dynamic_by_granularity(
-    model: onnx.ModelProto, path: Path, per_channel: list[str], per_tensor: list[str]
+    model: onnx.ModelProto,
+    path: Path,
+    per_channel: list[str],
+    per_tensor: list[str],
+    weights: str = "int8",
+    reduce_range: bool = False,
 ) -> None:
     """``quantize_dynamic`` of exactly the named nodes, weights per channel or per tensor as listed.
 
     ORT's ``per_channel`` flag holds for a whole call, so a plan that mixes both takes two passes:
     the per-channel nodes first, then the per-tensor ones of that result. Nodes in neither list
-    stay float.
+    stay float. ``weights`` is the weight type (``uint8``: U8U8) and ``reduce_range`` ORT's flag.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -309,11 +395,19 @@ def quantize_dynamic_by_granularity(
         source: onnx.ModelProto | str = model
         for index, (nodes, flag) in enumerate(passes):
             target = path if index == len(passes) - 1 else Path(scratch) / "first_pass.onnx"
-            quantize_dynamic(source, target, per_channel=flag, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+            quantize_dynamic(
+                source,
+                target,
+                per_channel=flag,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
+                nodes_to_quantize=nodes,
+            )
             source = str(target)
 
 
 def quantize_static_calibrated(
+    choice: Int8Path,
     model: onnx.ModelProto,
     path: Path,
     reader: EvalDataReader,
@@ -323,8 +417,9 @@ def quantize_static_calibrated(
     layer_of_node: dict[str, str],
     targets: dict[str, LayerTarget],
 ) -> list[str]:
-    """Static QDQ ``quantize_static`` of ``model`` with activation ranges from ``ort.calibration``;
-    returns sentences for the result's notes.
+    """Static QDQ ``quantize_static`` of ``model`` on the int8 path ``choice`` (activation and weight
+    types, reduce_range), with activation ranges from ``ort.calibration``; returns sentences for the
+    result's notes.
 
     Older ONNX Runtime releases, whose ``quantize_static`` takes no precomputed ranges, calibrate
     minmax themselves; entropy and percentile then need a newer release.
@@ -335,8 +430,9 @@ def quantize_static_calibrated(
     arguments: dict[str, Any] = {
         "quant_format": QuantFormat.QDQ,
         "op_types_to_quantize": op_types,
-        "activation_type": QuantType.QUInt8 if options.activations == "uint8" else QuantType.QInt8,
-        "weight_type": QuantType.QInt8,
+        "activation_type": QuantType.QUInt8 if choice.activations == "uint8" else QuantType.QInt8,
+        "weight_type": QuantType.QInt8 if choice.weights == "int8" else QuantType.QUInt8,
+        "reduce_range": choice.reduce_range,
         "nodes_to_exclude": excluded,
         "calibrate_method": _calibration_method(options.method),
         "extra_options": {"TensorQuantOverrides": overrides},
@@ -399,14 +495,22 @@ def quantize_ort_default(
     return atomic_write(path, lambda temporary: quantize_static(model, temporary, reader))
 
 
-def weight_override(weight: np.ndarray, out_axis: int, grid: Any, quant_type: Any) -> tuple[list[dict[str, Any]], bool]:
+def weight_override(
+    weight: np.ndarray, out_axis: int, grid: Any, quant_type: Any, per_channel: bool | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """The ``TensorQuantOverrides`` entry for one exported weight and whether it keeps the plan's grid exactly.
+
+    ``per_channel`` other than the plan's granularity (an override of the int8 path) stores the
+    weight on ORT's own grid of that granularity (not exact).
 
     ``grid`` is the layer's ``QuantizedWeight`` (output channels on ``grid.axis``). The exported
     weight may be transposed (MatMul) and scaled per output channel (BatchNorm folding); the scale
     of each channel is recovered as the least-squares factor between the two.
     """
-    per_channel = grid.granularity == "channel"
+    planned = grid.granularity == "channel"
+    if per_channel is not None and per_channel != planned:
+        return ([{"quant_type": quant_type, "axis": out_axis}] if per_channel else [{"quant_type": quant_type}]), False
+    per_channel = planned
     if grid.scheme not in UNIFORM_SCHEMES:
         return ([{"quant_type": quant_type, "axis": out_axis}] if per_channel else [{"quant_type": quant_type}]), False
     exported = np.moveaxis(weight, out_axis, 0).reshape(weight.shape[out_axis], -1).astype(np.float64)
@@ -505,7 +609,7 @@ def _check_weights_quantized(model: onnx.ModelProto, targets: dict[str, LayerTar
         target = targets[row.layer]
         if row.storage.endswith("GatherBlockQuantized"):
             continue  # written by quantize_embedding_tables itself
-        if row.bits is not None and f"{target.weight_tensor}_quantized" not in initializers:
+        if row.bits is not None and row.storage != "float" and f"{target.weight_tensor}_quantized" not in initializers:
             raise CompressError(
                 f"layer '{row.layer}': ONNX Runtime left {target.op_type} node '{target.node}' unquantized; "
                 f"keep the layer float in the recipe (layers: {{{row.layer}: null}})"
