@@ -34,7 +34,10 @@ from typing import Any
 
 from compress_core.ort.cpu import CpuInfo
 
-SATURATION_TOLERANCE = 1e-3  # relative L2 change of a layer's output beyond which U8S8 is not kept
+# Relative L2 change of a layer's output beyond which U8S8 is not kept. Measured with the emulation:
+# digits_resnet's convolutions move by 0.2-0.3% and its head by 0.65% (accuracy unchanged), MiniLM's
+# attention output projections by up to 17% (min cosine 0.9879 on an AVX2-only CPU, 0.9915 exact).
+SATURATION_TOLERANCE = 0.01
 RULES = {
     "vnni": "VNNI: int8 dot products summed in 32 bits, no saturation; U8S8 is ORT's fastest path",
     "avx2-no-vnni": (
