@@ -109,16 +109,16 @@ def test_untraceable_model_falls_back_to_full_passes():
 
 def test_cached_repeat_reads_the_disk_cache_and_evaluates_nothing(mlp, tmp_path, monkeypatch):
     # Whether the repeat is fast is for the benchmarks; here: it measures no cell and runs no model.
-    from compress_core.analysis import sensitivity
+    from compress_core.analysis import runners as sweep_runners
 
     runners = []
-    real_runner = sensitivity._Runner
+    real_context = sweep_runners.CellContext
 
     def counting_runner(*args, **kwargs):
         runners.append(args)
-        return real_runner(*args, **kwargs)
+        return real_context(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "_Runner", counting_runner)
+    monkeypatch.setattr(sweep_runners, "CellContext", counting_runner)
     sweep = Sweep(kinds=("bits", "prune"))
     first = run_sensitivity(mlp, sweep, cache=tmp_path)
     assert not first.cached and len(runners) == 1 and first.evaluations == 4 * (5 + 9)
@@ -130,7 +130,8 @@ def test_cached_repeat_reads_the_disk_cache_and_evaluates_nothing(mlp, tmp_path,
     assert len(runners) == 1 and not forwards
     assert len(list(tmp_path.glob("*.json"))) == 1
     other = run_sensitivity(mlp, Sweep(bits=(4,), kinds=("bits",)), cache=tmp_path)
-    assert not other.cached and len(list(tmp_path.glob("*.json"))) == 2
+    # a sweep within the first one's cells measures nothing either: its cells are in the cell cache
+    assert other.cached and other.evaluations == 0 and len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_staged_sweep_runs_each_layers_prefix_once(mlp, monkeypatch):

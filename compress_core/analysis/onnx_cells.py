@@ -43,10 +43,13 @@ class OnnxCells:
     """One session over a copy of the handle's graph in which the layers' weights can be fed.
 
     ``batches`` are the evaluation batches (``ModelHandle.input_batches``); ``run`` returns the
-    handle's ranked output over them, without the rows of a fixed-batch model's padding.
+    handle's ranked output over them, without the rows of a fixed-batch model's padding. ``threads``:
+    the session's intra-op threads (a sweep's worker limits them; None: ONNX Runtime's default).
     """
 
-    def __init__(self, handle: ModelHandle, layers: list[LayerInfo], batches: list[Inputs]) -> None:
+    def __init__(
+        self, handle: ModelHandle, layers: list[LayerInfo], batches: list[Inputs], threads: int | None = None
+    ) -> None:
         self.handle, self.batches = handle, batches
         model = onnx.ModelProto()
         model.CopyFrom(handle.model)
@@ -62,7 +65,7 @@ class OnnxCells:
             self.weights[layer.weight_name] = numpy_helper.to_array(init).astype(np.float32)
             if layer.weight_name not in listed:
                 model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        self.session: Any = make_session(model, label=f"'{handle.name}'")
+        self.session: Any = make_session(model, threads, label=f"'{handle.name}'")
         self.output = self.session.get_outputs()[handle.quality.output].name
 
     def feeds(self, layer: LayerInfo, kind: str) -> bool:

@@ -38,7 +38,8 @@ from pathlib import Path
 import torch
 
 from compress_core.analysis.cell_weights import cell_proxies
-from compress_core.analysis.sensitivity import Cancel, run_sensitivity, skip_reason
+from compress_core.analysis.cells import skip_reason
+from compress_core.analysis.sensitivity import Cancel, run_sensitivity
 from compress_core.analysis.sweep import Progress, SensitivityResult, SensitivityRow, Sweep
 from compress_core.errors import CompressError
 from compress_core.models.handle import ModelHandle

@@ -3,7 +3,8 @@
 A ``Sweep`` lists the levels of each kind (``bits``, ``prune``, ``structured``, ``rank``); each
 (kind, level) cell is one ``LayerConfig`` (``config_for``). A ``SensitivityResult`` holds one
 ``SensitivityRow`` per measured (layer, kind, level), a ``SkippedCell`` with its reason for each cell
-not measured, and optional Hessian traces; it ranks layers, writes CSV, and goes to and from JSON-ready data.
+not measured, a ``FailedCell`` with its error for each cell that failed twice (the sweep goes on), and
+optional Hessian traces; it ranks layers, writes CSV, and goes to and from JSON-ready data.
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ class SkippedCell:
 
 
 @dataclass(frozen=True)
+class FailedCell:
+    """A cell whose evaluation raised twice (it is tried once more before it counts as failed), and the error."""
+
+    layer: str
+    kind: str
+    level: int | float
+    error: str
+
+
+@dataclass(frozen=True)
 class Progress:
     """Where a sweep is: layer ``layer_index`` (1-based) of ``layer_count``, cell ``cell`` of ``cell_count``."""
 
@@ -126,6 +137,7 @@ class SensitivityResult:
     sweep: Sweep
     rows: list[SensitivityRow] = field(default_factory=list)
     skipped: list[SkippedCell] = field(default_factory=list)
+    failed: list[FailedCell] = field(default_factory=list)
     hessian: dict[str, float] | None = None
     seconds: float = 0.0
     strategy: str = ""
@@ -185,6 +197,7 @@ class SensitivityResult:
                 "sweep": Sweep(**data["sweep"]),
                 "rows": [SensitivityRow(**row) for row in data["rows"]],
                 "skipped": [SkippedCell(**cell) for cell in data["skipped"]],
+                "failed": [FailedCell(**cell) for cell in data.get("failed", [])],
             }
         )
 
