@@ -162,15 +162,20 @@ def test_minilm_onnx_with_three_inputs_matches_the_torch_sample(minilm_onnx):
     onnx_handle = cc.load_model(path, data=data)
     assert [spec.name for spec in onnx_handle.input_specs] == ["input_ids", "attention_mask", "token_type_ids"]
     assert onnx_handle.task == "embedding"
-    plan = Plan.from_dict({"version": 1, "default": {"bits": 8}})
-    cosines = []
+    # the sample's recipe, which names torch modules: the ONNX file's nodes answer to them (transform.aliases)
+    plan = Plan.load(Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml")
+    cosines, planned = [], []
     for handle in (cc.load_model("minilm"), onnx_handle):
         model = cc.compress(handle, plan)
+        planned.append(model.compressed.handle.compression.layer_sqnr.keys())
         reference, outputs = model.original.outputs, model.compressed.outputs
         cosines.append(
             (reference * outputs).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(outputs, axis=1)
         )
     torch_cosine, onnx_cosine = cosines
+    assert "bert.encoder.layer.0.output.dense" not in planned[0]  # the layer the recipe keeps float,
+    assert "/bert/encoder/layer.0/output/dense/MatMul" not in planned[1]  # under either name
+    assert len(planned[1]) == len(planned[0] - {"bert.pooler.dense"}) > 30  # the export drops the unused pooler
     assert onnx_cosine.min() == pytest.approx(torch_cosine.min(), abs=0.005)
     assert onnx_cosine.mean() == pytest.approx(torch_cosine.mean(), abs=0.005)
 
