@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from compress_core.analysis.runners import CellRunner, runner_for
 from compress_core.analysis.sensitivity import run_sensitivity
-from compress_core.analysis.sweep import CSV_COLUMNS, KINDS, Progress, Sweep
+from compress_core.analysis.sweep import CSV_COLUMNS, KINDS, FailedCell, Progress, Sweep
 from compress_core.atomic import atomic_write_text
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
 from compress_core.errors import CompressError
@@ -23,7 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--hessian", action="store_true", help="add Hutchinson Hessian-trace rows (kind 'hessian')")
     parser.add_argument("--out", type=Path, required=True, help="CSV file: layer,kind,level,metric,drop,proxy")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_runner_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the sweep's cells run: ``--workers N`` local processes, or ``--ray ADDRESS``."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run cells in N local worker processes started for the run (with --ray local: the local Ray "
+        "cluster's CPUs)",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run cells on Ray: auto (the cluster 'ray start' started here), ray://HOST:10001, or local (a cluster "
+        "started for the run); needs pip install 'compression-explorer[ray]'",
+    )
+
+
+def runner_from_args(args: argparse.Namespace) -> CellRunner:
+    """The runner ``--workers`` and ``--ray`` ask for (this process without them)."""
+    return runner_for(args.workers, args.ray)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser, default_kinds: str) -> None:
@@ -83,13 +107,15 @@ def _print_progress(step: Progress) -> None:
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     sweep = sweep_from_args(args)
-    result = run_sensitivity(
-        handle,
-        sweep,
-        hessian=args.hessian,
-        cache=cache_from_args(args),
-        progress=None if args.quiet else _print_progress,
-    )
+    with runner_from_args(args) as runner:
+        result = run_sensitivity(
+            handle,
+            sweep,
+            hessian=args.hessian,
+            cache=cache_from_args(args),
+            progress=None if args.quiet else _print_progress,
+            runner=runner,
+        )
     atomic_write_text(args.out, result.to_csv())
     if not args.quiet:
         print(file=sys.stderr)
@@ -97,7 +123,15 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(CSV_COLUMNS, [[getattr(row, column) for column in CSV_COLUMNS] for row in rows]))
     source = "cache" if result.cached else result.strategy
     print(
-        f"\n{len(result.rows)} cells measured, {len(result.skipped)} skipped; original {result.metric_name} {result.baseline:.4g}{'' if handle.quality.metric_label else '%'}; "
+        f"\n{len(result.rows)} cells measured, {len(result.skipped)} skipped{_failed(result.failed)}; original {result.metric_name} {result.baseline:.4g}{'' if handle.quality.metric_label else '%'}; "
         f"{result.seconds:.2f} s ({source}); table written to {args.out}"
     )
     return 0
+
+
+def _failed(failed: list[FailedCell]) -> str:
+    """``, N failed (first: ...)`` for the summary line, or nothing."""
+    if not failed:
+        return ""
+    first = failed[0]
+    return f", {len(failed)} failed (first: {first.layer} {first.kind} {first.level}: {first.error})"

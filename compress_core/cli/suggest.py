@@ -5,9 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compress_core.analysis.runners import using
 from compress_core.analysis.suggest import suggest_plan, uniform_plan
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
-from compress_core.cli.sensitivity import add_sweep_arguments, cache_from_args, sweep_from_args
+from compress_core.cli.sensitivity import (
+    add_runner_arguments,
+    add_sweep_arguments,
+    cache_from_args,
+    runner_from_args,
+    sweep_from_args,
+)
 
 SHOWN = ("metric", "drop", "output_sqnr_db", "size_ratio", "macs_ratio", "plan_bytes")
 
@@ -30,7 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also measure the widest uniform bit width within the size target",
     )
     add_sweep_arguments(parser, default_kinds="bits,prune")
-    parser.set_defaults(func=run)
+    add_runner_arguments(parser)
+    parser.set_defaults(func=run_on_runner)
+
+
+def run_on_runner(args: argparse.Namespace) -> int:
+    """``run`` with the sensitivity sweep's cells where ``--workers`` / ``--ray`` say."""
+    with runner_from_args(args) as runner, using(runner):
+        return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
