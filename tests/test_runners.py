@@ -1,0 +1,63 @@
+"""Sweep runners without Ray: a failing cell, local worker processes, and --ray without the extra."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from compress_core import load_model
+from compress_core.analysis import cells
+from compress_core.analysis.runners import PoolRunner
+from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.sweep import Sweep
+from compress_core.cli import main
+
+SWEEP = Sweep(bits=(4, 2), kinds=("bits",))
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return load_model("digits_mlp")
+
+
+def test_a_failing_cell_is_tried_twice_then_listed_as_failed(mlp, tmp_path, monkeypatch):
+    real, calls = cells.CellContext.evaluate, []
+
+    def flaky(context, layer, kind, level, sweep, state=None):
+        if layer.name == "fc2" and level == 2:
+            calls.append(level)
+            raise RuntimeError("out of memory\nsecond line")
+        return real(context, layer, kind, level, sweep, state)
+
+    monkeypatch.setattr(cells.CellContext, "evaluate", flaky)
+    result = run_sensitivity(mlp, SWEEP, cache=tmp_path)
+    assert calls == [2, 2]  # tried once more, then reported
+    assert [(cell.layer, cell.kind, cell.level, cell.error) for cell in result.failed] == [
+        ("fc2", "bits", 2, "RuntimeError: out of memory")
+    ]
+    assert len(result.rows) == 7 and not result.cancelled  # the sweep went on
+    assert not list(tmp_path.glob("*.json"))  # a table with a failed cell is not kept whole
+    monkeypatch.setattr(cells.CellContext, "evaluate", real)
+    again = run_sensitivity(mlp, SWEEP, cache=tmp_path)
+    assert not again.failed and len(again.rows) == 8 and again.evaluations == 1  # only the failed cell ran again
+
+
+def test_local_worker_processes_give_the_in_process_table(mlp):
+    here = run_sensitivity(mlp, SWEEP, cache=False)
+    with PoolRunner(2) as runner:
+        pooled = run_sensitivity(mlp, SWEEP, cache=False, runner=runner)
+    assert pooled.rows == here.rows and pooled.baseline == here.baseline and pooled.evaluations == 8
+    assert pooled.strategy == "weight swap, full passes; 2 local worker processes"
+
+
+def test_ray_option_without_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    code = main(["sensitivity", "digits_mlp", "--ray", "auto", "--out", str(tmp_path / "s.csv")])
+    error = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in error
+    assert (
+        error == "error: Ray is not installed: pip install 'compression-explorer[ray]' (or pip install 'ray[client]')"
+    )
+    assert main(["sensitivity", "digits_mlp", "--workers", "0", "--out", str(tmp_path / "s.csv")]) != 0
+    assert "--workers 0 is not allowed" in capsys.readouterr().err
