@@ -43,6 +43,7 @@ from compress_core.ort.budget import (
 from compress_core.ort.cpu import cpu_features
 from compress_core.ort.int8 import STORAGE_BITS, Int8Options
 from compress_core.ort.latency import open_and_probe
+from compress_core.ort.nbits import NBitsOptions
 from compress_core.ort.profiling import op_census
 from compress_core.ort.runtime import int8_notes
 from compress_core.pipeline import CompressedModel
@@ -83,6 +84,7 @@ NO_INTEGER_KERNEL = {
     "QInt16": "16-bit weights are stored as QInt16, and ONNX Runtime has no int16 Conv, MatMul or Gemm kernel on CPU",
 }
 FLOAT_BY_PLAN = "float (the plan keeps it float)"
+FLOAT_BY_PATH = "float (this CPU's int8 path keeps it float)"
 INTEGER_KERNEL = "integer kernel"
 FLOAT_KERNEL = "float kernel (weights dequantized)"
 
@@ -97,14 +99,19 @@ def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:
 
 
 def build(
-    model: CompressedModel, folder: Path, int8: Int8Options | None, tracker: Tracker | None = None
+    model: CompressedModel,
+    folder: Path,
+    int8: Int8Options | None,
+    tracker: Tracker | None = None,
+    nbits: NBitsOptions | None = None,
 ) -> dict[str, Any]:
     """Write the export folder of ``model`` (``cache.compressed``, or the Recover panel's fine-tuned
     model) and return its files (name -> path, sizes), metrics and, with int8, the ``census`` of the
-    int8 file (``profiling.op_census``: which layers ONNX Runtime runs in integer kernels). Raises
+    int8 file (``profiling.op_census``: which layers ONNX Runtime runs in integer kernels); ``nbits`` adds
+    the weight-only MatMulNBits file (``ort.nbits``). Raises
     ``Stopped`` when ``tracker``'s cancel stops it (before any file reaches ``folder``)."""
     track = tracker if tracker is not None else Tracker()
-    result = export_artifacts(model, folder, int8=int8, tracker=track)
+    result = export_artifacts(model, folder, int8=int8, tracker=track, nbits=nbits)
     os.utime(result.folder)
     remove_old_exports(result.folder.parent)
     files = {name: {"path": str(path), **result.sizes[name]} for name, path in result.files.items()}
@@ -118,12 +125,22 @@ def build(
             "float_layers": census.float_layers,
             "integer_nodes": sum(census.integer.values()),
             "float_nodes": census.float_nodes,
+            "kept_float": [
+                row["layer"]
+                for row in result.metrics["int8"]["layers"]
+                if row["bits"] is not None and row["storage"] == "float"
+            ],
         }
     return built
 
 
 def start_export(
-    model: CompressedModel, folder: Path, int8: Int8Options | None, steps: list[Step], plan: Plan
+    model: CompressedModel,
+    folder: Path,
+    int8: Int8Options | None,
+    steps: list[Step],
+    plan: Plan,
+    nbits: NBitsOptions | None = None,
 ) -> BackgroundJob:
     """``build`` in the background, followed by ``steps`` (``export_estimate``). The job's result is
     ``build``'s dict with ``plan`` (what it was built from), ``seconds`` and ``estimated_s``; or
@@ -133,7 +150,7 @@ def start_export(
         tracker = Tracker(steps, report, cancel.is_set)
         try:
             with tracker.ticking():
-                built = build(model, folder, int8, tracker)
+                built = build(model, folder, int8, tracker, nbits)
         except Stopped:
             return {"stopped": True, "seconds": tracker.elapsed_s}
         tracker.finish("built")
@@ -384,6 +401,8 @@ def bit_width_rows(
         stored = storage_of(planned, dynamic)
         if planned is None:
             runs = FLOAT_BY_PLAN
+        elif census is not None and layer.name in census.get("kept_float", []):
+            runs = FLOAT_BY_PATH
         elif census is not None:
             runs = f"{FLOAT_KERNEL if layer.name in float_layers else INTEGER_KERNEL} (measured)"
         else:
@@ -417,7 +436,7 @@ def measured_float_layers(built: dict[str, Any]) -> list[str]:
     census, quantized = built.get("census"), built["metrics"].get("int8")
     if census is None or quantized is None:
         return []
-    planned = {row["layer"] for row in quantized["layers"] if row["bits"] is not None}
+    planned = {row["layer"] for row in quantized["layers"] if row["bits"] is not None and row["storage"] != "float"}
     return [layer for layer in census["float_layers"] if layer in planned]
 
 

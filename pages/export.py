@@ -16,7 +16,8 @@ import streamlit as st
 
 from compress_core import CompressError
 from compress_core.ort.budget import DEFAULT_BUDGET_S, format_seconds
-from compress_core.ort.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options
+from compress_core.ort.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options, options_path
+from compress_core.ort.nbits import NBITS_BLOCK_SIZES, NBitsOptions
 from explorer_ui import cache, exporting, figures, recover_panel, state, tuning
 
 POLL_S = 0.25  # how often the run that started a job redraws its progress
@@ -137,8 +138,25 @@ dynamic = mode_column.toggle(
     "Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers."
 )
 method = method_column.selectbox("Calibration", CALIBRATION_METHODS, disabled=not with_int8 or dynamic)
-activations = activation_column.selectbox("Activations", ACTIVATION_TYPES, disabled=not with_int8 or dynamic)
+activations = activation_column.selectbox(
+    "Activations",
+    [None, *ACTIVATION_TYPES],
+    format_func=lambda value: "as this CPU's path" if value is None else value,
+    disabled=not with_int8 or dynamic,
+)
 options = Int8Options(method=method, activations=activations, dynamic=dynamic) if with_int8 else None
+if options is not None:
+    st.caption(f"{exporting.this_cpu()[0]}. int8 path: {options_path(options).describe()}.")
+weight_only_column, block_column = st.columns(2)
+weight_only = weight_only_column.checkbox(
+    "Also build a weight-only model (MatMulNBits)",
+    help="model_nbits.onnx: the plan's 2-4-bit MatMul/Gemm layers and embedding tables stored block-wise in 4 bits, "
+    "5-8-bit ones in 8, by ONNX Runtime's MatMulNBits; activations stay float, so nothing saturates on any CPU.",
+)
+block_size = block_column.selectbox(
+    "Block size", NBITS_BLOCK_SIZES, index=NBITS_BLOCK_SIZES.index(NBitsOptions.block_size), disabled=not weight_only
+)
+nbits = NBitsOptions(block_size) if weight_only else None
 
 built = session[state.EXPORTS].get(label)
 if built is not None and not exporting.still_on_disk(built):
@@ -192,7 +210,7 @@ if export_running is None:
             model = fine_tuned if fine_tuned is not None else cache.compressed(source.key, plan, handle)
             export_running = session[exporting.EXPORT_JOB] = {
                 "label": label,
-                "job": exporting.start_export(model, folder, options, steps, plan),
+                "job": exporting.start_export(model, folder, options, steps, plan, nbits),
                 "until": exporting.follow_until(sum(step.seconds for step in steps)),
             }
         except CompressError as exc:

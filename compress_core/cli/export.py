@@ -40,9 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--activations",
         choices=("uint8", "int8"),
-        default=Int8Options.activations,
-        help="activation type (uint8 = U8S8, fastest on x86)",
+        default=None,
+        help="activation type (default: the int8 path chosen for this CPU; uint8 = U8S8, int8 = S8S8, static only)",
     )
+    parser.add_argument(
+        "--weight-type",
+        choices=("uint8", "int8"),
+        default=None,
+        help="weight type (default: this CPU's path; uint8 = U8U8, exact on x86 without VNNI)",
+    )
+    for flag, text in (
+        ("reduce-range", "7-bit weights (ORT's reduce_range)"),
+        ("per-channel", "per-channel weights for every layer (--no-per-channel: per tensor)"),
+        ("float-narrow-convs", "static: keep float the Conv layers that read one input channel"),
+    ):
+        parser.add_argument(
+            f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=f"{text}; default: this CPU's path"
+        )
     parser.add_argument(
         "--dynamic", action="store_true", help="dynamic int8 (weights only; for transformers) instead of static"
     )
@@ -64,12 +78,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    nbits = NBitsOptions(args.block_size) if args.weight_only else None  # a bad block size fails before loading
     handle = load_from_args(args)
     plan = Plan.load(args.recipe)
     options = None
     if args.int8 or args.dynamic:
-        options = Int8Options(args.calibrate_method, args.calibration, args.activations, args.dynamic)
-    nbits = NBitsOptions(args.block_size) if args.weight_only else None
+        options = Int8Options(
+            args.calibrate_method,
+            args.calibration,
+            args.activations,
+            args.dynamic,
+            weights=args.weight_type,
+            reduce_range=args.reduce_range,
+            per_channel=args.per_channel,
+            float_narrow_convs=args.float_narrow_convs,
+        )
     result = export_artifacts(compress(handle, plan), args.out, options, nbits=nbits)
     if args.json:
         print_json(result.metrics)
