@@ -53,9 +53,11 @@ class BlockCodes:
         return ((self.codes.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def storage_bits(bits: int) -> int:
-    """The storage width of a plan's bit width: 4 for 2-4 bits, 8 above (16 is approximated in 8)."""
-    return 4 if bits <= 4 else 8
+def storage_bits(bits: int, columns: int = 0) -> int:
+    """The storage width of a plan's bit width: 4 for 2-4 bits, 8 above (16 is approximated in 8). A
+    table with an odd number of ``columns`` is stored in 8 bits: ONNX Runtime reads a row of packed
+    4-bit codes as twice its bytes."""
+    return 4 if bits <= 4 and columns % 2 == 0 else 8
 
 
 def check_block_size(block_size: object, what: str = "block size") -> int:
@@ -182,5 +184,5 @@ def replace_gather(model: onnx.ModelProto, node_name: str, codes: BlockCodes) ->
 def table_codes(table: np.ndarray, grid: QuantizedWeight, block_size: int) -> BlockCodes:
     """The codes of an embedding table the plan quantized (``grid``: its ``QuantizedWeight``): exact on
     the plan's grid where it is uniform and fits the storage, else min/max per block of ``block_size``."""
-    bits = storage_bits(grid.bits)
+    bits = storage_bits(grid.bits, table.shape[1])
     return grid_codes(table, grid, bits) or block_codes(table, bits, block_size)

@@ -39,6 +39,7 @@ from compress_core.ort.prep import prepare_for_quantization
 from compress_core.pipeline import CompressedModel
 
 DEFAULT_BLOCK_SIZE = 32
+NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # the block sizes the Export page offers
 NBITS_WIDTHS = (4, 8)  # what MatMulNBits stores a plan's bit width in (storage_bits)
 SQNR_MATCH_DB = 0.01  # a compressed weight this close to the SQNR the plan recorded is the plan's own
 

