@@ -8,7 +8,8 @@ one interleaved run (``measure_latency``), so ratios are measured side by side:
   pruning in fp32 and in int8 (no fine-tuning: the accuracy column shows what pruning alone costs).
 - ``minilm`` (batch 8, 2 threads): fp32; ORT's plain ``quantize_dynamic``; our dynamic int8 plan
   (``sample_models/recipes/minilm_int8.yaml``: per-channel weights, one sensitive layer kept float),
-  with min / mean cosine to fp32.
+  with min / mean cosine to fp32; and a 4-bit weight-only file (``MINILM_4BIT``, ONNX Runtime's MatMulNBits,
+  ``ort.nbits``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from compress_core.analysis.recover import finetune  # noqa: E402
 from compress_core.ort.artifacts import FP32_ONNX, INT8_ONNX, ORIGINAL_ONNX, export_artifacts, file_sizes, run_onnx  # noqa: E402
 from compress_core.ort.int8 import Int8Options, quantize_ort_default  # noqa: E402
 from compress_core.ort.latency import measure_latency  # noqa: E402
+from compress_core.ort.nbits import NBitsOptions, quantize_nbits  # noqa: E402
 from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
 from compress_core.pipeline import compress  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
@@ -38,6 +40,7 @@ PRUNED = "version: 1\ndefault: {prune: {ratio: 0.5, kind: structured}}\n"
 PRUNED_8BIT = "version: 1\ndefault: {bits: 8, prune: {ratio: 0.5, kind: structured}}\n"
 RECOVER_EPOCHS = 8  # fine-tuning against the original (compress_core.analysis.recover) wins back the pruned accuracy
 MINILM_RECIPE = Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml"
+MINILM_4BIT = "version: 1\ndefault: {bits: 4, scheme: asymmetric}\n"  # every layer and table in 4 bits
 
 
 def export(
@@ -101,9 +104,13 @@ def minilm(scratch: Path) -> list[dict]:
     ours = export(handle, MINILM_RECIPE.read_text(encoding="utf-8"), scratch / "minilm", Int8Options(dynamic=True))
     plain = scratch / "minilm_plain_dynamic.onnx"
     quantize_dynamic(ours / ORIGINAL_ONNX, plain)
+    four_bit = quantize_nbits(
+        compress(handle, Plan.from_text(MINILM_4BIT)), scratch / "minilm_nbits.onnx", NBitsOptions()
+    ).path
     paths = {
         "fp32": ours / ORIGINAL_ONNX,
         "int8 (ORT plain quantize_dynamic)": plain,
+        f"4-bit weight-only (MatMulNBits, block {NBitsOptions().block_size})": four_bit,
         "int8 (ours: dynamic per-channel, 1 layer float)": ours / INT8_ONNX,
     }
     return measure("minilm", paths, handle, batch=8, runs=40)
