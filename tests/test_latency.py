@@ -348,3 +348,15 @@ def test_cli_bench_prints_its_plan_and_time_against_the_budget(mlp_folder, capsy
     assert main(["bench", str(mlp_folder), "--budget", "0", "--runs", "2", "--batch", "4", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {(row["batch"], row["runs"], row["warmup"]) for row in rows} == {(4, 2, 5)}
+
+
+def test_layer_times_sum_a_layers_nodes_without_quantize_nodes():
+    from compress_core.ort.profiling import NodeTime, layer_times
+
+    rows = [
+        NodeTime("/conv1/Conv_quant", "QLinearConv", "conv1", 0.5, 0.5),
+        NodeTime("/conv1/Relu", "Relu", "conv1", 0.1, 0.1),
+        NodeTime("/conv1/Conv_output_QuantizeLinear", "QuantizeLinear", "conv1", 0.2, 0.2),
+        NodeTime("/Flatten", "Flatten", None, 0.2, 0.2),
+    ]
+    assert layer_times(rows) == {"conv1": pytest.approx(0.6)}

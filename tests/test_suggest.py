@@ -130,3 +130,31 @@ def test_the_greedy_size_estimate_is_the_measured_plan_bytes(scheme, granularity
         assert greedy.ratio("size") * measured["float_bytes"] >= measured["plan_bytes"]
     else:
         assert greedy.ratio("size") * measured["float_bytes"] == pytest.approx(measured["plan_bytes"], abs=1)
+
+
+def test_a_layer_is_kept_float_only_when_int8_is_clearly_slower():
+    from compress_core.analysis.suggest_latency import SLOWER_MARGIN, LayerTime
+
+    assert LayerTime("conv1", 0.02, 0.06).int8_slower  # conv1 of digits_cnn, one input channel: about 2x slower
+    assert not LayerTime("conv2", 0.11, 0.07).int8_slower
+    assert not LayerTime("head", 0.010, 0.010 * SLOWER_MARGIN * 0.99).int8_slower  # within the profiler's noise
+    assert not LayerTime("fc", None, 0.01).int8_slower
+
+
+def test_suggest_for_latency_keeps_slow_int8_layers_float(tmp_path, capsys):
+    recipe = tmp_path / "latency.yaml"
+    assert main(["suggest", "digits_cnn", "--objective", "latency", "--out", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    plan = Plan.load(recipe)
+    table = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["conv1"], ["conv2"])}
+    kept = {name for name, config in plan.layers.items() if config is None}
+    assert plan.default is not None and plan.default.bits == 8 and kept <= {"conv1", "conv2", "conv3", "fc1", "head"}
+    for name, row in table.items():  # layer, fp32 ms, int8 ms, plan: the plan follows the profile
+        assert (row[3] == "float") == (name in kept)
+    assert "predicted speed-up" in out and "measured" in out and "latency plan" in out
+    # accuracy of each file as ONNX Runtime measured it: keeping layers float costs no accuracy
+    accuracy = {
+        line.split()[0]: float(line.split()[-1]) for line in out.splitlines() if line.startswith(("fp32 ", "all int8"))
+    }
+    plan_accuracy = float(next(line for line in out.splitlines() if line.startswith("latency plan")).split()[-1])
+    assert plan_accuracy >= accuracy["all"] - 0.01 and accuracy["fp32"] > 0.95

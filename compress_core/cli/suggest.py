@@ -1,4 +1,4 @@
-"""``suggest MODEL --target-size R``: a per-layer plan from the sensitivity table, saved as a recipe."""
+"""``suggest MODEL --target-size R`` (or ``--objective latency``): a per-layer plan, saved as a recipe."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compress_core.analysis.runners import using
 from compress_core.analysis.suggest import suggest_plan, uniform_plan
+from compress_core.analysis.suggest_latency import PLAN, suggest_latency
 from compress_core.cli.common import add_model_arguments, format_table, load_from_args
 from compress_core.cli.sensitivity import (
     add_runner_arguments,
@@ -15,6 +16,8 @@ from compress_core.cli.sensitivity import (
     runner_from_args,
     sweep_from_args,
 )
+from compress_core.models.handle import ModelHandle
+from compress_core.ort.int8 import Int8Options
 
 SHOWN = ("metric", "drop", "output_sqnr_db", "size_ratio", "macs_ratio", "plan_bytes")
 
@@ -31,6 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-drop", type=float, help="largest allowed drop of the metric, in points, e.g. 1.0")
     parser.add_argument("--out", type=Path, required=True, help="recipe file to write (.yaml, or .json)")
+    parser.add_argument(
+        "--objective",
+        choices=("size", "latency"),
+        default="size",
+        help="size: meet the budgets with the least drop; latency: 8 bits where ONNX Runtime's int8 kernel is "
+        "faster than fp32 on this CPU, float elsewhere (profiled, then measured on the exported file)",
+    )
+    parser.add_argument("--dynamic", action="store_true", help="latency objective: dynamic int8 (transformers)")
     parser.add_argument(
         "--compare-uniform",
         action="store_true",
@@ -49,6 +60,8 @@ def run_on_runner(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
+    if args.objective == "latency":
+        return run_latency(handle, args)
     sweep = sweep_from_args(args)
     suggestion = suggest_plan(
         handle,
@@ -68,3 +81,26 @@ def run(args: argparse.Namespace) -> int:
     status = "all budgets met" if suggestion.met else "; ".join(suggestion.notes)
     print(f"\n{len(suggestion.plan.layers)} layers planned; {status}; recipe written to {args.out}")
     return 0 if suggestion.met else 1
+
+
+def run_latency(handle: ModelHandle, args: argparse.Namespace) -> int:
+    """``suggest --objective latency``: the plan, each layer's kernel times, predicted and measured speed."""
+    found = suggest_latency(handle, Int8Options(dynamic=args.dynamic))
+    found.plan.save(args.out)
+    print(
+        format_table(
+            ("layer", "fp32 ms", "int8 ms", "plan"),
+            [[row.layer, row.fp32_ms, row.int8_ms, "float" if row.int8_slower else "8 bits"] for row in found.layers],
+        )
+    )
+    rows = [
+        [name, timing["median_ms"], timing["speedup"], found.quality[name]] for name, timing in found.measured.items()
+    ]
+    print()
+    print(format_table(("file", "median ms", "speed-up", found.metric), rows))
+    print(
+        f"\npredicted speed-up {found.predicted_speedup:.2f}x (all int8: {found.all_int8_predicted:.2f}x), measured "
+        f"{found.measured[PLAN]['speedup']:.2f}x at batch {found.batch}, {found.threads} threads; "
+        f"{len(found.float_layers)} layer(s) kept float; recipe written to {args.out}"
+    )
+    return 0

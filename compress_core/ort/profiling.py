@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from compress_core.errors import CompressError
@@ -41,7 +42,7 @@ COMPUTE_OPS = FLOAT_COMPUTE_OPS + INTEGER_COMPUTE_OPS
 
 @dataclass(frozen=True)
 class NodeTime:
-    """Mean kernel time per run of one node of the optimized graph, and the layer it belongs to."""
+    """Median kernel time per run of one node of the optimized graph, and the layer it belongs to."""
 
     node: str
     op_type: str
@@ -120,7 +121,8 @@ def _layer_tensors(model: onnx.ModelProto, layer_nodes: dict[str, str]) -> dict[
 def profile_nodes(
     path: str | Path, inputs: Inputs, layer_nodes: dict[str, str], threads: int = 2, batch: int = 32, runs: int = 10
 ) -> list[NodeTime]:
-    """Kernel time per node (mean over ``runs`` after one warm-up run), slowest first."""
+    """Kernel time per node (median over ``runs`` after one warm-up run: a run slowed by another
+    process moves it less than a mean), slowest first."""
     if runs < 1:
         raise CompressError(f"runs {runs} is not allowed; profile at least 1 run")
     with tempfile.TemporaryDirectory() as folder:
@@ -130,16 +132,30 @@ def profile_nodes(
         for _ in range(runs):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    totals: Counter[str] = Counter()
+    durations: dict[str, list[float]] = {}
     ops: dict[str, str] = {}
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
             node = event["name"][: -len("_kernel_time")]
             if node in ops:  # the first event of each node is the warm-up run's (profiling is on from the start)
-                totals[node] += event["dur"] / 1000
+                durations.setdefault(node, []).append(event["dur"] / 1000)
             ops[node] = event.get("args", {}).get("op_name", "")
-    total = sum(totals.values()) or 1.0
-    return [NodeTime(node, ops[node], layers.get(node), ms / runs, ms / total) for node, ms in totals.most_common()]
+    medians = Counter({node: float(np.median(values)) for node, values in durations.items()})
+    total = sum(medians.values()) or 1.0
+    return [NodeTime(node, ops[node], layers.get(node), ms, ms / total) for node, ms in medians.most_common()]
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+
+
+def layer_times(times: list[NodeTime]) -> dict[str, float]:
+    """Kernel ms per layer: every node of the optimized graph that computes it (its fused activation
+    too), quantize / dequantize nodes left out."""
+    totals: dict[str, float] = {}
+    for time in times:
+        if time.layer is not None and time.op_type not in QDQ_OPS:
+            totals[time.layer] = totals.get(time.layer, 0.0) + time.ms
+    return totals
 
 
 def op_census(path: str | Path, layer_nodes: dict[str, str], threads: int = 1) -> OpCensus:
