@@ -4,12 +4,16 @@ import streamlit as st
 
 from compress_core.analysis.quality import AUTO, TASKS, describe_task
 from compress_core.analysis.report import format_value
+from compress_core.analysis.suggest_latency import suggest_latency
+from compress_core.errors import CompressError
 from compress_core.models.inventory import total_params
 from compress_core.models.samples import digits_names
+from compress_core.plan import Plan
 from explorer_ui import cache, layer_data, state
 from explorer_ui.sources import DATA_EXTENSIONS, MODEL_EXTENSIONS
 
 NO_ARCHITECTURE = "(not a state_dict)"
+LATENCY_SUGGESTION = "latency_suggestion"  # model key -> LatencySuggestion.to_dict()
 TRUST_LABEL = "I trust this file: it may run code (full pickles, TorchScript, .pt2 with pickled parts)"
 
 session = st.session_state
@@ -94,6 +98,38 @@ with body.container():
             "macs": st.column_config.NumberColumn("MACs", format="localized"),
         },
     )
+
+st.subheader("Suggest a plan for speed on this CPU")
+st.caption(
+    "Profiles the model with every layer in int8 and in fp32 in ONNX Runtime, keeps float the layers whose int8 "
+    "kernel is slower on this CPU, then exports that plan and measures its speed and accuracy "
+    "(as `suggest --objective latency`). Takes one export and about a minute on a large model."
+)
+found = session.get(LATENCY_SUGGESTION, {}).get(source.key)
+if st.button("Suggest for latency"):
+    try:
+        with st.spinner("Profiling, exporting and timing ..."):
+            found = suggest_latency(handle).to_dict()
+        session.setdefault(LATENCY_SUGGESTION, {})[source.key] = found
+    except CompressError as exc:
+        st.error(str(exc))
+if found is not None:
+    st.dataframe(
+        [{**row, "plan": "float" if row["layer"] in found["float_layers"] else "8 bits"} for row in found["layers"]],
+        hide_index=True,
+    )
+    st.markdown(
+        f"Predicted speed-up over fp32: **{found['predicted_speedup']:.2f}x** (every layer int8: "
+        f"{found['all_int8_predicted']:.2f}x); measured on the exported file: "
+        + "; ".join(
+            f"{name} {timing['speedup']:.2f}x, {found['metric']} {format_value(found['quality'][name], 'percent')}"
+            for name, timing in found["measured"].items()
+        )
+        + f" (batch {found['batch']}, {found['threads']} threads)."
+    )
+    if st.button("Use this plan", help="Replaces the current plan; edit it on the Tune page."):
+        state.replace_plan(session, Plan.from_dict(found["plan"], "suggested plan"))
+        st.success("The plan is set: see it on the Tune page.")
 
 st.subheader("Load your own model")
 limit = st.get_option("server.maxUploadSize")

@@ -158,3 +158,17 @@ def test_suggest_for_latency_keeps_slow_int8_layers_float(tmp_path, capsys):
     }
     plan_accuracy = float(next(line for line in out.splitlines() if line.startswith("latency plan")).split()[-1])
     assert plan_accuracy >= accuracy["all"] - 0.01 and accuracy["fp32"] > 0.95
+
+
+def test_model_page_suggests_for_latency_and_sets_the_plan():
+    from apptest_helpers import button, first_run
+
+    at = first_run()
+    at.switch_page("pages/model.py").run()
+    button(at, "Suggest for latency").click().run()
+    assert not at.exception and not at.error
+    summary = next(item.value for item in at.markdown if item.value.startswith("Predicted speed-up over fp32"))
+    assert "measured on the exported file" in summary and "latency plan" in summary
+    button(at, "Use this plan").click().run()
+    plan = at.session_state["plans"]["digits_cnn"]
+    assert plan["default"] == {"bits": 8} and all(config is None for config in plan.get("layers", {}).values())
