@@ -1,11 +1,13 @@
-"""The Sensitivity page's data: start a sweep as a background job, and shape its table for charts."""
+"""The Sensitivity page's data: where the sweep runs, start it as a background job, and shape its table for charts."""
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
 from compress_core import ModelHandle
+from compress_core.analysis.runners import CellRunner, InProcessRunner, PoolRunner, RayRunner
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import Progress, SensitivityResult, Sweep
 
@@ -13,10 +15,38 @@ from .budget import Deadline
 from .jobs import BackgroundJob, Report
 
 FRAGILE_COUNT = 5
+RUN_ON = ("this process", "local workers", "a Ray cluster")
 
 
-def start(handle: ModelHandle, sweep: Sweep, budget_s: float | None = None) -> BackgroundJob:
-    """Run the sweep on the handle in the background; the job's result is ``SensitivityResult.to_dict()``.
+def runner(choice: str, workers: int = 2, address: str = "local") -> CellRunner:
+    """The runner of a "Run on" choice: this process, ``workers`` local processes, or Ray at ``address``."""
+    if choice == RUN_ON[1]:
+        return PoolRunner(workers)
+    if choice == RUN_ON[2]:
+        return RayRunner(address.strip() or "local")
+    return InProcessRunner()
+
+
+def connect(address: str) -> tuple[str, int]:
+    """Connect this process to Ray at ``address`` (kept for the next sweeps): what is there (nodes,
+    CPUs, workers) and the number of workers. A ``CompressError`` says why it could not connect."""
+    cluster = RayRunner(address.strip() or "local")
+    return cluster.describe(), cluster.workers()
+
+
+def local_workers_text(workers: int) -> str:
+    """What ``workers`` local processes mean on this machine."""
+    cores = os.cpu_count() or 1
+    note = f"; more than its {cores} cores only adds overhead" if workers > cores else ""
+    return f"{workers} local worker process{'es' if workers > 1 else ''}, one thread each{note}"
+
+
+def start(
+    handle: ModelHandle, sweep: Sweep, budget_s: float | None = None, on: CellRunner | None = None
+) -> BackgroundJob:
+    """Run the sweep on the handle in the background (its cells where ``on`` says, this process by
+    default); the job's result is ``SensitivityResult.to_dict()``. The runner is closed at the end
+    (local workers end; a Ray connection made before, by ``connect``, stays).
 
     The sweep stops after ``budget_s`` seconds (or at Stop) and keeps the cells it measured."""
 
@@ -28,7 +58,8 @@ def start(handle: ModelHandle, sweep: Sweep, budget_s: float | None = None) -> B
             where = f"layer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}"
             report(fraction, deadline.progress_text(fraction, where))
 
-        result = run_sensitivity(handle, sweep, progress=progress, cancel=deadline.stop).to_dict()
+        with on or InProcessRunner() as cells_on:
+            result = run_sensitivity(handle, sweep, progress=progress, cancel=deadline.stop, runner=cells_on).to_dict()
         result["budget_spent"] = deadline.expired
         return result
 
@@ -40,9 +71,10 @@ def cell_count(sweep: Sweep, layers: int) -> int:
     return layers * len(sweep.cells())
 
 
-def estimate_seconds(sweep: Sweep, layers: int, pass_seconds: float) -> float:
-    """The sweep's expected time: one evaluation pass per cell (each cell runs the model once on the data)."""
-    return cell_count(sweep, layers) * pass_seconds
+def estimate_seconds(sweep: Sweep, layers: int, pass_seconds: float, workers: int = 1) -> float:
+    """The sweep's expected time: one evaluation pass per cell (each cell runs the model once on the
+    data), the cells spread over ``workers``."""
+    return cell_count(sweep, layers) * pass_seconds / max(workers, 1)
 
 
 def kinds(result: dict[str, Any]) -> list[str]:

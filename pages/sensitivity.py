@@ -12,6 +12,7 @@ PRUNE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 RANK_LEVELS = (0.9, 0.75, 0.5, 0.25, 0.1)
 
 DEFAULT_BUDGET_S = 120
+RAY_CONNECTION = "sensitivity_ray_connection"  # {"address", "text", "workers"} of the Ray cluster connected
 
 session = st.session_state
 source, handle = state.page_model(session)
@@ -47,6 +48,35 @@ budget = st.number_input(
     help=f"The sweep stops when this time is spent (default {DEFAULT_BUDGET_S} s) and keeps the cells it measured; "
     "a rerun takes the finished sweep from the cache.",
 )
+run_on = st.radio(
+    "Run on",
+    sensitivity_view.RUN_ON,
+    horizontal=True,
+    help="Cells run one after another in this process (with the activation cache), in local worker processes "
+    "started for the sweep, or on a Ray cluster (pip install 'compression-explorer[ray]'). Finished cells are "
+    "cached wherever they ran.",
+)
+workers, address = 1, "local"
+if run_on == sensitivity_view.RUN_ON[1]:
+    workers = int(st.number_input("Local workers", min_value=1, max_value=64, value=2))
+    st.caption(sensitivity_view.local_workers_text(workers))
+elif run_on == sensitivity_view.RUN_ON[2]:
+    address = st.text_input(
+        "Ray address", value="local", help="auto (a cluster 'ray start' started here), ray://HOST:10001, or local"
+    )
+    if st.button("Connect", help="Connects to the cluster and counts its workers; Run connects by itself too."):
+        try:
+            text, count = sensitivity_view.connect(address)
+        except CompressError as exc:
+            st.error(str(exc))
+        else:
+            session[RAY_CONNECTION] = {"address": address, "text": text, "workers": count}
+    connection = session.get(RAY_CONNECTION)
+    if connection is not None and connection["address"] == address:
+        workers = connection["workers"]
+        st.caption(f"Connected to {connection['text']}.")
+    else:
+        st.caption("Not connected yet: Connect shows how many workers the cluster has.")
 try:
     sweep = Sweep(bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds)
 except CompressError as exc:
@@ -55,7 +85,7 @@ else:
     sweep_error = None
     layer_count = len(cache.inventory(source.key, handle))
     with st.spinner("Timing one evaluation pass for the estimate ..."):
-        seconds = sensitivity_view.estimate_seconds(sweep, layer_count, cache.pass_seconds(source.key, handle))
+        seconds = sensitivity_view.estimate_seconds(sweep, layer_count, cache.pass_seconds(source.key, handle), workers)
     cells = sensitivity_view.cell_count(sweep, layer_count)
     fits = (
         "fits the budget"
@@ -63,7 +93,8 @@ else:
         else f"over the budget: about {int(cells * budget / seconds)} of the {cells} cells fit; fewer layers, kinds "
         "or levels, or a larger budget, measure more"
     )
-    st.caption(f"{cells} cells, estimated {format_seconds(seconds)} (one evaluation pass per cell; {fits}).")
+    spread = f", over {workers} workers" if workers > 1 else ""
+    st.caption(f"{cells} cells, estimated {format_seconds(seconds)} (one evaluation pass per cell{spread}; {fits}).")
 
 running = session.get(state.SENSITIVITY_JOB)
 reason = "a sweep is running" if running is not None else sweep_error
@@ -71,7 +102,7 @@ if st.button("Run sensitivity", type="primary", disabled=reason is not None, hel
     assert sweep is not None
     running = session[state.SENSITIVITY_JOB] = {
         "label": label,
-        "job": sensitivity_view.start(handle, sweep, float(budget)),
+        "job": sensitivity_view.start(handle, sweep, float(budget), sensitivity_view.runner(run_on, workers, address)),
     }
     st.rerun()
 if reason is not None and running is None:
@@ -83,7 +114,10 @@ def _progress() -> None:
     """Redraws the running sweep's progress; stores its result and reruns the page when it ends."""
     sweep_label, job = session[state.SENSITIVITY_JOB]["label"], session[state.SENSITIVITY_JOB]["job"]
     st.progress(job.fraction, text=f"{sweep_label}: {job.text}")
-    if st.button("Stop", help="Stops after the current cell; the rows measured so far are kept."):
+    if st.button(
+        "Stop",
+        help="Stops after the current cells (outstanding ones are cancelled); the rows measured so far are kept.",
+    ):
         job.cancel.set()
     if job.done:
         del session[state.SENSITIVITY_JOB]
@@ -135,3 +169,9 @@ if result is not None:
     if result["skipped"]:
         with st.expander(f"{len(result['skipped'])} cells skipped"):
             st.dataframe(result["skipped"], hide_index=True)
+    if result.get("failed"):
+        st.warning(
+            f"{len(result['failed'])} cells failed twice and are not in the table; running the sweep again tries "
+            "only them (the other cells come from the cache)."
+        )
+        st.dataframe(result["failed"], hide_index=True)

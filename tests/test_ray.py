@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from apptest_helpers import button, finish_job, first_run
 
 from compress_core import load_model
 from compress_core.analysis.runners import RayRunner
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.sweep import Sweep
+from explorer_ui import state
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -62,3 +64,22 @@ def test_stop_cancels_every_task_and_a_rerun_completes_from_the_cache(cluster, c
     assert whole.evaluations == cells - len(stopped.rows)  # the finished cells came from the cache
     done = {(row.layer, row.kind, row.level): row for row in stopped.rows}
     assert [row for row in whole.rows if (row.layer, row.kind, row.level) in done] == stopped.rows
+
+
+def test_the_sensitivity_page_runs_on_ray_and_shows_the_workers(cluster, private_dirs):
+    app = first_run()
+    app.switch_page("pages/sensitivity.py").run()
+    app.multiselect[0].set_value(["bits"]).run()
+    app.multiselect[1].set_value([4]).run()
+    app.radio[0].set_value("a Ray cluster").run()
+    button(app, "Connect").click().run()
+    assert not app.error
+    assert "Connected to a local Ray cluster: 1 node, 2 CPUs, 2 workers." in [caption.value for caption in app.caption]
+    assert any("5 cells, estimated" in caption.value and "over 2 workers" in caption.value for caption in app.caption)
+    button(app, "Run sensitivity").click().run()
+    finish_job(app.session_state[state.SENSITIVITY_JOB]["job"])
+    app.run()
+    assert not app.exception and not app.error
+    result = app.session_state[state.SENSITIVITY]["digits_cnn"]
+    assert len(result["rows"]) == 5 and result["strategy"].endswith("a local Ray cluster: 1 node, 2 CPUs, 2 workers")
+    assert ray.is_initialized()  # the page's connection stays for the next sweep

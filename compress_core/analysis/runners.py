@@ -25,10 +25,13 @@ import dataclasses
 import io
 import multiprocessing
 import pickle
+import socket
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,23 +248,29 @@ class PoolRunner(_RemoteRunner):
 class RayRunner(_RemoteRunner):
     """Cells as Ray tasks: on the cluster at ``address`` (``auto``, ``ray://host:port``), or on one
     started for the run (``local``, with ``workers`` CPUs; all of this machine's by default).
-    Each task takes ``threads`` CPUs."""
+    Each task takes ``threads`` CPUs. A connection this process already has is reused unless a runner
+    connected it to another address; ``close`` ends only a connection this runner made."""
+
+    connected: str | None = None
+    """The address a runner of this process connected Ray to (None: not connected, or by someone else)."""
 
     def __init__(self, address: str = "local", workers: int | None = None, threads: int = WORKER_THREADS) -> None:
         self.address, self.local_cpus, self.threads = address, workers, threads
         self.started = False
-        self.ref: tuple[str, Any] | None = None  # (model key, object ref) of the model in the object store
+        self.refs: dict[str, Any] = {}  # model key -> the model's reference in the object store
         self.remote: dict[str, Any] = {}
 
     def connect(self) -> Any:
-        """The ``ray`` module, connected (an existing connection of this process is reused)."""
+        """The ``ray`` module, connected to this runner's address."""
         ray = import_ray()
+        if ray.is_initialized() and RayRunner.connected not in (None, self.address):
+            ray.shutdown()
+            RayRunner.connected = None
         if ray.is_initialized():
             return ray
-        options: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
         try:
             if self.address == "local":
-                ray.init(num_cpus=self.local_cpus, **options)
+                ray.init(num_cpus=self.local_cpus, log_to_driver=False, include_dashboard=False)
             else:
                 ray.init(address=self.address, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray's connection errors share no type
@@ -269,7 +278,7 @@ class RayRunner(_RemoteRunner):
                 f"could not connect to the Ray cluster at '{self.address}' ({type(exc).__name__}: {first_line(exc)}); "
                 "give auto (a cluster started here with 'ray start --head'), ray://HOST:10001, or local"
             ) from exc
-        self.started = True
+        self.started, RayRunner.connected = True, self.address
         return ray
 
     def workers(self) -> int:
@@ -290,20 +299,19 @@ class RayRunner(_RemoteRunner):
                 "cell": ray.remote(_ray_cell).options(num_cpus=self.threads, max_retries=1),
                 "info": ray.remote(_ray_info).options(num_cpus=self.threads, max_retries=1),
             }
-        if self.ref is None or self.ref[0] != job.key:
+        if job.key not in self.refs:
             try:
-                self.ref = (job.key, ray.put(Payload.of(job, self.threads)))
+                self.refs = {job.key: ray.put(Payload.of(job, self.threads))}
             except (pickle.PicklingError, TypeError) as exc:
                 raise CompressError(
                     f"model '{job.handle.name}' cannot be sent to Ray ({first_line(exc)}); run the sweep in this process"
                 ) from exc
 
-    def _stored(self) -> list[Any]:
-        assert self.ref is not None, "_prepare puts the model in the object store"
-        return [self.ref[1]]  # in a list, so that Ray passes the reference, not the value, to every task
+    def _stored(self, job: SweepJob) -> list[Any]:
+        return [self.refs[job.key]]  # in a list, so that Ray passes the reference, not the value, to every task
 
     def _submit_info(self, job: SweepJob) -> Any:
-        return self.remote["info"].remote(job.key, self._stored())
+        return self.remote["info"].remote(job.key, self._stored(job))
 
     def _info(self, task: Any) -> tuple[str, float, str]:
         ray = self.connect()
@@ -314,7 +322,7 @@ class RayRunner(_RemoteRunner):
             raise CompressError(f"the sweep's reference pass failed on Ray: {first_line(exc)}") from exc
 
     def _submit(self, job: SweepJob, cell: Cell) -> Any:
-        return self.remote["cell"].remote(job.key, self._stored(), cell, job.sweep)
+        return self.remote["cell"].remote(job.key, self._stored(job), cell, job.sweep)
 
     def _wait(self, tasks: list[Any]) -> list[Any]:
         ready, _ = self.connect().wait(tasks, num_returns=1, timeout=POLL_S)
@@ -346,7 +354,37 @@ class RayRunner(_RemoteRunner):
     def close(self) -> None:
         if self.started:
             import_ray().shutdown()
-            self.started, self.ref, self.remote = False, None, {}
+            self.started, self.refs, self.remote, RayRunner.connected = False, {}, {}, None
+
+
+def bench_on_ray(
+    cluster: RayRunner, folder: Path, threads: int, cancel: Cancel, **options: Any
+) -> tuple[list[dict], str]:
+    """``ort.bench.bench_folder`` of the export folder's files as one Ray task of ``threads`` CPUs on a node
+    of the cluster (the files travel through the object store); its rows and the name of the host that
+    measured them. ``options``: ``bench_folder``'s batch, runs, warmup and budget_s. A stop cancels the task."""
+    ray = cluster.connect()
+    files = {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+    task = ray.remote(_bench_files).options(num_cpus=threads, max_retries=0).remote([ray.put(files)], threads, options)
+    while not ray.wait([task], timeout=POLL_S)[0]:
+        if is_cancelled(cancel):
+            ray.cancel(task, force=True)
+            return [], ""
+    try:
+        return ray.get(task)
+    except ray.exceptions.RayTaskError as exc:
+        raise CompressError(f"the benchmark failed on the cluster: {first_line(exc)}") from exc
+
+
+def _bench_files(stored: list[Any], threads: int, options: dict[str, Any]) -> tuple[list[dict], str]:
+    import ray
+
+    from compress_core.ort.bench import bench_folder
+
+    with tempfile.TemporaryDirectory() as folder:
+        for name, data in ray.get(stored[0]).items():
+            (Path(folder) / name).write_bytes(data)
+        return bench_folder(folder, threads, **options), socket.gethostname()
 
 
 def import_ray() -> Any:

@@ -5,20 +5,27 @@ timed run of each file, and the plan (batch, runs, estimated seconds) is printed
 long steps, then the progress with the time left. Ctrl-C stops it and prints what was measured
 (exit code 130); a second Ctrl-C quits at once.
 
-The first line names the CPU, its int8 features, ONNX Runtime's version and the thread count: the
-figures below hold for that machine only.
+The first line names the CPU, its int8 features, ONNX Runtime's version and the thread count, and the
+host that measured: the figures below hold for that machine only. Latency is measured here by default;
+``--ray ADDRESS --latency-on cluster`` measures on a node of that Ray cluster instead (one task taking
+``--threads`` CPUs; timings on a shared cluster are not comparable with local ones). ``--workers N``
+sets the CPUs of a cluster started for the run (``--ray local``).
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from compress_core.analysis.runners import RayRunner, bench_on_ray, import_ray
 from compress_core.cli.common import format_table, print_json
+from compress_core.errors import CompressError
 from compress_core.ort.bench import UNASSIGNED, bench_folder, layer_comparison
 from compress_core.ort.budget import DEFAULT_BUDGET_S, BenchPlan, format_seconds
 from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line
@@ -49,6 +56,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--warmup", type=int, help="untimed runs per candidate first (default: 1 to 5)")
     parser.add_argument("--json", action="store_true", help="print the candidates as JSON")
+    parser.add_argument(
+        "--ray", metavar="ADDRESS", help="a Ray cluster (auto, ray://HOST:10001, local) for --latency-on cluster"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="CPUs of the cluster started for the run (--ray local)"
+    )
+    parser.add_argument(
+        "--latency-on",
+        choices=("local", "cluster"),
+        default="local",
+        help="where latency is measured: here (default) or on a node of the --ray cluster",
+    )
     parser.set_defaults(func=run)
 
 
@@ -76,28 +95,53 @@ def run(args: argparse.Namespace) -> int:
         plans.append(plan)
         print(f"plan: {plan.summary()}", file=sys.stderr, flush=True)
 
+    host = socket.gethostname()
+    if args.ray is not None:
+        import_ray()  # without Ray: one line saying how to install it
+    if args.latency_on == "cluster" and args.ray is None:
+        raise CompressError("--latency-on cluster needs --ray ADDRESS (auto, ray://HOST:10001 or local)")
+    if args.latency_on == "local" and (args.ray is not None or args.workers is not None):
+        print(
+            f"latency is measured here, on {host}: --latency-on cluster measures on the cluster instead",
+            file=sys.stderr,
+            flush=True,
+        )
     start = time.monotonic()
     with _stop_on_interrupt(stop):
-        rows = bench_folder(
-            args.folder,
-            args.threads,
-            args.batch,
-            args.runs,
-            args.warmup,
-            _Progress(),
-            budget_s=budget,
-            cancel=stop.is_set,
-            on_plan=on_plan,
-        )
+        if args.latency_on == "cluster":
+            print("benchmarking on a node of the Ray cluster (no progress shown)", file=sys.stderr, flush=True)
+            with RayRunner(args.ray, args.workers) as cluster:
+                rows, host = bench_on_ray(
+                    cluster,
+                    Path(args.folder),
+                    args.threads,
+                    stop.is_set,
+                    batch=args.batch,
+                    runs=args.runs,
+                    warmup=args.warmup,
+                    budget_s=budget,
+                )
+        else:
+            rows = bench_folder(
+                args.folder,
+                args.threads,
+                args.batch,
+                args.runs,
+                args.warmup,
+                _Progress(),
+                budget_s=budget,
+                cancel=stop.is_set,
+                on_plan=on_plan,
+            )
     seconds = time.monotonic() - start
     stopped = stop.is_set()
     if args.json:
-        print_json(rows)
+        print_json([{**row, "host": host} for row in rows])
         return STOPPED_EXIT if stopped else 0
     if not rows:
         print(f"stopped after {format_seconds(seconds)}, before any file was timed", file=sys.stderr)
         return STOPPED_EXIT
-    print(runtime_line(rows[0]["runtime"]))
+    print(f"{runtime_line(rows[0]['runtime'])}; measured on host {host}")
     print(format_table(COLUMNS, [[row[column] for column in COLUMNS] for row in rows]))
     budget_text = f" of a {format_seconds(budget)} budget" if budget is not None else ""
     estimate_text = f" (estimated {format_seconds(plans[0].estimated_s)})" if plans else ""
