@@ -193,12 +193,24 @@ def test_export_records_the_cpu(exported):
     assert all(note in report for note in int8_notes(cpu_features()))
 
 
+def test_export_names_the_int8_path_and_its_rule(exported):
+    from compress_core.ort.int8_path import SATURATING_RULES, rule_for
+
+    quantized = json.loads((exported / "metrics.json").read_text())["int8"]
+    path, rule = quantized["path"], rule_for(cpu_features())
+    assert path["rule"] == rule and not path["overridden"] and path["kernel"] in ("U8S8", "U8U8", "S8S8")
+    assert quantized["activations"] == path["activations"]
+    assert bool(quantized["saturation"]) == (rule in SATURATING_RULES)  # measured only where U8S8 can saturate
+    report = (exported / "report.md").read_text()
+    assert f"{path['kernel']} (rule {rule})" in report and f"int8 path: {path['kernel']}" in report
+
+
 def test_bench_prints_the_cpu_line_first(exported, capsys):
     capsys.readouterr()
     assert main(["bench", str(exported), "--runs", "1", "--warmup", "0", "--batch", "8", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == runtime_line(runtime_record(1))
-    assert lines[0].startswith(f"CPU: {cpu_features().model}, ") and lines[0].endswith("; 1 thread")
+    assert lines[0].startswith(f"{runtime_line(runtime_record(1))}; measured on host ")
+    assert lines[0].startswith(f"CPU: {cpu_features().model}, ") and "; 1 thread; " in lines[0]
     assert [line for line in lines if line.startswith("this CPU: ")] == [
         f"this CPU: {note}" for note in int8_notes(cpu_features())
     ]
