@@ -28,6 +28,7 @@ navigation = st.navigation(
         st.Page("pages/tune.py", title="Tune"),
         st.Page("pages/sensitivity.py", title="Sensitivity"),
         st.Page("pages/export.py", title="Export & latency"),
+        st.Page("pages/debug.py", title="Debug int8"),
         st.Page("pages/learn.py", title="Learn"),
     ]
 )

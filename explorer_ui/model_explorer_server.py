@@ -1,0 +1,263 @@
+"""A local HTTP server for Google's Model Explorer web app, with graphs and overlays the app converted
+itself, and nothing leaving 127.0.0.1.
+
+Model Explorer's own server (``model_explorer.server``, Flask) also reads any file the page names
+(``/api/v1/read_text_file?path=``), converts any path it is sent, accepts uploads and asks PyPI and
+GitHub for a newer release. This server answers none of that. It serves:
+
+* the web app's static files (``model_explorer/web_app``), with ``index.html`` patched so that its
+  Google Sans Text faces load from the wheel's own ``static_files/`` (the same ``.woff2`` files that
+  ``fonts.gstatic.com`` would send), and with a Content-Security-Policy of ``connect-src 'self'`` and
+  ``font-src 'self'`` on every response, so the browser refuses any request to another origin;
+* ``/api/v1/load_graphs_json?graph_index=N``: graphs converted in-process by the ONNX adapter
+  (``model_explorer_onnx``), published with ``publish_graphs``;
+* ``/api/v1/load_node_data?node_data_index=N``: overlays published with ``publish_node_data``;
+* ``/api/v1/get_extensions`` (the built-in loaders only) and ``/api/v1/check_new_version`` (no
+  version: nothing is looked up).
+
+Published items are kept under random 52-bit indices (``secrets.randbelow``: the web app parses the
+index as a JavaScript number), so another session or page cannot guess them; the last
+``KEPT_ITEMS`` are kept. ``viewer_path`` builds the page URL (``/?data=...``) that opens models side
+by side, their navigation synced, with overlays applied to named models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from explorer_ui.netron_server import request_path
+
+HOST = "127.0.0.1"
+KEPT_ITEMS = 64
+INDEX_BITS = 52
+FONT_ORIGIN = re.compile(r"https://fonts\.gstatic\.com/s/[a-z0-9]+/v[0-9]+/")
+FONT_PRECONNECT = re.compile(r'<link rel="preconnect" href="https://fonts\.gstatic\.com"[^>]*>')
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "worker-src 'self' blob:; frame-src 'none'; form-action 'none'; base-uri 'self'"
+)
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".woff2": "font/woff2",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
+}
+NO_VERSION = {"version": "", "runningVersion": "", "releaseUrl": "", "desktopAppUrl": ""}
+
+
+def web_app_dir() -> Path:
+    """The folder of Model Explorer's built web app (in the ``ai-edge-model-explorer`` wheel)."""
+    import model_explorer
+
+    return Path(model_explorer.__file__).resolve().parent / "web_app"
+
+
+def onnx_graphs(path: str | Path, graph_id: str) -> str:
+    """The Model Explorer graphs JSON of an ONNX file, converted by the ``model-explorer-onnx`` adapter,
+    its main graph named ``graph_id``.
+
+    Two models exported alike both call their graph ``main_graph``; the web app would rename the
+    second (``main_graph (2)``), so each model's graph gets an id of its own, which its overlays use.
+    """
+    from model_explorer.utils import convert_adapter_response
+    from model_explorer_onnx.main import ONNXAdapter
+
+    converted = convert_adapter_response(ONNXAdapter().convert(str(path), {}))
+    converted["graphs"][0]["id"] = graph_id
+    return json.dumps(converted)
+
+
+class ModelExplorerServer:
+    """Model Explorer's web app plus published graphs and overlays, on ``127.0.0.1`` at a free port."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self._graphs: dict[int, str] = {}
+        self._node_data: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._root = web_app_dir()
+        self._extensions = json.dumps(_builtin_extensions())
+        handler = type("Handler", (_Handler,), {"server_state": self})
+        self._httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="model-explorer", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def _keep(self, store: dict[int, str], content: str) -> int:
+        index = secrets.randbelow(2**INDEX_BITS)
+        with self._lock:
+            store[index] = content
+            for stale in list(store)[:-KEPT_ITEMS]:
+                del store[stale]
+        return index
+
+    def publish_graphs(self, graphs_json: str) -> int:
+        """Keep a graphs JSON (``onnx_graphs``); returns the index its ``graphs://`` URL names."""
+        return self._keep(self._graphs, graphs_json)
+
+    def publish_node_data(self, node_data: dict[str, Any], graph_id: str) -> int:
+        """Keep an overlay (``compress_core.debug.overlay.node_data``, one graph's data, whatever its
+        key) for the graph ``graph_id``; returns its index."""
+        graph = next(iter(node_data.values()), {"results": {}})
+        return self._keep(self._node_data, json.dumps({graph_id: graph}))
+
+    def viewer_path(
+        self,
+        models: list[tuple[str, int, str]],
+        overlays: list[tuple[str, int, str]],
+        sync: bool = True,
+    ) -> str:
+        """The page path that opens ``models`` (name, graphs index, graph id) side by side, each overlay
+        (name, index, target model name) applied to its model, layers flattened (every op node shown:
+        the ONNX adapter groups them all under one node named after the graph), navigation synced by
+        node id."""
+        data: dict[str, Any] = {
+            "models": [{"url": f"graphs://{name}/{index}"} for name, index, _ in models],
+            "nodeData": [f"node_data://{name}/{index}" for name, index, _ in overlays],
+            "nodeDataTargets": [target for _, _, target in overlays],
+        }
+        if len(models) > 1:
+            data["uiState"] = {
+                "paneStates": [
+                    {
+                        "deepestExpandedGroupNodeIds": [],
+                        "flattenLayers": True,
+                        "selectedNodeId": "",
+                        "selectedGraphId": graph,
+                        "selectedCollectionLabel": name,
+                        "widthFraction": 1 / len(models),
+                    }
+                    for name, _, graph in models
+                ]
+            }
+            if sync:
+                data["sync"] = {"mode": "match_node_id"}
+        return "/?" + urllib.parse.urlencode({"data": json.dumps(data), "renderer": "webgl"})
+
+    def url(self, path: str, page_host: str | None = None) -> str:
+        """The absolute URL of ``path`` for a browser showing the app at ``page_host``: ``localhost``
+        when the app is open there (the same site as the app, so the web app may use its storage,
+        which a cross-site frame is denied), else 127.0.0.1, where the server listens."""
+        name = (page_host or HOST).rsplit(":", 1)[0]
+        return f"http://{'localhost' if name == 'localhost' else HOST}:{self.port}{path}"
+
+    def graphs(self, index: int) -> str | None:
+        with self._lock:
+            return self._graphs.get(index)
+
+    def node_data(self, index: int) -> str | None:
+        with self._lock:
+            return self._node_data.get(index)
+
+    def static(self, path: str) -> bytes | None:
+        """One of the web app's files (``index.html`` patched), None for anything else."""
+        if path in ("/", "/index.html"):
+            return _index_html(self._root)
+        try:
+            file = (self._root / path.lstrip("/")).resolve()
+            inside = file.is_relative_to(self._root) and file.suffix in CONTENT_TYPES and file.is_file()
+            return file.read_bytes() if inside else None
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _builtin_extensions() -> list[dict[str, Any]]:
+    """The metadata of Model Explorer's built-in adapters (the JSON loader among them), no extension loaded."""
+    from model_explorer.extension_manager import ExtensionManager
+
+    manager = ExtensionManager([])
+    manager.load_extensions()
+    return list(manager.get_extensions_metadata())
+
+
+def _index_html(root: Path) -> bytes:
+    """The web app's index.html with its Google web font served from the wheel's own files."""
+    text = (root / "index.html").read_text(encoding="utf-8")
+    text = FONT_PRECONNECT.sub("", text)
+    text = FONT_ORIGIN.sub("static_files/", text)
+    if "fonts.gstatic.com" in text or "fonts.googleapis.com" in text:
+        raise RuntimeError(f"Model Explorer's index.html in {root} has changed; update model_explorer_server")
+    return text.encode("utf-8")
+
+
+class _Handler:
+    """Serves the web app, the published graphs and overlays, and the two harmless API calls."""
+
+    server_state: ModelExplorerServer
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import http.server
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            server_state = cls.server_state
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = request_path(self.path)
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                state = self.server_state
+                if path is None:
+                    self._send(None, "")
+                elif path == "/api/v1/load_graphs_json":
+                    graphs = state.graphs(_index(query, "graph_index"))
+                    self._send(None if graphs is None else graphs.encode(), CONTENT_TYPES[".json"])
+                elif path == "/api/v1/load_node_data":
+                    data = state.node_data(_index(query, "node_data_index"))
+                    body = None if data is None else json.dumps({"content": data}).encode()
+                    self._send(body, CONTENT_TYPES[".json"])
+                elif path == "/api/v1/get_extensions":
+                    self._send(state._extensions.encode(), CONTENT_TYPES[".json"])
+                elif path == "/api/v1/check_new_version":
+                    self._send(json.dumps(NO_VERSION).encode(), CONTENT_TYPES[".json"])
+                elif path.startswith("/api"):
+                    self._send(None, "")
+                else:
+                    content = state.static(path)
+                    self._send(content, CONTENT_TYPES.get(Path(path).suffix or ".html", "text/plain"))
+
+            def _send(self, content: bytes | None, content_type: str) -> None:
+                if content is None:
+                    content, content_type = b"not found", "text/plain"
+                    self.send_response(404)
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(content)))
+                self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                try:
+                    self.wfile.write(content)
+                except ConnectionError:
+                    pass
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                """Keep the app's console quiet."""
+
+        return Handler(*args, **kwargs)
+
+
+def _index(query: dict[str, list[str]], key: str) -> int:
+    try:
+        return int(query.get(key, ["-1"])[0])
+    except ValueError:
+        return -1
