@@ -157,17 +157,23 @@ def singular_values(profile: dict[str, Any], rank: int) -> go.Figure:
         annotation_text=f"break-even {profile['break_even_rank']}",
         annotation_position="top right",
     )
-    figure.update_yaxes(type="log", dtick=log_dtick(values))
+    figure.update_yaxes(type="log", **log_ticks(values))
     return layout(figure, f"Singular values: the first {rank} kept", "index", "singular value (log)")
 
 
-def log_dtick(values: Any) -> int | str:
-    """Plotly's tick step for a log axis over ``values``: powers of ten only over two decades or more,
-    else 1, 2 and 5 of each decade (``"D2"``), never the crowded 1-to-9 labels plotly picks by default."""
+def log_ticks(values: Any) -> dict[str, Any]:
+    """Tick values and labels for a log axis over ``values``: 1, 2 and 5 of each decade over less than
+    two decades, powers of ten over more, written plainly (``0.5``, not plotly's small ``5``)."""
     positive = np.asarray(values, dtype=float)
     positive = positive[positive > 0]
-    decades = np.log10(positive.max() / positive.min()) if positive.size else 0.0
-    return 1 if decades >= 2 else "D2"
+    if not positive.size:
+        return {}
+    low, high = positive.min(), positive.max()
+    steps = (1,) if np.log10(high / low) >= 2 else (1, 2, 5)
+    decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+    ticks = [step * 10.0**decade for decade in decades for step in steps]
+    shown = [tick for tick in ticks if low / 1.5 <= tick <= high * 1.5] or [low, high]
+    return {"tickvals": shown, "ticktext": [f"{tick:g}" for tick in shown]}
 
 
 def rank_tradeoff(profile: dict[str, Any], rank: int) -> go.Figure:

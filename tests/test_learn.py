@@ -218,3 +218,14 @@ def test_learn_page_on_a_sequence_output_shows_one_steps_entropy(app: AppTest, t
     assert "step 5 of 6" in chart["layout"]["title"]["text"]
     captions = " ".join(caption.value for caption in app.caption)
     assert "The other 280 classes hold" in captions and "most probable class at each step" in captions
+
+
+def test_log_axis_ticks_are_few_and_plain() -> None:
+    from explorer_ui.learn_figures import log_ticks
+
+    assert log_ticks([0.06, 0.4, 3.0]) == {
+        "tickvals": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
+        "ticktext": ["0.05", "0.1", "0.2", "0.5", "1", "2"],
+    }
+    assert log_ticks([2e-4, 3.0])["ticktext"] == ["0.0001", "0.001", "0.01", "0.1", "1"]  # decades only
+    assert log_ticks([0.0, 0.0]) == {}  # an all-zero spectrum: plotly's own ticks
