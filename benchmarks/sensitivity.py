@@ -4,6 +4,7 @@ and sweeps on real ONNX models (ddddocr's detector and OCR).
 Run from the repository root::
 
     python benchmarks/sensitivity.py [--repeats 3] [--threads N]
+    python benchmarks/sensitivity.py --ray-only     # only the scaling part, the rest of the results kept
 
 Writes ``benchmarks/results/sensitivity.md`` and ``.json``. Every sweep runs without the disk cache;
 times are medians over ``--repeats`` runs (the machine is shared, so they are noisy).
@@ -17,6 +18,17 @@ callbacks, its set-up apart); a cell through ``apply_plan`` (a new session per c
 before); and ``suggest_plan`` with its default kinds (bits and pruning) at a size target, with the
 cells it measured. (Timing a forward pass after every cell instead, in turn with the cells, slows the
 cells: the two sessions' threads get in each other's way.)
+
+The scaling part (skipped without Ray: ``pip install -e ".[ray]"``) runs one sweep (``digits_resnet``,
+bits 4 and 2 on its 16 layers: 32 cells of about a second each on one core) on a local Ray cluster of 1
+and then of 2 CPUs (``ray.init(num_cpus=N)``, one thread per worker), and reports the wall times, the
+speed-up, the time to the first cell (workers start, read the model from the object store, run the
+reference pass), the per-task overhead (the 1-worker sweep's time per cell beyond the cell's own time
+in this process on one thread; and the round trip of an empty task), the object store's put and a
+worker's get of 100 MB of torch tensors, and the time of one sample's forward pass on one thread of a
+ResNet-50-sized CNN (224x224) and a BERT-base-sized encoder (128 tokens), built here with random
+weights, from which ``docs/scaling.md`` estimates full sweeps. The machine's load average
+(``os.getloadavg``) is recorded beside every figure: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -37,7 +50,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress_core import load_model  # noqa: E402
+from compress_core.analysis.cells import CellContext, evaluate_cell  # noqa: E402
 from compress_core.analysis.metrics import quality_metric  # noqa: E402
+from compress_core.analysis.runners import RayRunner  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
 from compress_core.analysis.sweep import Sweep, config_for  # noqa: E402
@@ -85,9 +100,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--ray-only", action="store_true", help="only the scaling part; keep the other results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ray_only:
+        report = json.loads((RESULTS / "sensitivity.json").read_text())
+        report["scaling"] = scaling_report()
+        write(report)
+        return
     started = time.perf_counter()
     report = {
         "runtime": runtime_record(torch.get_num_threads(), threads_of="torch"),
@@ -136,9 +157,169 @@ def main() -> None:
         print(name, report["suggestions"][name], flush=True)
     report["onnx"] = onnx_report()
     report["total_seconds"] = round(time.perf_counter() - started, 1)
+    report["scaling"] = scaling_report()
+    write(report)
+
+
+def write(report: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sensitivity.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "sensitivity.md").write_text(markdown(report))
+
+
+SCALING_MODEL = "digits_resnet"
+SCALING_SWEEP = Sweep(bits=(4, 2), kinds=("bits",))
+EMPTY_TASKS = 50
+TRANSFER_MB = 100
+
+
+def load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def scaling_report() -> dict | None:
+    """1 vs 2 local Ray workers on one sweep, the per-task overhead and the object store (see the docstring)."""
+    if importlib.util.find_spec("ray") is None:
+        print("ray is not installed: scaling part skipped", flush=True)
+        return None
+    import ray
+
+    handle = load_model(SCALING_MODEL)
+    layers = layer_inventory(handle)
+    section: dict = {"model": SCALING_MODEL, "sweep": SCALING_SWEEP.to_dict(), "ray": ray.__version__, "runs": {}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    context = CellContext(handle, layers, layers, staged=False, threads=1)
+    cells = [(layer.name, "bits", 4) for layer in layers[:: max(len(layers) // 4, 1)][:4]]
+    own = []
+    for cell in cells:
+        cell_started = time.perf_counter()
+        evaluate_cell(context, cell, SCALING_SWEEP)
+        own.append(time.perf_counter() - cell_started)
+    section["cell_seconds_one_thread"] = round(statistics.median(own), 3)
+    section["cell_load"] = load()
+    section["sample_forward_seconds_one_thread"] = {name: sample_forward(name) for name in ("resnet50", "bert_base")}
+    torch.set_num_threads(threads)
+    for workers in (1, 2):
+        before = load()
+        init_started = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        init_seconds = time.perf_counter() - init_started
+        stamps: list[float] = []
+        started = time.perf_counter()
+        result = run_sensitivity(
+            handle,
+            SCALING_SWEEP,
+            cache=False,
+            runner=RayRunner(),
+            progress=lambda _, stamps=stamps: stamps.append(time.perf_counter()),
+        )
+        seconds = time.perf_counter() - started
+        run = section["runs"][workers] = {
+            "cells": result.evaluations,
+            "seconds": round(seconds, 2),
+            "first_cell_seconds": round(stamps[0] - started, 2),
+            "per_cell_seconds": round(seconds / result.evaluations, 3),
+            "steady_per_cell_seconds": round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 3),
+            "ray_init_seconds": round(init_seconds, 2),
+            "failed": len(result.failed),
+            "load_before": before,
+            "load_after": load(),
+        }
+        if workers == 1:
+            run["overhead_per_cell_seconds"] = round(
+                seconds / result.evaluations - section["cell_seconds_one_thread"], 3
+            )
+        else:
+            section.update(overheads(ray))
+        print(f"ray, {workers} worker(s):", run, flush=True)
+        ray.shutdown()
+    section["speedup"] = round(section["runs"][1]["seconds"] / section["runs"][2]["seconds"], 2)
+    print("scaling:", {key: value for key, value in section.items() if key != "runs"}, flush=True)
+    return section
+
+
+def overheads(ray) -> dict:
+    """Round trip of an empty task, and the object store's put / a worker's get of ``TRANSFER_MB`` of tensors."""
+    empty = ray.remote(num_cpus=1)(lambda value: value)
+    ray.get(empty.remote(0))
+    trips = []
+    for index in range(EMPTY_TASKS):
+        trip_started = time.perf_counter()
+        ray.get(empty.remote(index))
+        trips.append(time.perf_counter() - trip_started)
+    tensors = {f"w{index}": torch.randn(TRANSFER_MB * 2**20 // 4 // 10) for index in range(10)}
+    put_started = time.perf_counter()
+    stored = ray.put(tensors)
+    put_seconds = time.perf_counter() - put_started
+    reader = ray.remote(num_cpus=1)(_timed_get)
+    return {
+        "empty_task_round_trip_ms": round(1000 * statistics.median(trips), 2),
+        "transfer_mb": TRANSFER_MB,
+        "put_seconds": round(put_seconds, 3),
+        "worker_get_seconds": round(ray.get(reader.remote([stored])), 3),
+        "overhead_load": load(),
+    }
+
+
+def _timed_get(stored: list) -> float:
+    import ray
+
+    started = time.perf_counter()
+    ray.get(stored[0])
+    return time.perf_counter() - started
+
+
+def sample_forward(name: str, batch: int = 8) -> float:
+    """Seconds of one sample's forward pass on one thread: a ResNet-50-sized CNN at 224x224, or a
+    BERT-base-sized encoder over 128 tokens (random weights: the time does not depend on them)."""
+    if name == "resnet50":
+        model, inputs = resnet50_sized(), torch.randn(batch, 3, 224, 224)
+    else:
+        layer = torch.nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True)
+        model, inputs = torch.nn.TransformerEncoder(layer, 12, enable_nested_tensor=False), torch.randn(batch, 128, 768)
+    model.eval()
+    with torch.inference_mode():
+        model(inputs)
+        times = []
+        for _ in range(3):
+            forward_started = time.perf_counter()
+            model(inputs)
+            times.append(time.perf_counter() - forward_started)
+    return round(statistics.median(times) / batch, 4)
+
+
+def resnet50_sized() -> torch.nn.Module:
+    """ResNet-50's layers (bottleneck blocks 3, 4, 6, 3; 53 convolutions and a 1000-way head), random weights."""
+    nn = torch.nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, inputs: int, width: int, stride: int) -> None:
+            super().__init__()
+            outputs = 4 * width
+            self.body = nn.Sequential(
+                nn.Conv2d(inputs, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, outputs, 1, bias=False), nn.BatchNorm2d(outputs),
+            )  # fmt: skip
+            self.skip = (
+                nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+                if stride != 1 or inputs != outputs
+                else nn.Identity()
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.body(x) + self.skip(x))
+
+    blocks, inputs = [], 64
+    for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for index in range(count):
+            blocks.append(Bottleneck(inputs, width, stride if index == 0 else 1))
+            inputs = 4 * width
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+        *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000),
+    )  # fmt: skip
 
 
 def onnx_report() -> dict | None:
@@ -173,7 +354,7 @@ def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
         ONNX_CELL_SWEEP,
         cache=False,
         layers=[layer.name for layer in layers[every - 1 :: every]],
-        progress=lambda _: stamps.append(time.perf_counter()),
+        progress=lambda _, stamps=stamps: stamps.append(time.perf_counter()),
     )
     forwards += [timed_forward(handle) for _ in range(FORWARD_RUNS)]
     cells = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
@@ -284,7 +465,49 @@ def markdown(report: dict) -> str:
                 f"| {name} | {label} | {metrics['metric']:.2f} | {metrics['drop']:.2f} | {metrics['output_sqnr_db']:.1f} | {metrics['size_ratio']:.4f} |"
             )
     lines += onnx_markdown(report.get("onnx"))
+    lines += scaling_markdown(report.get("scaling"))
     return "\n".join(lines) + "\n"
+
+
+def scaling_markdown(section: dict | None) -> list[str]:
+    """The scaling part of the page."""
+    if section is None:
+        return ["", "## Scaling on Ray", "", "Skipped: Ray is not installed."]
+    runs = {int(key): value for key, value in section["runs"].items()}
+    sweep = Sweep(**section["sweep"])
+    lines = [
+        "",
+        "## Scaling: 1 vs 2 local Ray workers",
+        "",
+        f"`python benchmarks/sensitivity.py --ray-only` (Ray {section['ray']}). {section['model']}, bits "
+        f"{', '.join(str(bits) for bits in sweep.bits)} on every layer, one torch thread per worker; one cell "
+        f"takes {section['cell_seconds_one_thread']} s in this process on one thread (median of 4; load average "
+        f"{section['cell_load']}). The machine was shared with other work while this ran: the load averages "
+        "(1, 5, 15 min) are given beside each figure; the lead re-runs this part on a quiet machine.",
+        "",
+        "| workers | cells | sweep s | per cell s | after the first cell, per cell s | first cell s | ray.init s | failed | load before | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for workers, run in sorted(runs.items()):
+        lines.append(
+            f"| {workers} | {run['cells']} | {run['seconds']} | {run['per_cell_seconds']} | {run['steady_per_cell_seconds']} | {run['first_cell_seconds']} | "
+            f"{run['ray_init_seconds']} | {run['failed']} | {run['load_before']} | {run['load_after']} |"
+        )
+    lines += [
+        "",
+        f"Speed-up of 2 workers over 1: **{section['speedup']}x** (target >= 1.6x on 2 cores).",
+        "",
+        f"Per-task overhead: {runs[1]['overhead_per_cell_seconds']} s per cell (the 1-worker sweep's time per cell "
+        "after its first, beyond the cell's own time in this process; the first cell also waits for the worker to "
+        f"start, read the model and run the reference pass); an empty task's round trip {section['empty_task_round_trip_ms']} ms (median of "
+        f"{EMPTY_TASKS}). Object store, {section['transfer_mb']} MB of torch tensors: put {section['put_seconds']} s, "
+        f"a worker's get {section['worker_get_seconds']} s (load {section['overhead_load']}).",
+        "",
+        "One sample's forward pass on one thread (random weights, batch 8): "
+        + ", ".join(f"{name} {value} s" for name, value in section["sample_forward_seconds_one_thread"].items())
+        + " (ResNet-50-sized CNN at 224x224; BERT-base-sized encoder, 128 tokens).",
+    ]
+    return lines
 
 
 def onnx_markdown(section: dict | None) -> list[str]:

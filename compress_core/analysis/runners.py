@@ -64,7 +64,7 @@ class SweepJob:
     batch_size: int
     staged: bool = True
     key: str = ""
-    """The handle's ``sweep_cache.model_key``: which model a worker's context holds."""
+    """The handle's ``sweep_cache.model_key`` and the batch size: which context a worker holds."""
 
 
 @dataclass(frozen=True)

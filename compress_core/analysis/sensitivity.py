@@ -67,7 +67,7 @@ def run_sensitivity(
     """
     sweep = sweep or Sweep()
     started = time.perf_counter()
-    key = model_key(handle) if cache is not False else ""
+    key = model_key(handle)  # also names the model in the workers' memory, cache or not
     path = _restricted(cache_file(handle, sweep, hessian, cache, key), layers)
     cached = read_cached(path)
     if cached is not None:
@@ -101,7 +101,7 @@ def run_sensitivity(
         report(cell)
     todo = [cell for cell in cells if cell not in outcomes]
     if todo or not store.info:
-        job = SweepJob(handle, inventory, swept, sweep, batch_size, staged, key)
+        job = SweepJob(handle, inventory, swept, sweep, batch_size, staged, f"{key}-{batch_size}")
         try:
             info = (runner or current_runner()).run(job, todo, on_outcome, cancel)
         finally:
