@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -96,7 +96,7 @@ class CellRunner:
     def close(self) -> None:
         """End the processes or the cluster connection the runner started (nothing by default)."""
 
-    def __enter__(self) -> CellRunner:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
