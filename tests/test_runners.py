@@ -6,12 +6,14 @@ import sys
 
 import pytest
 
-from compress_core import load_model
+from compress_core import CompressError, load_model
 from compress_core.analysis import cells
-from compress_core.analysis.runners import PoolRunner
+from compress_core.analysis.runners import RAY_INSTALL, InProcessRunner, PoolRunner, using
 from compress_core.analysis.sensitivity import run_sensitivity
+from compress_core.analysis.suggest import suggest_plan
 from compress_core.analysis.sweep import Sweep
 from compress_core.cli import main
+from compress_core.models.handle import Quality
 
 SWEEP = Sweep(bits=(4, 2), kinds=("bits",))
 
@@ -61,3 +63,39 @@ def test_ray_option_without_ray_says_how_to_install(monkeypatch, tmp_path, capsy
     )
     assert main(["sensitivity", "digits_mlp", "--workers", "0", "--out", str(tmp_path / "s.csv")]) != 0
     assert "--workers 0 is not allowed" in capsys.readouterr().err
+
+
+def test_sweeps_given_no_runner_use_the_one_set_for_the_block(mlp):
+    class Counting(InProcessRunner):
+        def __init__(self) -> None:
+            self.cells: list = []
+
+        def run(self, job, cells, on_outcome, cancel):
+            self.cells += cells
+            return super().run(job, cells, on_outcome, cancel)
+
+    counting = Counting()
+    with using(counting):
+        suggestion = suggest_plan(mlp, target_size=0.25, sweep=SWEEP, cache=False)  # as `suggest --workers` runs it
+    assert len(counting.cells) == 8 and suggestion.plan.layers
+    assert run_sensitivity(mlp, SWEEP, cache=False).evaluations == 8 and len(counting.cells) == 8  # block ended
+
+
+def test_a_metric_that_cannot_be_pickled_is_refused_for_worker_processes(mlp):
+    local = mlp.replace(quality=Quality(metric=lambda reference, outputs, labels: 1.0, metric_label="m.py:f"))
+    with PoolRunner(2) as runner, pytest.raises(CompressError, match="cannot be sent to worker processes"):
+        run_sensitivity(local, SWEEP, cache=False, runner=runner)
+    assert runner.pool is None  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["suggest", "digits_mlp", "--target-size", "0.2", "--ray", "auto", "--out", "plan.yaml"],
+        ["bench", "out", "--ray", "auto", "--latency-on", "cluster"],
+    ],
+)
+def test_suggest_and_bench_say_how_to_install_ray(command, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(command) != 0
+    assert capsys.readouterr().err.strip() == f"error: {RAY_INSTALL}"
