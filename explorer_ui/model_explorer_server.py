@@ -7,7 +7,7 @@ GitHub for a newer release. This server answers none of that. It serves:
 
 * the web app's static files (``model_explorer/web_app``), with ``index.html`` patched so that its
   Google Sans Text faces load from the wheel's own ``static_files/`` (the same ``.woff2`` files that
-  ``fonts.gstatic.com`` would send), and with a Content-Security-Policy of ``connect-src 'self'`` and
+  ``fonts.gstatic.com`` would send; faces it does not ship are dropped), and with a Content-Security-Policy of ``connect-src 'self'`` and
   ``font-src 'self'`` on every response, so the browser refuses any request to another origin;
 * ``/api/v1/load_graphs_json?graph_index=N``: graphs converted in-process by the ONNX adapter
   (``model_explorer_onnx``), published with ``publish_graphs``;
@@ -37,6 +37,8 @@ HOST = "127.0.0.1"
 KEPT_ITEMS = 64
 INDEX_BITS = 52
 FONT_ORIGIN = re.compile(r"https://fonts\.gstatic\.com/s/[a-z0-9]+/v[0-9]+/")
+FONT_FACE = re.compile(r"@font-face\{[^}]*\}")
+FONT_URL = re.compile(r"url\(([^)]*)\)")
 FONT_PRECONNECT = re.compile(r'<link rel="preconnect" href="https://fonts\.gstatic\.com"[^>]*>')
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
@@ -191,10 +193,21 @@ def _builtin_extensions() -> list[dict[str, Any]]:
 
 
 def _index_html(root: Path) -> bytes:
-    """The web app's index.html with its Google web font served from the wheel's own files."""
+    """The web app's index.html with its Google web font served from the wheel's own files.
+
+    The wheel ships the Latin, Latin Extended, Vietnamese, Greek and Cyrillic faces; the rules of the
+    other scripts' faces are dropped (those characters fall back to a system font), so that the page
+    asks for no file that is not there.
+    """
     text = (root / "index.html").read_text(encoding="utf-8")
     text = FONT_PRECONNECT.sub("", text)
     text = FONT_ORIGIN.sub("static_files/", text)
+
+    def shipped(rule: re.Match[str]) -> str:
+        url = FONT_URL.search(rule.group(0))
+        return rule.group(0) if url is None or (root / url.group(1).lstrip("/")).is_file() else ""
+
+    text = FONT_FACE.sub(shipped, text)
     if "fonts.gstatic.com" in text or "fonts.googleapis.com" in text:
         raise RuntimeError(f"Model Explorer's index.html in {root} has changed; update model_explorer_server")
     return text.encode("utf-8")

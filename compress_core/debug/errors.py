@@ -13,7 +13,8 @@ output (``graph.exposed``). Per layer, summed over all batches:
   model carries it to the output. An error early in the model may be small where it is made and
   large where it arrives (a first convolution's, amplified by every layer after it);
 - **restore gain**: the int8 model with only this layer's weights back in fp32
-  (``graph.weights_restored``): how many dB its ranked output's SQNR against fp32 gains. Errors
+  (``graph.weights_restored``): how many dB its ranked output's SQNR against fp32 gains, and how
+  much its quality figure (``score``: accuracy, agreement, ...) gains. Errors
   interact: a layer whose error is small alone may be the one the rest of the int8 model cannot
   absorb (seen on an OCR model: the first convolution, 37 dB alone, was the one to keep float).
   The layers are ranked by this gain, ties by the own error at the output;
@@ -44,6 +45,7 @@ from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import default_opset, prepare_for_quantization
 
 DEBUG_BATCH = 32
+Score = Callable[[np.ndarray, np.ndarray], float]
 VARIANTS = {"reference": (False, False), "own": (True, True), "weight": (False, True), "activation": (True, False)}
 
 
@@ -92,6 +94,7 @@ class LayerError:
     own_sqnr_db: float | None = None
     own_output_sqnr_db: float | None = None
     restore_gain_db: float | None = None
+    restore_quality_gain: float | None = None
     weight_sqnr_db: float | None = None
     activation_sqnr_db: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -106,12 +109,17 @@ def layer_errors(
     batch: int = DEBUG_BATCH,
     check: Callable[[], None] | None = None,
     output: int = 0,
+    score: Score | None = None,
+    output_axis: int = 0,
 ) -> list[LayerError]:
     """``LayerError`` of every layer of ``targets`` that ``int8`` still has, in graph order.
 
     ``fp32`` is the original model's export, ``int8`` the quantized compressed model (same node
-    names), ``targets`` the compressed model's layer map, ``output`` the index of the ranked output. ``check`` is called before each batch
-    (to stop a long run). Raises ``CompressError`` when no layer of the map is in the int8 model.
+    names), ``targets`` the compressed model's layer map, ``output`` the index of the ranked output
+    (its batch axis ``output_axis``), ``score(reference, outputs)`` the task's quality figure (higher
+    is better; both batch axis first) that ``restore_quality_gain`` is measured in (None: not measured).
+    ``check`` is called before each batch (to stop a long run). Raises ``CompressError`` when no layer
+    of the map is in the int8 model.
     """
     pairs = pair_layers(fp32, int8, targets)
     if not pairs:
@@ -147,6 +155,7 @@ def layer_errors(
     outputs = {pair.layer: Agreement() for pair in pairs}
     carried = {layer: Agreement() for layer in injected}
     whole, regained = Agreement(), {layer: Agreement() for layer in restored}
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in ("fp32", "int8", *restored)} if score else {}
     own = {pair.layer: {variant: Agreement() for variant in VARIANTS if variant != "reference"} for pair in pairs}
     for part in in_batches(inputs, batch, fixed_batch):
         if check is not None:
@@ -155,11 +164,16 @@ def layer_errors(
         floats = _run(fp32_run, feed, fp32_names, "the fp32 model")
         ints = _run(int8_run, feed, int8_names, "the int8 model")
         whole.add(floats[ranked], ints[int8_ranked])
+        if score:
+            kept["fp32"].append(floats[ranked])
+            kept["int8"].append(ints[int8_ranked])
         for layer, session in injected.items():
             carried[layer].add(floats[ranked], _run(session, feed, [ranked], f"layer {layer} in int8")[ranked])
         for layer, session in restored.items():
             result = _run(session, feed, [int8_ranked], f"layer {layer} restored")[int8_ranked]
             regained[layer].add(floats[ranked], result)
+            if score:
+                kept[layer].append(result)
         for pair in pairs:
             if pair.fp32_output:
                 outputs[pair.layer].add(floats[pair.fp32_output], ints[pair.int8_output])
@@ -176,7 +190,18 @@ def layer_errors(
             row.own_output_sqnr_db = carried[row.layer].sqnr_db
         if row.layer in regained:
             row.restore_gain_db = regained[row.layer].sqnr_db - whole.sqnr_db
+    if score:
+        joined = {name: _joined(parts, output_axis, len(inputs)) for name, parts in kept.items()}
+        before = score(joined["fp32"], joined["int8"])
+        for row in rows:
+            if row.layer in restored:
+                row.restore_quality_gain = score(joined["fp32"], joined[row.layer]) - before
     return rows
+
+
+def _joined(parts: list[np.ndarray], axis: int, samples: int) -> np.ndarray:
+    """Batches of one output joined on their batch axis, that axis first, padding copies dropped."""
+    return np.moveaxis(np.concatenate(parts, axis=axis), axis, 0)[:samples]
 
 
 def _run(session: object, feed: dict[str, np.ndarray], names: list[str], label: str) -> dict[str, np.ndarray]:
@@ -209,15 +234,16 @@ def _row(pair: LayerPair, output: Agreement, own: dict[str, Agreement] | None) -
 
 
 def rank(rows: list[LayerError]) -> list[LayerError]:
-    """Rows by restore gain, largest first, ties by own error at the output (lowest SQNR first);
-    layers without a restore gain (float ones) last, by output error."""
+    """Rows by restore gain, largest first: in the task's quality where measured, ties (a few samples
+    change their answer, or none) by the gain in output SQNR; layers without one (float ones) last,
+    by output error."""
 
     def key(row: LayerError) -> tuple[int, float, float]:
         gain = row.restore_gain_db
-        carried = row.own_output_sqnr_db if row.own_output_sqnr_db is not None else math.inf
+        quality = row.restore_quality_gain if row.restore_quality_gain is not None else 0.0
         output = row.output_sqnr_db if row.output_sqnr_db is not None else math.inf
         if gain is None or math.isnan(gain):
             return (1, output, 0.0)
-        return (0, -round(gain, 1), carried)
+        return (0, -round(quality, 9), -gain)
 
     return sorted(rows, key=key)

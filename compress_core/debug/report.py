@@ -18,15 +18,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from compress_core import jsonio
+from compress_core.analysis.metrics import quality_metric
 from compress_core.atomic import atomic_write, atomic_write_text
 from compress_core.debug.errors import DEBUG_BATCH, layer_errors, rank
 from compress_core.debug.fix import Fix, int8_outcome
 from compress_core.debug.overlay import DEFAULT_OVERLAY, OVERLAYS, overlays
 from compress_core.debug.speed import SpeedReport, layer_speeds
 from compress_core.errors import CompressError
+from compress_core.models.handle import EvalData
 from compress_core.ort.int8 import Int8Options
 from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
@@ -50,6 +53,7 @@ CSV_COLUMNS = (
     "own_sqnr_db",
     "own_output_sqnr_db",
     "restore_gain_db",
+    "restore_quality_gain",
     "weight_sqnr_db",
     "activation_sqnr_db",
     "fp32_ms",
@@ -121,10 +125,26 @@ def debug_model(
     int8 = onnx.load(str(outcome.path))
     handle = original.handle
     inputs = handle.data.inputs[: min(samples, len(handle.data.inputs))]
+    labels, origin = handle.data.labels, handle.data.origin
     targets = model.compressed.layer_targets
+    measured = handle.replace(data=EvalData(inputs, None if labels is None else labels[: len(inputs)], origin))
+    output = handle.quality.output
+
+    def score(reference: np.ndarray, outputs: np.ndarray) -> float:
+        return quality_metric(measured, reference, outputs)
+
     errors = rank(
         layer_errors(
-            original.onnx_model, int8, targets, inputs, handle.fixed_batch, DEBUG_BATCH, check, handle.quality.output
+            original.onnx_model,
+            int8,
+            targets,
+            inputs,
+            handle.fixed_batch,
+            DEBUG_BATCH,
+            check,
+            output,
+            score,
+            handle.output_axis(output),
         )
     )
     bits = _planned(model)
