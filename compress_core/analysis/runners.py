@@ -12,8 +12,9 @@ reads them on its first cell. A worker then keeps one ``CellContext`` for that m
 pass, the working copy or the ONNX session) across cells and sweeps, with ``threads`` torch and ONNX
 Runtime intra-op threads, so that N workers do not oversubscribe the cores. At most twice as many
 cells as workers are in flight; a stop cancels the others and waits until none is running. A cell's
-error is retried once in the worker (``evaluate_cell``); a worker that dies is retried once by Ray,
-then the cell is reported as failed, as are the cells of a broken pool.
+error is retried once in the worker (``evaluate_cell``); a cell whose worker dies is retried once by
+Ray, then reported as failed. A local worker that dies breaks its pool: the cells in flight are
+reported as failed and the sweep ends with a one-line error, its finished cells cached.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ class PoolRunner(_RemoteRunner):
         self.close()
         try:
             payload = pickle.dumps(Payload.of(job, self.threads))
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - pickling a model can raise anything its classes raise
             raise CompressError(
                 f"model '{job.handle.name}' cannot be sent to worker processes ({first_line(exc)}); "
                 "run the sweep in this process, or on Ray (--ray local), which sends your metric's code along"
@@ -218,10 +219,16 @@ class PoolRunner(_RemoteRunner):
         return self._running().submit(_pool_info)
 
     def _info(self, task: Any) -> tuple[str, float, str]:
-        return task.result()
+        try:
+            return task.result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise self._broken(exc) from exc
 
     def _submit(self, job: SweepJob, cell: Cell) -> Any:
-        return self._running().submit(_pool_cell, cell, job.sweep)
+        try:
+            return self._running().submit(_pool_cell, cell, job.sweep)
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise self._broken(exc) from exc
 
     def _wait(self, tasks: list[Any]) -> list[Any]:
         done, _ = concurrent.futures.wait(tasks, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -238,6 +245,14 @@ class PoolRunner(_RemoteRunner):
             task.cancel()
         concurrent.futures.wait(list(pending))
         return [(task, self._outcome(task, pending[task])) for task in pending if not task.cancelled()]
+
+    def _broken(self, exc: Exception) -> CompressError:
+        """The error of a pool whose process died (the pool is ended; the next sweep starts a new one)."""
+        self.close()
+        return CompressError(
+            f"the local worker processes stopped ({first_line(exc)}); the finished cells are cached: "
+            "run the sweep again, with fewer workers if memory ran out"
+        )
 
     def close(self) -> None:
         if self.pool is not None:
@@ -302,7 +317,7 @@ class RayRunner(_RemoteRunner):
         if job.key not in self.refs:
             try:
                 self.refs = {job.key: ray.put(Payload.of(job, self.threads))}
-            except (pickle.PicklingError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - pickling a model can raise anything its classes raise
                 raise CompressError(
                     f"model '{job.handle.name}' cannot be sent to Ray ({first_line(exc)}); run the sweep in this process"
                 ) from exc
