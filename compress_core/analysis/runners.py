@@ -131,8 +131,6 @@ class InProcessRunner(CellRunner):
 class _RemoteRunner(CellRunner):
     """The loop shared by the pool and Ray: submit, collect as cells finish, cancel on a stop."""
 
-    strategy = ""
-
     def run(self, job: SweepJob, cells: list[Cell], on_outcome: OnOutcome, cancel: Cancel) -> SweepInfo:
         self._prepare(job)
         info = self._submit_info(job)

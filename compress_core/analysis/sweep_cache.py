@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -153,12 +152,6 @@ class CellStore:
             self.cells = {**json.loads(self.path.read_text(encoding="utf-8"))["cells"], **self.cells}
         atomic_write_text(self.path, json.dumps({"info": self.info, "cells": self.cells}))
         self.written, self.dirty = time.monotonic(), False
-
-    def missing(
-        self, cells: Iterable[tuple[str, str, int | float]], sweep: Sweep
-    ) -> list[tuple[str, str, int | float]]:
-        """The cells of ``cells`` not in the store, in their order."""
-        return [cell for cell in cells if self.key(cell, sweep) not in self.cells]
 
 
 def cell_store(cache: bool | str | Path, model: str) -> CellStore:
