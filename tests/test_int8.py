@@ -21,9 +21,7 @@ from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
 MIXED = "version: 1\ndefault: {bits: 8}\nlayers:\n  conv2: {bits: 4}\n  conv3: {bits: 5}\n  head: null\n"
-# These tests check how the plan's grids are stored: the int8 path's own float layers (conv1 reads one
-# input channel) are turned off; tests/test_int8_path.py tests them.
-OPTIONS = Int8Options(calibration_samples=32, float_narrow_convs=False)
+OPTIONS = Int8Options(calibration_samples=32)
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +198,7 @@ def test_opset11_with_constant_weights_is_converted_and_quantized(tmp_path):
     onnx.save(raw, path)
     handle = cc.load_model(path)
     compressed = compress(handle, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
-    result = quantize_int8(
-        compressed, tmp_path / "old_int8.onnx", Int8Options(calibration_samples=8, float_narrow_convs=False)
-    )
+    result = quantize_int8(compressed, tmp_path / "old_int8.onnx", Int8Options(calibration_samples=8))
     model = onnx.load(str(result.path))
     assert model.opset_import[0].version >= 13
     per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "W_quantized"]

@@ -56,7 +56,7 @@ def test_rule_by_cpu(cpu, rule, static_kernel, measured):
     assert (static.rule, static.kernel, static.measure_saturation) == (rule, static_kernel, measured)
     assert (dynamic.kernel, dynamic.measure_saturation) == ("U8S8", measured)  # ORT's dynamic activations are uint8
     assert not static.reduce_range and not dynamic.reduce_range and static.per_channel is None
-    assert static.float_narrow_convs and not dynamic.float_narrow_convs
+    assert not static.float_narrow_convs and not dynamic.float_narrow_convs  # float layers are measured, not ruled
     assert f"rule {rule}" in static.describe() and "set by the user" not in static.describe()
 
 
@@ -68,7 +68,7 @@ def test_overrides_are_named_and_stop_the_measurement():
     assert resolve_path(AVX2, dynamic=True, per_channel=True).measure_saturation  # granularity does not saturate
     assert resolve_path(VNNI, dynamic=True, activations="int8").activations == "uint8"  # static-only option
     assert exact_alternative(choose_path(AVX2, False)).kernel == "U8U8"
-    assert resolve_path(VNNI, dynamic=False, float_narrow_convs=False).float_narrow_convs is False
+    assert resolve_path(VNNI, dynamic=False, float_narrow_convs=True).float_narrow_convs is True
 
 
 def test_unsigned_overrides_move_zero_points_by_128():
@@ -161,11 +161,13 @@ def cnn() -> cc.ModelHandle:
     return cc.load_model("digits_cnn")
 
 
-def test_static_path_keeps_the_one_channel_conv_float(cnn, tmp_path, monkeypatch):
+def test_float_narrow_convs_keeps_the_one_channel_conv_float(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(int8_module, "cpu_features", lambda: VNNI)
     compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
-    result = quantize_int8(compressed, tmp_path / "int8.onnx", Int8Options(calibration_samples=16))
+    options = Int8Options(calibration_samples=16, float_narrow_convs=True)
+    result = quantize_int8(compressed, tmp_path / "int8.onnx", options)
     assert result.choice is not None and (result.choice.rule, result.choice.kernel) == ("vnni", "U8S8")
+    assert result.choice.overridden == ("float_narrow_convs",)
     assert [(row.layer, row.bits) for row in result.layers if row.storage == "float"] == [("conv1", 8)]
     assert result.notes[0].startswith("int8 path: U8S8") and any("conv1 stays float" in n for n in result.notes)
     assert not result.saturation  # VNNI: nothing to measure
@@ -174,8 +176,7 @@ def test_static_path_keeps_the_one_channel_conv_float(cnn, tmp_path, monkeypatch
 def test_without_vnni_a_saturating_u8s8_file_is_replaced_by_u8u8(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(int8_module, "cpu_features", lambda: AVX2)
     compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
-    options = Int8Options(calibration_samples=16, float_narrow_convs=False)
-    result = quantize_int8(compressed, tmp_path / "int8.onnx", options)
+    result = quantize_int8(compressed, tmp_path / "int8.onnx", Int8Options(calibration_samples=16))
     # conv1 multiplies pixels near 255 by large weights: its pairs leave int16 (0.34 of its output on digits_resnet's stem)
     assert result.saturation[0].layer == "conv1" and result.saturation[0].relative_error > SATURATION_TOLERANCE
     assert result.choice is not None and result.choice.kernel == "U8U8" and result.choice.rule == "avx2-no-vnni"

@@ -110,9 +110,8 @@ def test_census_counts_integer_and_float_nodes(files):
     int8 = op_census(paths["int8"], nodes)
     assert fp32.integer == {} and fp32.float_nodes == 5
     assert sorted(fp32.float_layers) == sorted(nodes)  # ORT renames the convs it fuses with their Relu
-    # conv1 reads one input channel: the int8 path keeps it float (its Conv fused with the Relu, renamed)
-    assert int8.integer == {"QLinearConv": 2, "QGemm": 1}
-    assert int8.float == {"Conv": 1, "Gemm": 1} and sorted(int8.float_layers) == ["conv1", "head"]
+    assert int8.integer == {"QLinearConv": 3, "QGemm": 1}
+    assert int8.float == {"Gemm": 1} and int8.float_layers == ["head"]
 
 
 def test_profile_maps_nodes_to_layers(files):

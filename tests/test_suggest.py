@@ -149,8 +149,9 @@ def test_suggest_for_latency_keeps_slow_int8_layers_float(tmp_path, capsys):
     table = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["conv1"], ["conv2"])}
     kept = {name for name, config in plan.layers.items() if config is None}
     assert plan.default is not None and plan.default.bits == 8 and kept <= {"conv1", "conv2", "conv3", "fc1", "head"}
-    for name, row in table.items():  # layer, fp32 ms, int8 ms, plan: the plan follows the profile
-        assert (row[3] == "float") == (name in kept)
+    for name, row in table.items():  # layer, fp32 ms, int8 ms, time with it float (if tried), plan
+        assert (row[-1] == "float") == (name in kept)
+        assert name not in kept or float(row[3]) <= 0.97  # a layer stays float only where its file ran faster
     assert "predicted speed-up" in out and "measured" in out and "latency plan" in out
     # accuracy of each file as ONNX Runtime measured it: keeping layers float costs no accuracy
     accuracy = {

@@ -87,10 +87,20 @@ def run_latency(handle: ModelHandle, args: argparse.Namespace) -> int:
     """``suggest --objective latency``: the plan, each layer's kernel times, predicted and measured speed."""
     found = suggest_latency(handle, Int8Options(dynamic=args.dynamic))
     found.plan.save(args.out)
+    ratios = {entry["layer"]: entry["ratio"] for entry in found.tried}
     print(
         format_table(
-            ("layer", "fp32 ms", "int8 ms", "plan"),
-            [[row.layer, row.fp32_ms, row.int8_ms, "float" if row.int8_slower else "8 bits"] for row in found.layers],
+            ("layer", "fp32 ms", "int8 ms", "time with it float", "plan"),
+            [
+                [
+                    row.layer,
+                    row.fp32_ms,
+                    row.int8_ms,
+                    ratios.get(row.layer),
+                    "float" if row.layer in found.float_layers else "8 bits",
+                ]
+                for row in found.layers
+            ],
         )
     )
     rows = [

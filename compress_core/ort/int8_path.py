@@ -21,10 +21,13 @@ the user's overrides (``Int8Options`` fields left None are the rule's). The rule
 - ``x86-sse`` (x86 without AVX2) and ``unknown`` (features not read): U8S8, saturation measured as
   for ``avx2-no-vnni`` (SSE's U8S8 kernels use the same 16-bit pair sums).
 
-On every CPU a static export keeps float a ``Conv`` whose kernel reads a single input channel (the
-first layer of a grayscale model, ``conv1`` of ``digits_cnn``, ``stem.0`` of ``digits_resnet``): its
-dot products are ``kh*kw`` long, too short for an integer kernel to gain, and ORT adds a quantize
-and a layout change around it; measured 0.3-0.6x fp32 in int8 (``float_narrow_convs`` turns it off).
+Which layers stay float is measured, not ruled: ``suggest --objective latency`` keeps float a layer
+only where the exported file runs faster so. A ``Conv`` reading a single input channel (``conv1`` of
+``digits_cnn``, ``stem.0`` of ``digits_resnet``) runs its own kernel 2-5x slower in int8, but kept
+float it costs more than it saves where its output feeds several integer layers: ORT then adds a
+layout reorder, a quantize and a transpose per consumer (``digits_resnet`` on an AVX-512 VNNI CPU:
+3.87x fp32 with the stem float, 5.0x with every layer int8). ``float_narrow_convs`` keeps such
+layers float on request; no rule turns it on.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Int8Path:
     weights: str = "int8"
     reduce_range: bool = False
     per_channel: bool | None = None
-    float_narrow_convs: bool = True
+    float_narrow_convs: bool = False
     measure_saturation: bool = False
     overridden: tuple[str, ...] = ()
     reasons: tuple[str, ...] = field(default_factory=tuple)
@@ -116,7 +119,6 @@ def choose_path(cpu: CpuInfo, dynamic: bool) -> Int8Path:
     return Int8Path(
         rule=rule,
         activations="int8" if signed else "uint8",
-        float_narrow_convs=not dynamic,
         measure_saturation=rule in SATURATING_RULES,
     )
 
