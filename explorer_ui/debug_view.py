@@ -26,7 +26,8 @@ from explorer_ui.model_explorer_server import ModelExplorerServer, onnx_graphs
 DEBUG = "debug_results"
 DEBUG_FIX = "debug_fix"
 DEBUG_SAMPLES = 64
-SHOWN_OVERLAYS = (DEFAULT_OVERLAY, "restore_gain_db", "output_sqnr_db", "int8_ms", "speedup")
+# Model Explorer shows the overlay loaded last: the own error
+SHOWN_OVERLAYS = ("speedup", "int8_ms", "output_sqnr_db", "restore_gain_db", DEFAULT_OVERLAY)
 
 
 @st.cache_resource(show_spinner=False)

@@ -25,10 +25,10 @@ from test_browser import (  # noqa: F401 (fixtures used by name)
 pytestmark = pytest.mark.browser
 
 
-def test_debug_page_overlay_fix_and_nothing_outside(app_url, browser_context):
+def test_debug_page_overlay_fix_and_nothing_outside(app_url, browser_context):  # noqa: F811 (fixtures)
     first = len(browser_context.requests)
-    page = _open(browser_context, app_url)  # a fresh server opens the default page on any URL first
-    _settle(page)
+    page = _open(browser_context, f"{app_url}/debug")  # a fresh server opens the default page first
+    page.get_by_text("Model: digits_cnn").wait_for()
     page.goto(f"{app_url}/debug")
     page.get_by_role("heading", name="Debug int8").wait_for()
     _settle(page)
@@ -42,7 +42,7 @@ def test_debug_page_overlay_fix_and_nothing_outside(app_url, browser_context):
     assert frame.locator("canvas").count() >= 2
     _shoot(page, "debug_overlay")
 
-    page.get_by_role("radio", name="8 bits").check()
+    page.get_by_text("8 bits", exact=True).click()  # the radio's label (the input itself is covered)
     _pause(page)
     _click_until(page, "Apply the fix and re-export", "Before and after")
     rows = page.locator('[data-testid="stDataFrame"]').nth(1)

@@ -22,6 +22,7 @@ BAD, MIDDLE, GOOD = "#d7191c", "#ffffbf", "#1a9641"
 OVERLAYS: dict[str, tuple[str, str, bool]] = {
     "output_sqnr_db": ("output error (SQNR)", "dB", True),
     "own_sqnr_db": ("own error (SQNR)", "dB", True),
+    "restore_gain_db": ("restore gain (output SQNR)", "dB", True),
     "weight_sqnr_db": ("weight-only error (SQNR)", "dB", True),
     "activation_sqnr_db": ("activation error (SQNR)", "dB", True),
     "fp32_ms": ("fp32 time", "ms", False),
