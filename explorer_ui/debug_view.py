@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from compress_core.debug.fix import Fix, compare, fixed_options, fixed_plan, int8_outcome
+from compress_core.debug.fix import Fix, Outcome, compare, fixed_options, fixed_plan, int8_outcome
 from compress_core.debug.overlay import DEFAULT_OVERLAY
 from compress_core.debug.report import FP32_FILE, INT8_FILE, NODE_DATA_DIR, debug_model
 from compress_core.ort.int8 import Int8Options
@@ -70,10 +70,12 @@ def _publish(server: ModelExplorerServer, entry: dict[str, Any]) -> str:
 
 
 def try_fix(model: CompressedModel, entry: dict[str, Any], fix: Fix, layer_names: list[str]) -> dict[str, Any]:
-    """Re-export with ``fix`` and compare with the debugged int8 file: quality, ms and bytes."""
+    """Re-export with ``fix`` and compare with the debugged int8 file (quality as ``debug_model``
+    measured it): quality, ms and bytes."""
     plan = Plan.from_dict(entry["plan"])
     folder = Path(entry["folder"])
-    before = int8_outcome(model, Int8Options(), folder / "before_int8.onnx")
+    int8_file = folder / INT8_FILE
+    before = Outcome(entry["quality"]["key"], entry["quality"]["int8"], int8_file, int8_file.stat().st_size)
     fixed = compress(model.original, fixed_plan(plan, layer_names, fix))
     after = int8_outcome(fixed, fixed_options(Int8Options(), fix), folder / "after_int8.onnx")
     return {"fix": fix.describe(), "plan": fixed.plan.to_dict(), **compare(before, after, model, runs=10)}

@@ -30,7 +30,7 @@ from compress_core.debug.overlay import DEFAULT_OVERLAY, OVERLAYS, overlays
 from compress_core.debug.speed import SpeedReport, layer_speeds
 from compress_core.errors import CompressError
 from compress_core.models.handle import EvalData
-from compress_core.ort.int8 import Int8Options
+from compress_core.ort.int8 import STORAGE_BITS, Int8Options
 from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
 
@@ -182,8 +182,6 @@ def debug_model(
 
 def _planned(model: CompressedModel) -> dict[str, tuple[int | None, str, str | None]]:
     """Each layer's planned bits, ONNX storage and granularity (float layers: None, ``float``, None)."""
-    from compress_core.ort.int8 import STORAGE_BITS
-
     quantized = model.compressed.handle.compression.quantized if model.compressed.handle.compression else {}
     planned = {}
     for layer in model.compressed.inventory:
@@ -247,21 +245,26 @@ def report_markdown(
         f"# Int8 debug of {handle.name}",
         "",
         f"Int8 {quality['key']} against fp32 on {quality['samples']} evaluation samples ({handle.data.origin}): "
-        f"**{shown}**. Layers are ranked by their own error: each layer run alone on the fp32 model's inputs, "
-        "with its input quantized and its integer weights, against the same layer in float (SQNR, dB; "
-        "lower is worse). *Output* is the error the int8 model carries after the layer (inherited and own); "
-        "*weight* and *activation* split the own error into its two causes.",
+        f"**{shown}**. Layers are ranked by their *restore gain*: how much the int8 model's {quality['key']} "
+        "(then its output SQNR) gains when only that layer's weights go back to fp32. *Own* is the layer run "
+        "alone on the fp32 model's inputs, with its input quantized and its integer weights, against the same "
+        "layer in float; *own at output* the fp32 model with only that layer in int8; *weight* and *activation* "
+        "split the own error into its two causes; *output* is the error the int8 model carries after the "
+        "layer, inherited and own (SQNR in dB: lower is worse).",
         "",
         f"Measured on {runtime_line(runtime_record(None))}.",
         "",
-        "| rank | layer | bits | output dB | cosine | own dB | weight dB | activation dB | suggestion |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| rank | layer | bits | restore gain ({quality['key']}) | restore gain dB | own dB | own at output dB | "
+        "weight dB | activation dB | output dB | cosine | suggestion |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['rank']} | {row['layer']} | {row['bits'] or 'float'} | {_db(row['output_sqnr_db'])} | "
-            f"{_number(row['output_cosine'], '.4f')} | {_db(row['own_sqnr_db'])} | {_db(row['weight_sqnr_db'])} | "
-            f"{_db(row['activation_sqnr_db'])} | {row['suggestion']} |"
+            f"| {row['rank']} | {row['layer']} | {row['bits'] or 'float'} | "
+            f"{_number(row['restore_quality_gain'], '+.3g')} | {_number(row['restore_gain_db'], '+.2f')} | "
+            f"{_db(row['own_sqnr_db'])} | {_db(row['own_output_sqnr_db'])} | {_db(row['weight_sqnr_db'])} | "
+            f"{_db(row['activation_sqnr_db'])} | {_db(row['output_sqnr_db'])} | {_number(row['output_cosine'], '.4f')} | "
+            f"{row['suggestion']} |"
         )
     notes = [f"- {row['layer']}: {note}" for row in rows for note in row.get("notes", [])]
     if notes:
