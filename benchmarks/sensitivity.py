@@ -20,11 +20,12 @@ cells it measured. (Timing a forward pass after every cell instead, in turn with
 cells: the two sessions' threads get in each other's way.)
 
 The scaling part (skipped without Ray: ``pip install -e ".[ray]"``) runs one sweep (``digits_resnet``,
-bits 4 and 2 on its 16 layers: 32 cells of about a second each on one core) on a local Ray cluster of 1
-and then of 2 CPUs (``ray.init(num_cpus=N)``, one thread per worker), and reports the wall times, the
-speed-up, the time to the first cell (workers start, read the model from the object store, run the
-reference pass), the per-task overhead (the 1-worker sweep's time per cell beyond the cell's own time
-in this process on one thread; and the round trip of an empty task), the object store's put and a
+bits 4 and 2 on its 16 layers: 32 cells of one to two seconds each on one core) on a local Ray cluster of
+1, 2, 2 and 1 CPUs in turn (``ray.init(num_cpus=N)``, one thread per worker), and reports the wall times,
+the speed-up (mean times), the time to the first cell (workers start, read the model from the object
+store, run the reference pass), the per-task overhead (in the 1-worker runs, the time between two cells
+beyond a cell's own time in this process on one thread, measured just before; a cell task's round trip
+beyond the cell's time inside the worker; and the round trip of an empty task), the object store's put and a
 worker's get of 100 MB of torch tensors, and the time of one sample's forward pass on one thread of a
 ResNet-50-sized CNN (224x224) and a BERT-base-sized encoder (128 tokens), built here with random
 weights, from which ``docs/scaling.md`` estimates full sweeps. The machine's load average
@@ -52,11 +53,12 @@ sys.path.insert(0, str(ROOT))
 from compress_core import load_model  # noqa: E402
 from compress_core.analysis.cells import CellContext, evaluate_cell  # noqa: E402
 from compress_core.analysis.metrics import quality_metric  # noqa: E402
-from compress_core.analysis.runners import RayRunner  # noqa: E402
+from compress_core.analysis.runners import Payload, RayRunner, SweepJob, worker_context  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
 from compress_core.analysis.sweep import Sweep, config_for  # noqa: E402
-from compress_core.models.handle import EvalData, ModelHandle  # noqa: E402
+from compress_core.analysis.sweep_cache import model_key  # noqa: E402
+from compress_core.models.handle import RUN_BATCH, EvalData, ModelHandle  # noqa: E402
 from compress_core.models.inputs import Inputs  # noqa: E402
 from compress_core.models.inventory import layer_inventory  # noqa: E402
 from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
@@ -169,6 +171,9 @@ def write(report: dict) -> None:
 
 SCALING_MODEL = "digits_resnet"
 SCALING_SWEEP = Sweep(bits=(4, 2), kinds=("bits",))
+SCALING_ORDER = (1, 2, 2, 1)
+OVERHEAD_CELLS = 6
+"""Worker counts in turn (ABBA), so that a load that drifts during the run weighs on both alike."""
 EMPTY_TASKS = 50
 TRANSFER_MB = 100
 
@@ -186,24 +191,18 @@ def scaling_report() -> dict | None:
 
     handle = load_model(SCALING_MODEL)
     layers = layer_inventory(handle)
-    section: dict = {"model": SCALING_MODEL, "sweep": SCALING_SWEEP.to_dict(), "ray": ray.__version__, "runs": {}}
+    section: dict = {"model": SCALING_MODEL, "sweep": SCALING_SWEEP.to_dict(), "ray": ray.__version__, "runs": []}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     context = CellContext(handle, layers, layers, staged=False, threads=1)
-    cells = [(layer.name, "bits", 4) for layer in layers[:: max(len(layers) // 4, 1)][:4]]
-    own = []
-    for cell in cells:
-        cell_started = time.perf_counter()
-        evaluate_cell(context, cell, SCALING_SWEEP)
-        own.append(time.perf_counter() - cell_started)
-    section["cell_seconds_one_thread"] = round(statistics.median(own), 3)
-    section["cell_load"] = load()
     section["sample_forward_seconds_one_thread"] = {name: sample_forward(name) for name in ("resnet50", "bert_base")}
-    torch.set_num_threads(threads)
-    for workers in (1, 2):
+    for workers in SCALING_ORDER:
+        torch.set_num_threads(1)
+        own, own_load = own_cell_seconds(context), load()
+        torch.set_num_threads(threads)
         before = load()
         init_started = time.perf_counter()
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         init_seconds = time.perf_counter() - init_started
         stamps: list[float] = []
         started = time.perf_counter()
@@ -215,28 +214,71 @@ def scaling_report() -> dict | None:
             progress=lambda _, stamps=stamps: stamps.append(time.perf_counter()),
         )
         seconds = time.perf_counter() - started
-        run = section["runs"][workers] = {
+        steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+        run = {
+            "workers": workers,
             "cells": result.evaluations,
             "seconds": round(seconds, 2),
             "first_cell_seconds": round(stamps[0] - started, 2),
-            "per_cell_seconds": round(seconds / result.evaluations, 3),
-            "steady_per_cell_seconds": round((stamps[-1] - stamps[0]) / (len(stamps) - 1), 3),
+            "steady_per_cell_seconds": round(steady, 3),
+            "own_cell_seconds": round(own, 3),
+            "own_cell_load": own_load,
             "ray_init_seconds": round(init_seconds, 2),
             "failed": len(result.failed),
             "load_before": before,
             "load_after": load(),
         }
-        if workers == 1:
-            run["overhead_per_cell_seconds"] = round(
-                seconds / result.evaluations - section["cell_seconds_one_thread"], 3
-            )
-        else:
+        if workers == 1:  # cells one after another: the time between two beyond a cell's own
+            run["overhead_per_cell_seconds"] = round(steady - own, 3)
+            run["task_overhead_ms"] = task_overhead_ms(ray, handle, layers)
+        elif "empty_task_round_trip_ms" not in section:
             section.update(overheads(ray))
+        section["runs"].append(run)
         print(f"ray, {workers} worker(s):", run, flush=True)
         ray.shutdown()
-    section["speedup"] = round(section["runs"][1]["seconds"] / section["runs"][2]["seconds"], 2)
+    mean = {
+        workers: statistics.mean(run["seconds"] for run in section["runs"] if run["workers"] == workers)
+        for workers in (1, 2)
+    }
+    section["speedup"] = round(mean[1] / mean[2], 2)
     print("scaling:", {key: value for key, value in section.items() if key != "runs"}, flush=True)
     return section
+
+
+def task_overhead_ms(ray, handle: ModelHandle, layers: list) -> float:
+    """Median of a cell task's round trip minus the cell's own time inside the worker, over
+    ``OVERHEAD_CELLS`` cells run one at a time: what Ray adds to a cell (submit, schedule, return)."""
+    job = SweepJob(handle, layers, layers, SCALING_SWEEP, RUN_BATCH, False, f"overhead-{model_key(handle)}")
+    stored = [ray.put(Payload.of(job, 1))]
+    timed = ray.remote(_timed_cell).options(num_cpus=1)
+    cells = [(layer.name, "bits", 4) for layer in layers[:OVERHEAD_CELLS]]
+    ray.get(timed.remote(job.key, stored, cells[0]))  # the worker reads the model and runs the reference pass
+    extra = []
+    for cell in cells:
+        trip_started = time.perf_counter()
+        inside = ray.get(timed.remote(job.key, stored, cell))
+        extra.append(time.perf_counter() - trip_started - inside)
+    return round(1000 * statistics.median(extra), 2)
+
+
+def _timed_cell(key: str, stored: list, cell: tuple) -> float:
+    import ray
+
+    context = worker_context(key, lambda: ray.get(stored[0]))
+    started = time.perf_counter()
+    evaluate_cell(context, cell, SCALING_SWEEP)
+    return time.perf_counter() - started
+
+
+def own_cell_seconds(context: CellContext) -> float:
+    """Median seconds of 4 cells of the scaling sweep in this process, on the thread count set."""
+    layers = context.layers
+    own = []
+    for layer in layers[:: max(len(layers) // 4, 1)][:4]:
+        cell_started = time.perf_counter()
+        evaluate_cell(context, (layer.name, "bits", 4), SCALING_SWEEP)
+        own.append(time.perf_counter() - cell_started)
+    return statistics.median(own)
 
 
 def overheads(ray) -> dict:
@@ -473,35 +515,41 @@ def scaling_markdown(section: dict | None) -> list[str]:
     """The scaling part of the page."""
     if section is None:
         return ["", "## Scaling on Ray", "", "Skipped: Ray is not installed."]
-    runs = {int(key): value for key, value in section["runs"].items()}
     sweep = Sweep(**section["sweep"])
+    overheads = [run["overhead_per_cell_seconds"] for run in section["runs"] if run["workers"] == 1]
+    tasks = [run["task_overhead_ms"] for run in section["runs"] if run["workers"] == 1]
     lines = [
         "",
         "## Scaling: 1 vs 2 local Ray workers",
         "",
         f"`python benchmarks/sensitivity.py --ray-only` (Ray {section['ray']}). {section['model']}, bits "
-        f"{', '.join(str(bits) for bits in sweep.bits)} on every layer, one torch thread per worker; one cell "
-        f"takes {section['cell_seconds_one_thread']} s in this process on one thread (median of 4; load average "
-        f"{section['cell_load']}). The machine was shared with other work while this ran: the load averages "
-        "(1, 5, 15 min) are given beside each figure; the lead re-runs this part on a quiet machine.",
+        f"{', '.join(str(bits) for bits in sweep.bits)} on every layer, one torch thread per worker, runs in the order "
+        f"{', '.join(str(run['workers']) for run in section['runs'])} workers (a fresh `ray.init(num_cpus=N)` each). "
+        "Own cell: the median of 4 cells of the sweep in this process on one thread, just before the run. The "
+        "machine was shared with other work while this ran: the load averages (1, 5, 15 min) are given beside "
+        "each figure; the lead re-runs this part on a quiet machine.",
         "",
-        "| workers | cells | sweep s | per cell s | after the first cell, per cell s | first cell s | ray.init s | failed | load before | load after |",
+        "| workers | cells | sweep s | per cell after the first s | first cell s | own cell s | ray.init s | failed | load before | load after |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for workers, run in sorted(runs.items()):
+    for run in section["runs"]:
         lines.append(
-            f"| {workers} | {run['cells']} | {run['seconds']} | {run['per_cell_seconds']} | {run['steady_per_cell_seconds']} | {run['first_cell_seconds']} | "
-            f"{run['ray_init_seconds']} | {run['failed']} | {run['load_before']} | {run['load_after']} |"
+            f"| {run['workers']} | {run['cells']} | {run['seconds']} | {run['steady_per_cell_seconds']} | "
+            f"{run['first_cell_seconds']} | {run['own_cell_seconds']} | {run['ray_init_seconds']} | {run['failed']} | "
+            f"{run['load_before']} | {run['load_after']} |"
         )
     lines += [
         "",
-        f"Speed-up of 2 workers over 1: **{section['speedup']}x** (target >= 1.6x on 2 cores).",
+        f"Speed-up of 2 workers over 1 (mean sweep times): **{section['speedup']}x** (target >= 1.6x on 2 cores).",
         "",
-        f"Per-task overhead: {runs[1]['overhead_per_cell_seconds']} s per cell (the 1-worker sweep's time per cell "
-        "after its first, beyond the cell's own time in this process; the first cell also waits for the worker to "
-        f"start, read the model and run the reference pass); an empty task's round trip {section['empty_task_round_trip_ms']} ms (median of "
-        f"{EMPTY_TASKS}). Object store, {section['transfer_mb']} MB of torch tensors: put {section['put_seconds']} s, "
-        f"a worker's get {section['worker_get_seconds']} s (load {section['overhead_load']}).",
+        "Per-task overhead: a cell task's round trip beyond the cell's own time inside the worker, "
+        f"{', '.join(f'{value} ms' for value in tasks)} (median of {OVERHEAD_CELLS} cells, one at a time, in each 1-worker "
+        f"run); the time between two cells of the 1-worker sweeps beyond a cell's own time in this process, "
+        f"{', '.join(f'{value} s' for value in overheads)} (the load moves it more than Ray: the first cell also waits "
+        "for the worker to start, read the model and run the reference pass); an empty task's round trip "
+        f"{section['empty_task_round_trip_ms']} ms (median of {EMPTY_TASKS}). Object store, {section['transfer_mb']} MB "
+        f"of torch tensors: put {section['put_seconds']} s, a worker's get {section['worker_get_seconds']} s (load "
+        f"{section['overhead_load']}).",
         "",
         "One sample's forward pass on one thread (random weights, batch 8): "
         + ", ".join(f"{name} {value} s" for name, value in section["sample_forward_seconds_one_thread"].items())

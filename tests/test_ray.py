@@ -21,7 +21,8 @@ CPUS = 2
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
+    # address="local": a new cluster even where a `ray start` cluster of this machine is found
+    ray.init(address="local", num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

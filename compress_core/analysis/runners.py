@@ -283,7 +283,7 @@ class RayRunner(_RemoteRunner):
             return ray
         try:
             if self.address == "local":
-                ray.init(num_cpus=self.local_cpus, log_to_driver=False, include_dashboard=False)
+                ray.init(address="local", num_cpus=self.local_cpus, log_to_driver=False, include_dashboard=False)
             else:
                 ray.init(address=self.address, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray's connection errors share no type
