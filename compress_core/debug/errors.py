@@ -14,17 +14,18 @@ output (``graph.exposed``). Per layer, summed over all batches:
   large where it arrives (a first convolution's, amplified by every layer after it);
 - **restore gain**: the int8 model with only this layer's weights back in fp32
   (``graph.weights_restored``): how many dB its ranked output's SQNR against fp32 gains, and how
-  much its quality figure (``score``: accuracy, agreement, ...) gains. Errors
-  interact: a layer whose error is small alone may be the one the rest of the int8 model cannot
-  absorb (seen on an OCR model: the first convolution, 37 dB alone, was the one to keep float).
-  The layers are ranked by this gain, ties by the own error at the output;
+  much its quality figure (``score``: accuracy, agreement, ...) gains. Errors interact: a layer
+  whose error is small alone may be the one the rest of the int8 model cannot absorb (seen on an
+  OCR model: the first convolution, 37 dB alone, was the one to keep float). ``rank`` orders the
+  layers by this gain (quality first, output SQNR to break ties);
 - **weight**: the same cut with integer weights only (inputs float): the weight-only error;
 - **activation**: the same cut with its input QDQ pairs only (fp32 weights): the error of
   quantizing its input activations.
 
 SQNR is ``ops.sqnr.sqnr_from_energies`` over all elements of all batches; cosine is that of the
 flattened activations of all samples. A model with a static batch size runs in batches of it, the
-last one filled up by repeating its last sample (as ``in_batches`` does): those copies count too.
+last one filled up by repeating its last sample (as ``in_batches`` does): those copies count in
+the SQNR sums (the quality figures drop them).
 """
 
 from __future__ import annotations
