@@ -23,6 +23,7 @@ by side, their navigation synced, with overlays applied to named models.
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import secrets
@@ -84,13 +85,11 @@ class ModelExplorerServer:
     """Model Explorer's web app plus published graphs and overlays, on ``127.0.0.1`` at a free port."""
 
     def __init__(self) -> None:
-        import http.server
-
         self._graphs: dict[int, str] = {}
         self._node_data: dict[int, str] = {}
         self._lock = threading.Lock()
         self._root = web_app_dir()
-        self._extensions = json.dumps(_builtin_extensions())
+        self.extensions = json.dumps(_builtin_extensions())
         handler = type("Handler", (_Handler,), {"server_state": self})
         self._httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
         self._httpd.daemon_threads = True
@@ -213,60 +212,50 @@ def _index_html(root: Path) -> bytes:
     return text.encode("utf-8")
 
 
-class _Handler:
+class _Handler(http.server.BaseHTTPRequestHandler):
     """Serves the web app, the published graphs and overlays, and the two harmless API calls."""
 
     server_state: ModelExplorerServer
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        import http.server
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = request_path(self.path)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        state = self.server_state
+        if path is None:
+            self._send(None, "")
+        elif path == "/api/v1/load_graphs_json":
+            graphs = state.graphs(_index(query, "graph_index"))
+            self._send(None if graphs is None else graphs.encode(), CONTENT_TYPES[".json"])
+        elif path == "/api/v1/load_node_data":
+            data = state.node_data(_index(query, "node_data_index"))
+            self._send(None if data is None else json.dumps({"content": data}).encode(), CONTENT_TYPES[".json"])
+        elif path == "/api/v1/get_extensions":
+            self._send(state.extensions.encode(), CONTENT_TYPES[".json"])
+        elif path == "/api/v1/check_new_version":
+            self._send(json.dumps(NO_VERSION).encode(), CONTENT_TYPES[".json"])
+        elif path.startswith(("/api", "/apipost", "/apistream")):
+            self._send(None, "")
+        else:
+            self._send(state.static(path), CONTENT_TYPES.get(Path(path).suffix or ".html", "text/plain"))
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            server_state = cls.server_state
+    def _send(self, content: bytes | None, content_type: str) -> None:
+        if content is None:
+            content, content_type = b"not found", "text/plain"
+            self.send_response(404)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        try:
+            self.wfile.write(content)
+        except ConnectionError:  # the browser went away: nothing to answer
+            pass
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                path = request_path(self.path)
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                state = self.server_state
-                if path is None:
-                    self._send(None, "")
-                elif path == "/api/v1/load_graphs_json":
-                    graphs = state.graphs(_index(query, "graph_index"))
-                    self._send(None if graphs is None else graphs.encode(), CONTENT_TYPES[".json"])
-                elif path == "/api/v1/load_node_data":
-                    data = state.node_data(_index(query, "node_data_index"))
-                    body = None if data is None else json.dumps({"content": data}).encode()
-                    self._send(body, CONTENT_TYPES[".json"])
-                elif path == "/api/v1/get_extensions":
-                    self._send(state._extensions.encode(), CONTENT_TYPES[".json"])
-                elif path == "/api/v1/check_new_version":
-                    self._send(json.dumps(NO_VERSION).encode(), CONTENT_TYPES[".json"])
-                elif path.startswith("/api"):
-                    self._send(None, "")
-                else:
-                    content = state.static(path)
-                    self._send(content, CONTENT_TYPES.get(Path(path).suffix or ".html", "text/plain"))
-
-            def _send(self, content: bytes | None, content_type: str) -> None:
-                if content is None:
-                    content, content_type = b"not found", "text/plain"
-                    self.send_response(404)
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(content)))
-                self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-                self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                try:
-                    self.wfile.write(content)
-                except ConnectionError:
-                    pass
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-                """Keep the app's console quiet."""
-
-        return Handler(*args, **kwargs)
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        """Keep the app's console quiet."""
 
 
 def _index(query: dict[str, list[str]], key: str) -> int:
