@@ -115,7 +115,7 @@ class ModelExplorerServer:
     def publish_node_data(self, node_data: dict[str, Any], graph_id: str) -> int:
         """Keep an overlay (``compress_core.debug.overlay.node_data``, one graph's data, whatever its
         key) for the graph ``graph_id``; returns its index."""
-        graph = next(iter(node_data.values()), {"results": {}})
+        graph: dict[str, Any] = next(iter(node_data.values()), {"results": {}})
         return self._keep(self._node_data, json.dumps({graph_id: graph}))
 
     def viewer_path(
