@@ -27,7 +27,7 @@ DEBUG = "debug_results"
 DEBUG_FIX = "debug_fix"
 DEBUG_SAMPLES = 64
 # Model Explorer shows the overlay loaded last: the own error
-SHOWN_OVERLAYS = ("speedup", "int8_ms", "output_sqnr_db", "restore_gain_db", DEFAULT_OVERLAY)
+SHOWN_OVERLAYS = ("bits", "speedup", "fp32_ms", "int8_ms", "output_sqnr_db", "restore_gain_db", DEFAULT_OVERLAY)
 
 
 @st.cache_resource(show_spinner=False)

@@ -89,7 +89,7 @@ st.dataframe(table, hide_index=True, key="debug_table")
 st.subheader("On the graph: fp32 and int8 side by side")
 st.caption(
     "Navigation is synced by node name. Pick an overlay under *Node data providers*: own error, restore gain, "
-    "output error, int8 ms, speed-up (red is worst)."
+    "output error, int8 and fp32 ms, speed-up, planned bits (red is worst)."
 )
 st.iframe(debug_view.viewer_url(entry, st.context.headers.get("Host")), height=720)
 

@@ -287,6 +287,13 @@ def report_markdown(
                 f"| {timing.layer} | {_number(timing.fp32_ms, '.4f')} | {_number(timing.int8_ms, '.4f')} | "
                 f"{_number(timing.speedup, '.2f')} | {timing.verdict} |"
             )
+        if speeds.slowest_extra:
+            lines += [
+                "",
+                "Slowest QuantizeLinear / DequantizeLinear and layout nodes of the int8 file (as ORT runs it): "
+                + ", ".join(f"`{time.node}` ({time.op_type}, {time.ms:.4f} ms)" for time in speeds.slowest_extra)
+                + ".",
+            ]
         if speeds.float_layers:
             lines += ["", f"Planned int8 but running a float kernel: {', '.join(speeds.float_layers)}."]
     lines += [

@@ -31,6 +31,7 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 LAYOUT_OPS = ("Transpose", "ReorderInput", "ReorderOutput")
 FEW_CHANNELS = 4
 TINY_MS = 0.005
+SLOWEST_EXTRA = 5
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class SpeedReport:
     layout_ms: float
     layout_nodes: int
     float_layers: list[str]
+    slowest_extra: list[NodeTime]  # the slowest Q/DQ and layout nodes of the int8 file
 
 
 def input_channels(model: onnx.ModelProto, target: LayerTarget) -> int | None:
@@ -136,6 +138,7 @@ def layer_speeds(
         layout_ms=sum(time.ms for time in layout),
         layout_nodes=len(layout),
         float_layers=list(census.float_layers),
+        slowest_extra=sorted(qdq + layout, key=lambda time: -time.ms)[:SLOWEST_EXTRA],
     )
 
 
