@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
 from compress_core.cli import main
 from compress_core.debug.fix import Fix, fixed_plan
+from compress_core.debug.overlay import BAD, GOOD, node_data
 from compress_core.debug.report import CSV_COLUMNS, debug_model
+from compress_core.debug.speed import verdict
 from compress_core.errors import CompressError
 from compress_core.models.loading import load_model
 from compress_core.ort.int8 import Int8Options
@@ -85,3 +88,20 @@ def test_fixes_change_only_their_layer():
         fixed_plan(plan, names, Fix("float", "nope"))
     with pytest.raises(CompressError, match="fix 'drop' is not allowed"):
         Fix("drop", "conv2")
+
+
+def test_speed_verdicts_name_the_cause():
+    assert verdict(0.1, 0.2, None, False, 64) == "float: kept float by the plan"
+    assert verdict(0.1, 0.2, 8, True, 64).startswith("float: ORT cannot fuse this pattern")
+    assert verdict(0.02, 0.06, 8, False, 1) == "int8 slower: 1 input channel"
+    assert verdict(0.001, 0.002, 8, False, 64) == "int8 slower: too small to gain (1.0 µs in fp32)"
+    assert verdict(0.1, 0.125, 8, False, 64) == "int8 slower: 1.25x the fp32 time"
+    assert verdict(0.2, 0.08, 4, False, 64) == "int8 2.5x faster"
+
+
+def test_overlay_colours_worst_red_and_leaves_exact_layers_out():
+    errors = node_data({"/a/Conv": 3.0, "/b/Conv": math.inf, "/c/Gemm": None}, ["fp32", "int8"], "own_sqnr_db")
+    assert set(errors) == {"fp32", "int8"} and errors["int8"]["results"] == {"/a/Conv": {"value": 3.0}}
+    assert errors["fp32"]["gradient"][0]["bgColor"] == BAD  # lowest SQNR: worst
+    times = node_data({"/a/Conv": 0.5}, ["g"], "int8_ms")
+    assert times["g"]["gradient"][0]["bgColor"] == GOOD  # shortest time: best
