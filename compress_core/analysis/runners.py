@@ -10,7 +10,9 @@ A worker gets the model and the evaluation data once, not once per cell: the poo
 process as it starts; Ray puts them in its object store once per model (``ray.put``) and each worker
 reads them on its first cell. A worker then keeps one ``CellContext`` for that model (the reference
 pass, the working copy or the ONNX session) across cells and sweeps, with ``threads`` torch and ONNX
-Runtime intra-op threads, so that N workers do not oversubscribe the cores. At most twice as many
+Runtime intra-op threads, so that N workers do not oversubscribe the cores (the few ONNX cells that go
+through ``apply_plan``, which the one-session sweep cannot stand for, run in a session of ONNX
+Runtime's default threads). At most twice as many
 cells as workers are in flight; a stop cancels the others and waits until none is running. A cell's
 error is retried once in the worker (``evaluate_cell``); a cell whose worker dies is retried once by
 Ray, then reported as failed. A local worker that dies breaks its pool: the cells in flight are
