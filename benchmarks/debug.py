@@ -79,6 +79,10 @@ def case(handle: ModelHandle, bits: int, action: str, samples: int) -> dict:
         "debug_seconds": debug_s,
         "samples": min(samples, len(handle.data)),
         "ranking": result.ranked_layers[:5],
+        "top": [
+            {key: row[key] for key in ("layer", "own_sqnr_db", "restore_gain_db", "restore_quality_gain")}
+            for row in result.rows[:5]
+        ],
         "steps": steps,
         "goal_met": any(step["recovered"] is not None and step["recovered"] >= 0.5 for step in steps),
     }
@@ -115,6 +119,14 @@ def markdown(report: dict) -> str:
             "",
             f"{entry['key']}: fp32 {100 * entry['fp32']:.2f}%, int8 {100 * entry['int8']:.2f}%; debug took "
             f"{entry['debug_seconds']:.1f} s on {entry['samples']} samples. Ranking: {', '.join(entry['ranking'])}.",
+            "",
+            f"| layer | own dB | restore gain dB | restore gain ({entry['key']}, points) |",
+            "|---|---:|---:|---:|",
+            *(
+                f"| {row['layer']} | {row['own_sqnr_db']:.1f} | {row['restore_gain_db']:+.2f} | "
+                f"{row['restore_quality_gain']:+.3g} |"
+                for row in entry["top"]
+            ),
             "",
             f"| top k | layer fixed | {entry['key']} | share of the drop recovered | int8 bytes |",
             "|---:|---|---:|---:|---:|",
