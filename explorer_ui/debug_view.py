@@ -15,6 +15,7 @@ from typing import Any
 
 import streamlit as st
 
+from compress_core.analysis.quality import USER_METRIC
 from compress_core.debug.fix import Fix, Outcome, compare, fixed_options, fixed_plan, int8_outcome
 from compress_core.debug.overlay import DEFAULT_OVERLAY
 from compress_core.debug.report import FP32_FILE, INT8_FILE, NODE_DATA_DIR, debug_model
@@ -82,7 +83,10 @@ def try_fix(model: CompressedModel, entry: dict[str, Any], fix: Fix, layer_names
 
 
 def before_after_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The comparison of ``try_fix`` as table rows: quality (%), ms per batch and bytes, before and after."""
+    """The comparison of ``try_fix`` as table rows: quality (in % but for a user metric), ms per batch
+    and bytes, before and after."""
+    percent = result["key"] != USER_METRIC  # accuracy, agreement, cosine: fractions shown in %
+    label = f"{result['key']} (%)" if percent else result["key"]
     rows = []
     for name in ("before", "after"):
         figures = result[name]
@@ -90,7 +94,7 @@ def before_after_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "": name,
-                result["key"]: None if quality is None else round(100 * quality, 2),
+                label: None if quality is None else (round(100 * quality, 2) if percent else quality),
                 "ms per batch": None if figures["ms"] is None else round(figures["ms"], 3),
                 "bytes": figures["bytes"],
             }

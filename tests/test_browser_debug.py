@@ -42,7 +42,7 @@ def test_debug_page_overlay_fix_and_nothing_outside(app_url, browser_context):  
     assert frame.locator("canvas").count() >= 2
     _shoot(page, "debug_overlay")
 
-    page.get_by_text("8 bits", exact=True).click()  # the radio's label (the input itself is covered)
+    page.get_by_text("switch granularity", exact=True).click()  # the radio's label (the input is covered)
     _pause(page)
     _click_until(page, "Apply the fix and re-export", "Before and after")
     rows = page.locator('[data-testid="stDataFrame"]').nth(1)

@@ -84,6 +84,8 @@ def test_fixes_change_only_their_layer():
     assert (
         switched.config_for("conv1").granularity == "tensor" and switched.config_for("conv3").granularity == "channel"
     )
+    with pytest.raises(CompressError, match="layer 'conv1' is already at 8 bits; keep it float instead"):
+        fixed_plan(plan, names, Fix("bits", "conv1"))
     with pytest.raises(CompressError, match="'nope' is not a layer"):
         fixed_plan(plan, names, Fix("float", "nope"))
     with pytest.raises(CompressError, match="fix 'drop' is not allowed"):

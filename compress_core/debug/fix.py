@@ -72,8 +72,8 @@ class Outcome:
 def fixed_plan(plan: Plan, layer_names: list[str], fix: Fix) -> Plan:
     """``plan`` with ``fix`` applied to its layer (a new plan; ``plan`` is unchanged).
 
-    Raises ``CompressError`` for a layer the model lacks or one the plan leaves float (nothing to
-    raise or switch).
+    Raises ``CompressError`` for a layer the model lacks, one the plan leaves float (nothing to
+    raise or switch), or bits the layer already has.
     """
     if fix.action == "calibration":
         return plan
@@ -85,6 +85,8 @@ def fixed_plan(plan: Plan, layer_names: list[str], fix: Fix) -> Plan:
     elif current is None or current.bits is None:
         raise CompressError(f"layer '{fix.layer}' is float in the plan: there are no bits or granularity to change")
     elif fix.action == "bits":
+        if current.bits == fix.bits:
+            raise CompressError(f"layer '{fix.layer}' is already at {fix.bits} bits; keep it float instead")
         change = dataclasses.replace(current, bits=fix.bits)
     else:
         change = dataclasses.replace(current, granularity="tensor" if current.granularity == "channel" else "channel")
