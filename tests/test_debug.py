@@ -69,6 +69,13 @@ def test_cli_refuses_dynamic_and_bad_samples(tmp_path, capsys):
     planted("conv3").save(recipe)
     assert main(["debug", "digits_cnn", "--recipe", str(recipe), "--out", str(tmp_path), "--samples", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: samples 0 is not allowed; use an integer >= 1"
+    planted("conv9").save(recipe)
+    assert main(["debug", "digits_cnn", "--recipe", str(recipe), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "conv9" in error and "\n" not in error
+    with pytest.raises(SystemExit):
+        main(["debug", "--help"])
+    assert "--trust-code, --trust-pickle" in " ".join(capsys.readouterr().out.split())
     model = compress(load_model("digits_cnn"), planted("conv3"))
     with pytest.raises(CompressError, match="static \\(QDQ\\) int8"):
         debug_model(model, tmp_path, Int8Options(dynamic=True))
