@@ -80,7 +80,12 @@ if entry is None:
 if entry["plan"] != plan.to_dict():
     st.warning("The plan has changed since this run: debug again to see the current plan.")
 value = entry["quality"]["int8"]
-st.metric(f"int8 {entry['quality']['key']} against fp32", "n/a" if value is None else f"{100 * value:.2f}%")
+quality = entry["quality"]
+st.metric(f"int8 {quality['key']}", "n/a" if value is None else f"{100 * value:.2f}%")
+st.caption(
+    f"On {quality['samples']} evaluation samples ({'against the labels' if quality['key'] == 'accuracy' else 'against fp32'}); "
+    f"the layers' figures on {quality['measured']} of them."
+)
 
 st.subheader("Layers, worst first")
 table = pd.DataFrame(entry["rows"])[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)

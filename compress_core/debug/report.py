@@ -68,7 +68,8 @@ WEIGHT_MARGIN_DB = 3.0  # weights "carry" the error when their SQNR is this much
 @dataclass
 class DebugResult:
     """The ranked rows (``CSV_COLUMNS`` each), the speed report (None when not profiled), the int8
-    model's quality against fp32's, and the files written (by name)."""
+    model's quality (``key``, ``int8``, the ``samples`` it is measured on, and how many of them the
+    layers' figures are ``measured`` on), and the files written (by name)."""
 
     rows: list[dict[str, Any]]
     speed: SpeedReport | None
@@ -174,7 +175,7 @@ def debug_model(
         fix = suggestion(row)
         row["suggestion"] = fix.describe() if fix else ""
         rows.append(row)
-    quality = {"key": outcome.key, "int8": outcome.quality, "samples": len(handle.data)}
+    quality = {"key": outcome.key, "int8": outcome.quality, "samples": len(handle.data), "measured": len(inputs)}
     files = {FP32_FILE: fp32_path, INT8_FILE: outcome.path}
     files.update(write_files(folder, rows, speeds, quality, model, [original.onnx_model.graph.name, int8.graph.name]))
     return DebugResult(rows, speeds, quality, files)
@@ -244,8 +245,9 @@ def report_markdown(
     lines = [
         f"# Int8 debug of {handle.name}",
         "",
-        f"Int8 {quality['key']} against fp32 on {quality['samples']} evaluation samples ({handle.data.origin}): "
-        f"**{shown}**. Layers are ranked by their *restore gain*: how much the int8 model's {quality['key']} "
+        f"Int8 {quality['key']} on {quality['samples']} evaluation samples ({handle.data.origin}; "
+        f"{'against the labels' if quality['key'] == 'accuracy' else 'against fp32'}): **{shown}**; the layers' "
+        f"figures are measured on {quality['measured']} of them. Layers are ranked by their *restore gain*: how much the int8 model's {quality['key']} "
         "(then its output SQNR) gains when only that layer's weights go back to fp32. *Own* is the layer run "
         "alone on the fp32 model's inputs, with its input quantized and its integer weights, against the same "
         "layer in float; *own at output* the fp32 model with only that layer in int8; *weight* and *activation* "
