@@ -12,7 +12,7 @@ import compress_core as cc
 from compress_core.models.inputs import Inputs
 from compress_core.ort import int8 as int8_module
 from compress_core.ort.cpu import CpuInfo
-from compress_core.ort.int8 import Int8Options, quantize_int8
+from compress_core.ort.int8 import Int8Options, quantize_int8, unsigned_integer_weights
 from compress_core.ort.int8_path import (
     SATURATION_TOLERANCE,
     choose_path,
@@ -187,3 +187,27 @@ def test_without_vnni_a_saturating_u8s8_file_is_replaced_by_u8u8(cnn, tmp_path, 
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     outputs = session.run(None, cnn.data.inputs[:64].feed())[0]
     assert (outputs.argmax(1) == cnn.data.labels[:64]).mean() >= 0.9  # digits_cnn is about 98% in fp32
+
+
+def test_dynamic_u8u8_holds_the_same_grid_as_u8s8(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(2)
+    weight = numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "u8s8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    unsigned = unsigned_integer_weights(onnx.load(str(tmp_path / "u8s8.onnx")))
+    node = next(node for node in unsigned.graph.node if node.op_type == "MatMulInteger")
+    types = {init.name: init.data_type for init in unsigned.graph.initializer}
+    assert types[node.input[1]] == types[node.input[3]] == TensorProto.UINT8
+    x = {"x": rng.normal(size=(32, 16)).astype(np.float32)}
+    u8s8 = ort.InferenceSession(str(tmp_path / "u8s8.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    u8u8 = ort.InferenceSession(unsigned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(u8u8, u8s8, rtol=1e-5, atol=1e-5)  # the same integers, + 128

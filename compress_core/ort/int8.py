@@ -383,7 +383,9 @@ def quantize_dynamic_by_granularity(
 
     ORT's ``per_channel`` flag holds for a whole call, so a plan that mixes both takes two passes:
     the per-channel nodes first, then the per-tensor ones of that result. Nodes in neither list
-    stay float. ``weights`` is the weight type (``uint8``: U8U8) and ``reduce_range`` ORT's flag.
+    stay float. ``weights`` is the weight type and ``reduce_range`` ORT's flag. ``uint8`` weights
+    (U8U8) are the int8 ones moved up by 128 with their zero points (``unsigned_integer_weights``):
+    quantizing straight to ORT's uint8 grid would round the plan's symmetric grid a second time.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -400,10 +402,32 @@ def quantize_dynamic_by_granularity(
                 target,
                 per_channel=flag,
                 reduce_range=reduce_range,
-                weight_type=QuantType.QInt8 if weights == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
                 nodes_to_quantize=nodes,
             )
             source = str(target)
+    if weights == "uint8":
+        shifted = unsigned_integer_weights(onnx.load(str(path)))
+        onnx.save(shifted, str(path))
+
+
+def unsigned_integer_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the int8 weights of its ``MatMulInteger`` / ``ConvInteger`` nodes stored as uint8
+    on the same grid (values and zero points + 128), in place: ORT then runs its U8U8 kernels."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    names = set()
+    for node in model.graph.node:
+        operands = list(node.input[1:4:2])  # B and its zero point (a node without one is left as it is)
+        if (
+            node.op_type in ("MatMulInteger", "ConvInteger")
+            and len(operands) == 2
+            and all(name in initializers and initializers[name].data_type == onnx.TensorProto.INT8 for name in operands)
+        ):
+            names.update(operands)
+    for name in names:
+        values = numpy_helper.to_array(initializers[name]).astype(np.int16) + 128
+        initializers[name].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
+    return model
 
 
 def quantize_static_calibrated(
