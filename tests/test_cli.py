@@ -61,7 +61,13 @@ def test_apply_writes_models_and_metrics(tmp_path, capsys):
     assert "6 layers" in capsys.readouterr().out
 
 
-COMMANDS_THAT_LOAD_A_MODEL = ("inspect", "evaluate", "apply", "finetune", "export", "sensitivity", "suggest")
+COMMANDS_THAT_LOAD_A_MODEL = ("inspect", "evaluate", "apply", "finetune", "export", "sensitivity", "suggest", "debug")
+
+
+def test_every_command_but_bench_loads_a_model():
+    from compress_core.cli import COMMAND_MODULES
+
+    assert set(COMMAND_MODULES) - set(COMMANDS_THAT_LOAD_A_MODEL) == {"bench"}  # bench reads an export folder
 
 
 @pytest.mark.parametrize("command", COMMANDS_THAT_LOAD_A_MODEL)
