@@ -33,6 +33,15 @@ TABLE_COLUMNS = {
     "suggestion": "suggested fix",
 }
 
+TABLE_FORMATS = {  # dB to a tenth, times to the microsecond, speed-ups to two decimals
+    **{
+        TABLE_COLUMNS[key]: st.column_config.NumberColumn(format="%.1f") for key in TABLE_COLUMNS if key.endswith("_db")
+    },
+    TABLE_COLUMNS["fp32_ms"]: st.column_config.NumberColumn(format="%.3f"),
+    TABLE_COLUMNS["int8_ms"]: st.column_config.NumberColumn(format="%.3f"),
+    TABLE_COLUMNS["speedup"]: st.column_config.NumberColumn(format="%.2fx"),
+}
+
 session = st.session_state
 source, handle = state.page_model(session)
 layers = cache.inventory(source.key, handle)
@@ -89,7 +98,7 @@ st.caption(
 
 st.subheader("Layers, worst first")
 table = pd.DataFrame(entry["rows"])[list(TABLE_COLUMNS)].rename(columns=TABLE_COLUMNS)
-st.dataframe(table, hide_index=True, key="debug_table")
+st.dataframe(table, hide_index=True, key="debug_table", column_config=TABLE_FORMATS)
 
 st.subheader("On the graph: fp32 and int8 side by side")
 st.caption(
