@@ -79,15 +79,20 @@ class PreparedModel:
         """The model's ranked output on its evaluation data."""
         return self.all_outputs[self.handle.quality.output]
 
-    def metrics(self, reference: Baseline | None, with_zip: bool = True) -> dict[str, Any]:
+    def metrics(
+        self, reference: Baseline | None, with_zip: bool = True, layers: list[LayerInfo] | None = None
+    ) -> dict[str, Any]:
         """``metrics.model_metrics`` of ``outputs`` against ``reference``'s (this model's own when None),
         from the cached inventory and export (``with_zip=False`` leaves ``zip_bytes`` out, and the
-        export undone); ``outputs`` per output (``per_output_fidelity``) for a model with several."""
+        export undone); ``outputs`` per output (``per_output_fidelity``) for a model with several.
+        ``layers`` may stand for the inventory where it has the same names and shapes (a plan that
+        keeps every shape: the original's), sparing its weight statistics."""
         if reference is None:
             references, ranked = self.all_outputs, self.outputs
         else:
             references, ranked = reference.outputs, reference.reference
-        result = measure(self.handle, ranked, self.outputs, self.inventory, self.zip_bytes if with_zip else None)
+        layers = self.inventory if layers is None else layers
+        result = measure(self.handle, ranked, self.outputs, layers, self.zip_bytes if with_zip else None)
         if len(self.all_outputs) > 1:
             result["outputs"] = per_output_fidelity(self.handle, references, self.all_outputs)
         return result
@@ -120,12 +125,19 @@ class CompressedModel:
         ``with_zip``, the original's half shared by every plan); a copy the caller may keep."""
         if with_zip not in self._evaluations:
             base = self.original.baseline(with_zip)
+            same_shapes = self.original.inventory if self._keeps_shapes else None
             compressed = {
-                **self.compressed.metrics(base, with_zip),
+                **self.compressed.metrics(base, with_zip, same_shapes),
                 **compression_details(self.compressed.handle),
             }
             self._evaluations[with_zip] = {"original": base.metrics, "compressed": compressed}
         return copy.deepcopy(self._evaluations[with_zip])
+
+    @property
+    def _keeps_shapes(self) -> bool:
+        """Whether the plan leaves every layer's weight shape (and so names, shapes and MACs) as it was."""
+        configs = [self.plan.default, *self.plan.layers.values()]
+        return all(config is None or config.keeps_shape for config in configs)
 
     def fine_tuned(self, handle: ModelHandle) -> CompressedModel:
         """The same original and plan with ``handle`` (``recover.finetune``'s result) as the compressed model."""

@@ -168,8 +168,26 @@ def test_the_app_exports_the_fine_tuned_model_it_measured_after_recovery(private
     built = _build(app)
     assert built["metrics"]["pytorch"]["compressed"] == tuned["after"]
     assert calls.on("apply_plan", lambda handle: True) == 1
-    # applied and fine-tuned: one inventory, export and evaluation run each; the original runs once
-    # more, on the training split, for the distillation targets
-    assert (calls.on("layer_inventory", _is_original), calls.on("layer_inventory", _is_compressed)) == (1, 2)
+    # applied and fine-tuned: one export and evaluation run each (the original runs once more, on the
+    # training split, for the distillation targets); one inventory, the fine-tuned model's for its export:
+    # the applied model is measured with the original's, as its plan keeps every shape
+    assert (calls.on("layer_inventory", _is_original), calls.on("layer_inventory", _is_compressed)) == (1, 1)
     assert (calls.on("to_onnx", _is_original), calls.on("to_onnx", _is_compressed)) == (1, 2)
     assert (calls.on("run", _is_original), calls.on("run", _is_compressed)) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    "recipe,keeps_shapes",
+    [
+        ("version: 1\ndefault: {bits: 4, prune: {ratio: 0.5}}\n", True),
+        ("version: 1\nlayers:\n  conv2: {prune: {kind: '2:4'}}\n", True),
+        ("version: 1\nlayers:\n  conv2: {prune: {ratio: 0.5, kind: structured}}\n", False),
+        ("version: 1\nlayers:\n  fc1: {rank: 0.5}\n", False),
+    ],
+)
+def test_a_plan_that_keeps_shapes_is_measured_without_a_new_inventory(recipe: str, keeps_shapes: bool) -> None:
+    model = compress(cc.load_model("digits_cnn"), Plan.from_text(recipe))
+    measured = model.evaluate()["compressed"]
+    assert ("inventory" not in vars(model.compressed)) is keeps_shapes  # the weight statistics spared
+    full = model.compressed.metrics(model.original.baseline(), layers=layer_inventory(model.compressed.handle))
+    assert {key: measured[key] for key in full} == full

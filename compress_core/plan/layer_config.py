@@ -129,6 +129,11 @@ class LayerConfig:
         """True when the config changes nothing."""
         return self.bits is None and self.rank is None and (self.prune is None or self.prune.ratio == 0)
 
+    @property
+    def keeps_shape(self) -> bool:
+        """True when the layer keeps its weight's shape and its MACs (no low rank, no structured pruning)."""
+        return self.rank is None and (self.prune is None or self.prune.kind != "structured" or self.prune.ratio == 0)
+
     def to_dict(self) -> dict[str, Any]:
         """Only the keys that differ from the defaults, so recipes stay short."""
         data: dict[str, Any] = {}
