@@ -295,6 +295,18 @@ def test_magnitude_mask_exact_count() -> None:
     assert torch.equal(w, before)
 
 
+def test_magnitude_mask_is_a_stable_sorts_choice_with_many_ties() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        rows, columns = (int(size) for size in torch.randint(1, 9, (2,), generator=generator))
+        w = torch.randint(-3, 4, (rows, columns), generator=generator).float()  # few distinct magnitudes
+        for ratio in (0.1, 0.3, 0.5, 0.77, 0.99):
+            pruned = int(round(ratio * w.numel()))
+            expected = torch.ones(w.numel(), dtype=torch.bool)
+            expected[torch.sort(w.reshape(-1).abs(), stable=True).indices[:pruned]] = False
+            assert torch.equal(magnitude_mask(w, ratio), expected.reshape(w.shape)), (w, ratio)
+
+
 def test_magnitude_mask_ties_by_index() -> None:
     w = torch.ones(2, 5)
     mask = magnitude_mask(w, 0.3)
