@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from compress_core import CompressError, load_model
 from compress_core.analysis import onnx_cells, suggest_sweep
-from compress_core.analysis.cell_weights import magnitude_keep, magnitude_order
 from compress_core.analysis.metrics import quality_ranking
 from compress_core.analysis.onnx_cells import OnnxCells
 from compress_core.analysis.sensitivity import perturb_weight, run_sensitivity
@@ -25,7 +23,6 @@ from compress_core.models import sessions
 from compress_core.models.handle import EvalData, ModelHandle
 from compress_core.models.inputs import Inputs
 from compress_core.models.inventory import layer_inventory
-from compress_core.ops.prune import magnitude_mask
 from compress_core.ort.export import to_onnx
 from compress_core.plan import LayerConfig, Plan
 from compress_core.transform.apply import apply_plan
@@ -144,14 +141,6 @@ def test_a_sweep_restricted_to_some_layers(cnn, tmp_path):
     }
     with pytest.raises(CompressError, match="no layer 'conv9' in the model to sweep; its layers are /conv1/Conv"):
         run_sensitivity(cnn, Sweep(bits=(2,), kinds=("bits",)), cache=False, layers=["conv9"])
-
-
-def test_one_sort_gives_the_pruning_masks_of_every_ratio():
-    tied = torch.tensor([[0.5, -0.1, 0.1, 0.0], [0.1, 2.0, -0.5, 0.0]])
-    for weight in (tied, torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(0))):
-        order = magnitude_order(weight)
-        for ratio in (0.1, 0.25, 0.5, 0.7, 0.9):
-            assert torch.equal(magnitude_keep(order, ratio).reshape(weight.shape), magnitude_mask(weight, ratio))
 
 
 def test_estimates_scale_with_weight_noise():

@@ -1,9 +1,8 @@
 """What one sensitivity cell does to a layer's weight, and the cell's proxy, without running the model.
 
 ``perturb_weight`` gives the weight ``apply_plan`` would leave for one (kind, level) of one layer, and
-the proxy the sensitivity table shows (weight SQNR in dB; energy kept for ``rank``). Unstructured
-pruning at several ratios shares one sort of the weight (``magnitude_order``); ``cell_proxies`` gives
-the proxies of many levels at once (``rank`` from one set of singular values).
+the proxy the sensitivity table shows (weight SQNR in dB; energy kept for ``rank``); ``cell_proxies``
+gives the proxies of many levels at once (``rank`` from one set of singular values).
 """
 
 from __future__ import annotations
@@ -29,18 +28,14 @@ def perturb_weight(
     kind: str,
     level: int | float,
     sweep: Sweep,
-    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The layer's weight after one cell's change (for ``structured``: its channels zeroed) and the
-    cell's proxy (weight SQNR in dB, or energy kept for ``rank``). ``order``: the weight's
-    ``magnitude_order``, when the caller prunes it at several ratios."""
+    cell's proxy (weight SQNR in dB, or energy kept for ``rank``)."""
     axis = layer.out_axis
     with torch.no_grad():
         if kind == "bits":
             assert isinstance(level, int), "config_for admits only integer bit widths"
             changed = quantize_weight(weight, level, sweep.scheme, sweep.granularity, axis=axis).values
-        elif kind == "prune" and order is not None:
-            changed = weight * magnitude_keep(order, level).reshape(weight.shape)
         elif kind == "prune":
             changed = weight * prune_mask(weight, PruneConfig(ratio=level), axis)
         elif kind == "structured":
@@ -54,19 +49,6 @@ def perturb_weight(
     return changed, sqnr_db(weight, changed)
 
 
-def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
-    """The weight's flat indices by magnitude, smallest first, ties by index: the one sort behind
-    ``ops.prune.magnitude_mask`` at every ratio."""
-    return torch.sort(weight.detach().reshape(-1).abs(), stable=True).indices
-
-
-def magnitude_keep(order: torch.Tensor, ratio: float) -> torch.Tensor:
-    """The flat keep-mask ``ops.prune.magnitude_mask`` gives at ``ratio``, from ``magnitude_order``."""
-    keep = torch.ones(order.numel(), dtype=torch.bool)
-    keep[order[: int(round(ratio * order.numel()))]] = False
-    return keep
-
-
 def cell_proxies(
     weight: torch.Tensor, layer: LayerInfo, kind: str, levels: Sequence[int | float], sweep: Sweep
 ) -> dict[int | float, float]:
@@ -76,5 +58,4 @@ def cell_proxies(
         moved = weight.movedim(layer.out_axis, 0)
         values = singular_values(moved.reshape(moved.shape[0], -1))
         return {level: energy_kept(values, resolve_rank(level, full_rank(layer))) for level in levels}
-    order = magnitude_order(weight) if kind == "prune" else None
-    return {level: perturb_weight(weight, layer, kind, level, sweep, order)[1] for level in levels}
+    return {level: perturb_weight(weight, layer, kind, level, sweep)[1] for level in levels}

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from compress_core.analysis.activation_cache import StagedModel, StageState
-from compress_core.analysis.cell_weights import magnitude_order, perturb_weight
+from compress_core.analysis.cell_weights import perturb_weight
 from compress_core.analysis.metrics import quality_metric, quality_ranking
 from compress_core.analysis.onnx_cells import OnnxCells, ranked_output
 from compress_core.analysis.sweep import FailedCell, SensitivityRow, SkippedCell, Sweep, config_for
@@ -94,7 +94,6 @@ class CellContext:
         self.tensors = [batch.tensors()[0] for batch in self.batches] if stageable else []
         self.staged = StagedModel.build(self.work, self.tensors[0]) if self.work is not None and stageable else None
         self.cells = OnnxCells(handle, swept, self.batches, threads) if handle.backend == "onnx" else None
-        self.sorted: tuple[str, torch.Tensor] | None = None  # (layer, magnitude order) of the last pruned layer
         if self.staged:
             self.strategy = "staged activation cache"
         elif self.work is not None:
@@ -145,7 +144,7 @@ class CellContext:
         """(outputs, proxy), or the reason when ``apply_plan`` skipped or refused the change."""
         if self.cells is not None and self.cells.feeds(layer, kind):
             weight = self.cells.weight(layer)
-            perturbed, proxy = perturb_weight(weight, layer, kind, level, sweep, self._order(layer, kind, weight))
+            perturbed, proxy = perturb_weight(weight, layer, kind, level, sweep)
             return self.cells.run({layer.weight_name: perturbed.numpy()}), proxy
         if self.work is None or kind == "structured":
             try:
@@ -166,7 +165,7 @@ class CellContext:
             return compressed.run(self.handle.data.inputs, len(self.batches[0])), proxy
         parameter = self._parameter(layer)
         weight = parameter.detach()
-        perturbed, proxy = perturb_weight(weight, layer, kind, level, sweep, self._order(layer, kind, weight))
+        perturbed, proxy = perturb_weight(weight, layer, kind, level, sweep)
         original = parameter.detach().clone()
         with torch.no_grad():
             parameter.copy_(perturbed)
@@ -175,14 +174,6 @@ class CellContext:
         finally:
             with torch.no_grad():
                 parameter.copy_(original)
-
-    def _order(self, layer: LayerInfo, kind: str, weight: torch.Tensor) -> torch.Tensor | None:
-        """The layer's ``magnitude_order`` for its ``prune`` cells, sorted once per layer."""
-        if kind != "prune":
-            return None
-        if self.sorted is None or self.sorted[0] != layer.name:
-            self.sorted = (layer.name, magnitude_order(weight))
-        return self.sorted[1]
 
     def _run_work(self, state: StageState | None) -> np.ndarray:
         """The working copy's outputs: from ``state`` (or the input) when staged, else full passes
