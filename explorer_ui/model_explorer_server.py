@@ -23,7 +23,6 @@ by side, their navigation synced, with overlays applied to named models.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import secrets
@@ -32,9 +31,9 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from explorer_ui.local_server import LocalHandler, LocalServer
 from explorer_ui.netron_server import request_path
 
-HOST = "127.0.0.1"
 KEPT_ITEMS = 64
 INDEX_BITS = 52
 FONT_ORIGIN = re.compile(r"https://fonts\.gstatic\.com/s/[a-z0-9]+/v[0-9]+/")
@@ -81,7 +80,7 @@ def onnx_graphs(path: str | Path, graph_id: str) -> str:
     return json.dumps(converted)
 
 
-class ModelExplorerServer:
+class ModelExplorerServer(LocalServer):
     """Model Explorer's web app plus published graphs and overlays, on ``127.0.0.1`` at a free port."""
 
     def __init__(self) -> None:
@@ -90,15 +89,7 @@ class ModelExplorerServer:
         self._lock = threading.Lock()
         self._root = web_app_dir()
         self.extensions = json.dumps(_builtin_extensions())
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="model-explorer", daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        super().__init__(_Handler, "model-explorer")
 
     def _keep(self, store: dict[int, str], content: str) -> int:
         index = secrets.randbelow(2**INDEX_BITS)
@@ -151,13 +142,6 @@ class ModelExplorerServer:
                 data["sync"] = {"mode": "match_node_id"}
         return "/?" + urllib.parse.urlencode({"data": json.dumps(data), "renderer": "webgl"})
 
-    def url(self, path: str, page_host: str | None = None) -> str:
-        """The absolute URL of ``path`` for a browser showing the app at ``page_host``: ``localhost``
-        when the app is open there (the same site as the app, so the web app may use its storage,
-        which a cross-site frame is denied), else 127.0.0.1, where the server listens."""
-        name = (page_host or HOST).rsplit(":", 1)[0]
-        return f"http://{'localhost' if name == 'localhost' else HOST}:{self.port}{path}"
-
     def graphs(self, index: int) -> str | None:
         with self._lock:
             return self._graphs.get(index)
@@ -176,10 +160,6 @@ class ModelExplorerServer:
             return file.read_bytes() if inside else None
         except OSError:
             return None
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def _builtin_extensions() -> list[dict[str, Any]]:
@@ -212,10 +192,11 @@ def _index_html(root: Path) -> bytes:
     return text.encode("utf-8")
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(LocalHandler):
     """Serves the web app, the published graphs and overlays, and the two harmless API calls."""
 
     server_state: ModelExplorerServer
+    content_security_policy = CONTENT_SECURITY_POLICY
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = request_path(self.path)
@@ -237,25 +218,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(None, "")
         else:
             self._send(state.static(path), CONTENT_TYPES.get(Path(path).suffix or ".html", "text/plain"))
-
-    def _send(self, content: bytes | None, content_type: str) -> None:
-        if content is None:
-            content, content_type = b"not found", "text/plain"
-            self.send_response(404)
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        try:
-            self.wfile.write(content)
-        except ConnectionError:  # the browser went away: nothing to answer
-            pass
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        """Keep the app's console quiet."""
 
 
 def _index(query: dict[str, list[str]], key: str) -> int:

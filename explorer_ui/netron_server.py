@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import http.server
 import re
 import secrets
 import threading
@@ -40,8 +39,9 @@ from pathlib import Path
 
 import netron
 
+from explorer_ui.local_server import LocalHandler, LocalServer
+
 NETRON_DIR = Path(netron.__file__).resolve().parent
-HOST = "127.0.0.1"
 CONSENT_COOKIE = "consent"
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -115,22 +115,13 @@ def new_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
-class NetronServer:
+class NetronServer(LocalServer):
     """netron's static files plus the published models, on ``127.0.0.1`` at a free port."""
 
     def __init__(self) -> None:
         self._models: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        handler = type("Handler", (_Handler,), {"server_state": self})
-        self._httpd = http.server.ThreadingHTTPServer((HOST, 0), handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="netron-server", daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on."""
-        return int(self._httpd.server_address[1])
+        super().__init__(_Handler, "netron-server")
 
     def publish(self, filename: str, content: bytes, token: str) -> str:
         """Serve ``content`` under the session ``token`` and return the viewer's path (``/?url=...``)
@@ -163,20 +154,14 @@ class NetronServer:
 
         The server listens on 127.0.0.1 only. When the app itself is open at ``localhost`` the viewer
         is addressed as ``localhost`` too, so that it is the same site as the app and its consent
-        cookie is not a (blocked) third-party cookie.
+        cookie is not a (blocked) third-party cookie (``LocalServer.url``).
         """
-        name = (page_host or HOST).rsplit(":", 1)[0]
-        return f"http://{'localhost' if name == 'localhost' else HOST}:{self.port}{viewer_path}"
+        return self.url(viewer_path, page_host)
 
     def model(self, path: str) -> bytes | None:
         """The bytes of the published model at ``path`` (decoded, token included), if it is still kept."""
         with self._lock:
             return self._models.get(path)
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 @dataclass(frozen=True)
@@ -195,10 +180,12 @@ class SessionViewer:
         return self.server.viewer_url(NetronServer.with_node(viewer_path, node), page_host)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(LocalHandler):
     """Serves ``/`` (netron's index.html, patched), ``focus.js``, netron's files, and the published models."""
 
     server_state: NetronServer
+    content_security_policy = CONTENT_SECURITY_POLICY
+    extra_headers = (("Set-Cookie", f"{CONSENT_COOKIE}=1; Path=/; Max-Age=31536000; SameSite=Lax"),)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = request_path(self.path)
@@ -212,26 +199,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(FOCUS_SCRIPT.encode("utf-8"), CONTENT_TYPES[".js"])
         else:
             self._send(_static_file(path), CONTENT_TYPES.get(Path(path).suffix, "text/plain"))
-
-    def _send(self, content: bytes | None, content_type: str) -> None:
-        if content is None:
-            content, content_type = b"not found", "text/plain"
-            self.send_response(404)
-        else:
-            self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(content)))
-        self.send_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        self.send_header("Set-Cookie", f"{CONSENT_COOKIE}=1; Path=/; Max-Age=31536000; SameSite=Lax")
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        try:
-            self.wfile.write(content)
-        except ConnectionError:  # the browser went away: nothing to answer
-            pass
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
-        """Keep the app's console quiet."""
 
 
 def request_path(target: str) -> str | None:
