@@ -61,6 +61,25 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--calibration N`` and ``--calibrate-method``: how static int8 finds its activation ranges."""
+    from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
+
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=Int8Options.calibration_samples,
+        metavar="N",
+        help="calibration samples (static int8)",
+    )
+    parser.add_argument(
+        "--calibrate-method",
+        choices=CALIBRATION_METHODS,
+        default=Int8Options.method,
+        help="activation range calibration",
+    )
+
+
 def load_from_args(args: argparse.Namespace) -> ModelHandle:
     """Load the model the common arguments describe."""
     metric, label = load_user_metric(args.metric) if args.metric else (None, None)

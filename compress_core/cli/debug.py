@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.cli.common import add_model_arguments, format_table, load_from_args
+from compress_core.cli.common import add_calibration_arguments, add_model_arguments, format_table, load_from_args
 from compress_core.debug.report import DEBUG_SAMPLES, REPORT, debug_model
-from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
+from compress_core.ort.int8 import Int8Options
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
@@ -27,16 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--samples", type=int, default=DEBUG_SAMPLES, metavar="N", help="evaluation samples the layers are measured on"
     )
-    parser.add_argument(
-        "--calibration",
-        type=int,
-        default=Int8Options.calibration_samples,
-        metavar="N",
-        help="calibration samples",
-    )
-    parser.add_argument(
-        "--calibrate-method", choices=CALIBRATION_METHODS, default=Int8Options.method, help="activation ranges"
-    )
+    add_calibration_arguments(parser)
     parser.add_argument(
         "--activations", choices=("uint8", "int8"), default=Int8Options.activations, help="activation type"
     )

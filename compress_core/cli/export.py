@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from compress_core.cli.common import add_model_arguments, format_table, load_from_args, print_json
+from compress_core.cli.common import (
+    add_calibration_arguments,
+    add_model_arguments,
+    format_table,
+    load_from_args,
+    print_json,
+)
 from compress_core.ort.artifacts import export_artifacts, headline
-from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options
+from compress_core.ort.int8 import Int8Options
 from compress_core.ort.nbits import NBitsOptions
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
@@ -24,19 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--int8", action="store_true", help="also write model_int8.onnx through ONNX Runtime's quantizer"
     )
-    parser.add_argument(
-        "--calibration",
-        type=int,
-        default=Int8Options.calibration_samples,
-        metavar="N",
-        help="calibration samples (static int8)",
-    )
-    parser.add_argument(
-        "--calibrate-method",
-        choices=CALIBRATION_METHODS,
-        default=Int8Options.method,
-        help="activation range calibration",
-    )
+    add_calibration_arguments(parser)
     parser.add_argument(
         "--activations",
         choices=("uint8", "int8"),
