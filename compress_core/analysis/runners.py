@@ -31,6 +31,7 @@ import pickle
 import socket
 import tempfile
 import threading
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -284,10 +285,12 @@ class RayRunner(_RemoteRunner):
         if ray.is_initialized():
             return ray
         try:
-            if self.address == "local":
-                ray.init(address="local", num_cpus=self.local_cpus, log_to_driver=False, include_dashboard=False)
-            else:
-                ray.init(address=self.address, log_to_driver=False)
+            with warnings.catch_warnings():  # a failed connection warns before it raises: the error says it all
+                warnings.simplefilter("ignore")
+                if self.address == "local":
+                    ray.init(address="local", num_cpus=self.local_cpus, log_to_driver=False, include_dashboard=False)
+                else:
+                    ray.init(address=self.address, log_to_driver=False)
         except Exception as exc:  # noqa: BLE001 - Ray's connection errors share no type
             raise CompressError(
                 f"could not connect to the Ray cluster at '{self.address}' ({type(exc).__name__}: {first_line(exc)}); "
