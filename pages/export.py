@@ -334,7 +334,16 @@ if built is not None:
     if result and result["rows"]:
         rows = result["rows"]
         st.caption(exporting.bench_caption(result))
-        st.dataframe(exporting.latency_table(rows), hide_index=True)
+        quality = next((row["quality"] for row in rows if row["quality"]), None)
+        st.dataframe(
+            exporting.latency_table(rows),
+            hide_index=True,
+            column_config={  # times to the microsecond, speed-ups to 0.01x, quality in % as on every page
+                **{name: st.column_config.NumberColumn(format="%.3f") for name in ("median ms", "p10 ms", "p90 ms")},
+                "speed-up": st.column_config.NumberColumn(format="%.2fx"),
+                **({quality: st.column_config.NumberColumn(format="percent")} if quality else {}),
+            },
+        )
         st.plotly_chart(
             figures.latency_bars(
                 [row["name"] for row in rows],
