@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/sensitivity.py [--repeats 3] [--threads N]
     python benchmarks/sensitivity.py --ray-only     # only the scaling part, the rest of the results kept
+    python benchmarks/sensitivity.py --onnx-only    # only the ONNX part, the rest of the results kept
 
 Writes ``benchmarks/results/sensitivity.md`` and ``.json``. Every sweep runs without the disk cache;
 times are medians over ``--repeats`` runs (the machine is shared, so they are noisy).
@@ -14,9 +15,10 @@ runs on ``common_det.onnx`` (30 generated 416x416 images) and ``common.onnx`` (3
 width 160): one forward pass over the 30 samples in the model's own session (median of six, three
 before and three after the sweep); the mean time of a sweep cell (bits 8 and 4, prune 0.5 on every n-th
 layer; one ONNX Runtime session for the sweep, the cell's weight fed in; from the sweep's progress
-callbacks, its set-up apart); a cell through ``apply_plan`` (a new session per cell, as sweeps did
+callbacks, its set-up apart: inventory, the sweep's session, the check that its batch can be freed,
+the reference pass and the first cell); a cell through ``apply_plan`` (a new session per cell, as sweeps did
 before); and ``suggest_plan`` with its default kinds (bits and pruning) at a size target, with the
-cells it measured. (Timing a forward pass after every cell instead, in turn with the cells, slows the
+cells it measured; the load average before and after each model. (Timing a forward pass after every cell instead, in turn with the cells, slows the
 cells: the two sessions' threads get in each other's way.)
 
 The scaling part (skipped without Ray: ``pip install -e ".[ray]"``) runs one sweep (``digits_resnet``,
@@ -103,12 +105,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--ray-only", action="store_true", help="only the scaling part; keep the other results")
+    parser.add_argument("--onnx-only", action="store_true", help="only the ONNX part; keep the other results")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.ray_only:
+    if args.ray_only or args.onnx_only:
         report = json.loads((RESULTS / "sensitivity.json").read_text())
-        report["scaling"] = scaling_report()
+        if args.ray_only:
+            report["scaling"] = scaling_report()
+        else:
+            report["onnx"] = onnx_report()
         write(report)
         return
     started = time.perf_counter()
@@ -390,6 +396,7 @@ def onnx_report() -> dict | None:
 
 def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
     """The figures of one ONNX model (see the module's docstring)."""
+    load_before = load()
     layers = layer_inventory(handle)
     timed_forward(handle)  # the model's own session, built before anything is timed
     forwards = [timed_forward(handle) for _ in range(FORWARD_RUNS)]
@@ -434,6 +441,8 @@ def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
             "setup_and_first_cell_seconds": round(setup, 2),
         },
         "apply_plan_per_cell_seconds": round(statistics.mean(applied), 3),
+        "load_before": load_before,
+        "load_after": load(),
         "suggest": {
             "target_size": target,
             "seconds": round(suggest_seconds, 1),
@@ -575,11 +584,15 @@ def onnx_markdown(section: dict | None) -> list[str]:
         f"{section['samples']} samples each. Forward: one pass over them in the model's own session (median of "
         f"{2 * FORWARD_RUNS}, before and after the sweep). Per cell: mean time of a sweep cell (bits 8 and 4, prune 0.5; "
         "median in brackets) in the sweep's one session, the cell's weight fed in, its quality measured. Set-up: "
-        "inventory, session, reference pass and the first cell. apply_plan: a 4-bit cell through `apply_plan` and "
-        f"a new session, its quality measured, as sweeps did before. Target: per cell <= {section['cell_target']}x forward.",
+        "inventory, session, the check that the file's static batch can be freed, reference pass and the first cell. "
+        "apply_plan: a 4-bit cell through `apply_plan` and a new session, its quality measured, as sweeps did before. "
+        "Both files declare a batch of 1, so a forward pass is 30 calls of one sample; the sweep's session runs the "
+        "30 in one call where the graph takes any batch (checked: a batch of 2 gives what two batches of 1 give), "
+        f"as the strategy line says. Target: per cell <= {section['cell_target']}x forward. Load: the load "
+        "averages (1, 5, 15 min) before and after the model's figures (the machine may be shared).",
         "",
-        "| model | layers | task | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | layers | task | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed | load before | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in section["models"].items():
         sweep = entry["sweep"]
@@ -588,8 +601,15 @@ def onnx_markdown(section: dict | None) -> list[str]:
             f"{sweep['per_cell_seconds']} ({sweep['per_cell_median_seconds']}) | "
             f"{sweep['per_cell_over_forward']}x | {'yes' if sweep['per_cell_over_forward'] <= section['cell_target'] else 'no'} | "
             f"{sweep['setup_and_first_cell_seconds']} | "
-            f"{entry['apply_plan_per_cell_seconds']} | {sweep['cells']} on {sweep['layers']} layers |"
+            f"{entry['apply_plan_per_cell_seconds']} | {sweep['cells']} on {sweep['layers']} layers | "
+            f"{entry.get('load_before', '')} | {entry.get('load_after', '')} |"
         )
+    lines += [
+        "",
+        "Sweep strategy: "
+        + "; ".join(f"{name}: {entry['sweep']['strategy']}" for name, entry in section["models"].items())
+        + ".",
+    ]
     lines += [
         "",
         "`suggest_plan(handle, target_size=...)` with its default kinds (bits, prune), no disk cache "

@@ -52,7 +52,7 @@ def test_a_fed_weight_gives_what_apply_plan_gives(name, tmp_path):
     # Conv and Gemm weights (digits_cnn), MatMul weights stored [in, out] (digits_transformer).
     handle = _onnx_sample(name, tmp_path, samples=16)
     layers = layer_inventory(handle)
-    cells = OnnxCells(handle, layers, handle.input_batches(handle.data.inputs))
+    cells = OnnxCells(handle, layers)
     assert np.allclose(cells.run(), handle.run(handle.data.inputs), atol=1e-4)
     chosen = layers if name == "digits_cnn" else layers[::4]
     for layer in chosen:

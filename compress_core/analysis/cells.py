@@ -93,13 +93,14 @@ class CellContext:
         stageable = staged and len(handle.input_specs) == 1 and handle.quality.output == 0
         self.tensors = [batch.tensors()[0] for batch in self.batches] if stageable else []
         self.staged = StagedModel.build(self.work, self.tensors[0]) if self.work is not None and stageable else None
-        self.cells = OnnxCells(handle, swept, self.batches, threads) if handle.backend == "onnx" else None
+        self.cells = OnnxCells(handle, swept, batch_size, threads) if handle.backend == "onnx" else None
         if self.staged:
             self.strategy = "staged activation cache"
         elif self.work is not None:
             self.strategy = "weight swap, full passes"
         elif self.cells is not None:
-            self.strategy = "one ONNX Runtime session, weights fed per cell"
+            note = self.cells.batch_note
+            self.strategy = "one ONNX Runtime session, weights fed per cell" + (f"; {note}" if note else "")
         else:
             self.strategy = "apply_plan, full passes"
         if self.work is not None:

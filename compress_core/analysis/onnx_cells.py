@@ -17,6 +17,9 @@ and ``rank`` on a weight shared by several nodes (``apply_plan`` factorizes only
 Such a session cannot fold the overridable weights into their neighbours (a BatchNorm after a Conv
 stays a separate node), so a pass takes a little longer than in the model's own session; the sweep's
 reference outputs come from this same session, so that a cell's change is the only difference measured.
+A file with a static batch (``[1, 1, 64, width]``) whose graph takes any batch (``free_batch``: checked
+on two samples) runs here in batches of ``batch_size``, not one call per sample; it runs in the file's
+own batch otherwise.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from compress_core.models.handle import ModelHandle
-from compress_core.models.inputs import Inputs
+from compress_core.analysis.free_batch import batch_mismatch, freed_batch
+from compress_core.models.handle import RUN_BATCH, ModelHandle
+from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.inventory import LayerInfo
 from compress_core.models.sessions import make_session
 from compress_core.transform.onnx_backend import constants_to_initializers
@@ -42,15 +46,20 @@ FED_KINDS = ("bits", "prune", "rank")
 class OnnxCells:
     """One session over a copy of the handle's graph in which the layers' weights can be fed.
 
-    ``batches`` are the evaluation batches (``ModelHandle.input_batches``); ``run`` returns the
-    handle's ranked output over them, without the rows of a fixed-batch model's padding. ``threads``:
-    the session's intra-op threads (a sweep's worker limits them; None: ONNX Runtime's default).
+    ``run`` returns the handle's ranked output over its evaluation data, run in ``batches``: of
+    ``batch_size`` samples, or of the file's static batch (``ModelHandle.input_batches``) when its
+    graph does not take another (``batch_note`` says which, and why). ``threads``: the session's
+    intra-op threads (a sweep's worker limits them; None: ONNX Runtime's default).
     """
 
     def __init__(
-        self, handle: ModelHandle, layers: list[LayerInfo], batches: list[Inputs], threads: int | None = None
+        self,
+        handle: ModelHandle,
+        layers: list[LayerInfo],
+        batch_size: int = RUN_BATCH,
+        threads: int | None = None,
     ) -> None:
-        self.handle, self.batches = handle, batches
+        self.handle = handle
         model = onnx.ModelProto()
         model.CopyFrom(handle.model)
         constants_to_initializers(model, float_only=True)  # as apply_plan does: every weight an initializer
@@ -65,8 +74,26 @@ class OnnxCells:
             self.weights[layer.weight_name] = numpy_helper.to_array(init).astype(np.float32)
             if layer.weight_name not in listed:
                 model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
-        self.session: Any = make_session(model, threads, label=f"'{handle.name}'")
+        self.session, self.batches, self.batch_note = self._batched_session(model, batch_size, threads)
         self.output = self.session.get_outputs()[handle.quality.output].name
+
+    def _batched_session(
+        self, model: onnx.ModelProto, batch_size: int, threads: int | None
+    ) -> tuple[Any, list[Inputs], str]:
+        """The session, the evaluation batches it runs and a note on them: batches of ``batch_size``
+        in a copy with the batch freed when the file's static batch is smaller and the copy passes
+        ``batch_mismatch``; else the file's own batches in a session over ``model``."""
+        handle, label = self.handle, f"'{self.handle.name}'"
+        data = handle.data.inputs
+        fixed = handle.fixed_batch
+        if fixed is None or len(data) <= fixed or batch_size <= fixed:
+            return make_session(model, threads, label=label), handle.input_batches(data, batch_size), ""
+        session: Any = make_session(freed_batch(model, handle), threads, label=label)
+        mismatch = batch_mismatch(session, handle, data)
+        if mismatch is None:
+            return session, in_batches(data, batch_size), f"the file's batch of {fixed} freed"
+        session = make_session(model, threads, label=label)
+        return session, handle.input_batches(data, batch_size), f"the file's batch of {fixed} kept: {mismatch}"
 
     def feeds(self, layer: LayerInfo, kind: str) -> bool:
         """Whether a ``kind`` cell of ``layer`` is a weight fed to this session (else: ``apply_plan``)."""
