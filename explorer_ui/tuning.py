@@ -28,7 +28,7 @@ from compress_core.transform.aliases import layer_aliases
 FLOAT = "float"
 BITS_OPTIONS = (FLOAT, *(str(bits) for bits in ALLOWED_BITS))
 PRUNE_KIND_OPTIONS = ("unstructured", "structured", "2:4", "4:8", "1:4")
-EDITABLE = ("bits", "scheme", "granularity", "prune_ratio", "prune_kind", "rank")
+EDITABLE = ("bits", "scheme", "granularity", "smooth", "prune_ratio", "prune_kind", "rank")
 
 
 def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
@@ -44,6 +44,7 @@ def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
                 "bits": FLOAT if config.bits is None else str(config.bits),
                 "scheme": config.scheme,
                 "granularity": config.granularity,
+                "smooth": config.smooth,
                 "prune_ratio": 0.0 if config.prune is None else config.prune.ratio,
                 "prune_kind": "unstructured" if config.prune is None else config.prune.kind,
                 "rank": rank_text(config.rank),
@@ -55,10 +56,13 @@ def plan_rows(plan: Plan, layers: list[LayerInfo]) -> list[dict[str, Any]]:
 def row_config(row: dict[str, Any]) -> LayerConfig:
     """The layer config of one table row (a ``CompressError`` names the layer for a bad value)."""
     try:
+        bits = None if row["bits"] in (None, FLOAT) else int(row["bits"])
+        smooth = row.get("smooth")
         return LayerConfig(
-            bits=None if row["bits"] in (None, FLOAT) else int(row["bits"]),
+            bits=bits,
             scheme=row["scheme"] or "symmetric",
             granularity=row["granularity"] or "channel",
+            smooth=None if bits is None or _empty(smooth) else float(smooth),  # a float layer has nothing to smooth
             prune=_prune(row["prune_ratio"], row["prune_kind"] or "unstructured"),
             rank=parse_rank(row["rank"]),
         )

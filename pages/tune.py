@@ -16,7 +16,8 @@ st.title(f"Tune {handle.name}")
 st.caption(
     "One row per layer. bits: float keeps the layer float; prune ratio with kind unstructured or structured "
     "(whole output channels), or an N:M kind (its ratio is implied); rank: empty for no factorization, a number with "
-    "a decimal point for a fraction of full rank (0.5; 1.0 is full rank), an integer for a rank (8). "
+    "a decimal point for a fraction of full rank (0.5; 1.0 is full rank), an integer for a rank (8); smooth: the int8 "
+    "export's input smoothing of a MatMul or Gemm layer (empty for none). "
     "Order of application: low rank, pruning, quantization."
 )
 
@@ -98,6 +99,14 @@ st.data_editor(
         "scheme": st.column_config.SelectboxColumn("scheme", options=SCHEMES, required=True),
         "granularity": st.column_config.SelectboxColumn("granularity", options=GRANULARITIES, required=True),
         "params": st.column_config.NumberColumn("params", format="localized"),
+        "smooth": st.column_config.NumberColumn(
+            "smooth",
+            min_value=0.05,
+            max_value=1.0,
+            step=0.05,
+            help="int8 export only: empty for none; 0.5-0.9 moves that share of a MatMul / Gemm layer's input "
+            "outliers into its weights (SmoothQuant), for layers whose activations one grid rounds badly",
+        ),
         "prune_ratio": st.column_config.NumberColumn("prune ratio", min_value=0.0, max_value=0.95, step=0.05),
         "prune_kind": st.column_config.SelectboxColumn("prune kind", options=tuning.PRUNE_KIND_OPTIONS, required=True),
         "rank": st.column_config.TextColumn(

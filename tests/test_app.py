@@ -211,16 +211,27 @@ def test_table_edits_become_the_plan_and_a_bad_value_names_the_layer():
     layers = layer_inventory(load_model("digits_cnn"))
     rows = tuning.plan_rows(Plan(), layers)
     edited = tuning.edit_rows(
-        rows, {1: {"bits": "4", "scheme": "asymmetric"}, 3: {"prune_ratio": 0.5}, 4: {"rank": 0.5}}
+        rows,
+        {
+            1: {"bits": "4", "scheme": "asymmetric"},
+            2: {"prune_ratio": 0.5},
+            3: {"bits": "8", "smooth": 0.8},
+            4: {"rank": 0.5},
+        },
     )
     assert tuning.rows_plan(edited).to_dict()["layers"] == {
         "conv2": {"bits": 4, "scheme": "asymmetric"},
-        "fc1": {"prune": {"ratio": 0.5, "kind": "unstructured"}},
+        "conv3": {"prune": {"ratio": 0.5, "kind": "unstructured"}},
+        "fc1": {"bits": 8, "smooth": 0.8},
         "head": {"rank": 0.5},
     }
     assert tuning.plan_rows(tuning.rows_plan(edited), layers) == edited
     with pytest.raises(CompressError, match="layer 'conv1': prune ratio 1.5 is not allowed"):
         tuning.rows_plan(tuning.edit_rows(rows, {0: {"prune_ratio": 1.5}}))
+    with pytest.raises(CompressError, match="layer 'conv1': smooth 1.5 is not allowed"):
+        tuning.rows_plan(tuning.edit_rows(rows, {0: {"bits": "8", "smooth": 1.5}}))
+    # a float layer has nothing to smooth: the cell is dropped, not an error
+    assert tuning.rows_plan(tuning.edit_rows(rows, {0: {"smooth": 0.5}})).layers == {}
 
 
 def test_netron_server_sets_consent_and_csp_and_serves_only_its_files():

@@ -275,7 +275,11 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
     assert cosine.min() >= 0.99, (
         f"min cosine {cosine.min():.4f} < 0.99 on the {choice.kernel} path (rule {choice.rule})"
     )
-    assert [row.layer for row in result.layers if row.storage == "float"] == ["bert.encoder.layer.0.output.dense"]
+    assert not [row.layer for row in result.layers if row.storage == "float"]  # every layer and table integer
+    smoothed = {note.split(":")[0] for note in result.notes if "input smoothed (strength 0.8)" in note}
+    assert smoothed == {"bert.encoder.layer.0.output.dense"} | {
+        f"bert.encoder.layer.{block}.intermediate.dense" for block in range(6)
+    }, result.notes
     storage = {row.layer: row.storage for row in result.layers}
     assert storage["bert.embeddings.word_embeddings"] == "4-bit GatherBlockQuantized"  # the tables are plan layers
 

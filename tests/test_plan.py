@@ -52,6 +52,18 @@ def test_aliases_let_a_recipe_name_the_modules_an_onnx_files_nodes_came_from():
         "/fc/MatMul": 6,
         "/fc/MatMul_1": 2,
     }  # head: null beats the regex, as an exact entry does
+    regexes = Plan(
+        layers={"fc": LayerConfig(bits=6), "re:f.*": LayerConfig(bits=5), "re:.*": LayerConfig(bits=4)}
+    ).with_aliases(aliases)
+    # A regex over the aliases becomes exact entries after the exact ones, in order; one that also matches
+    # a layer's own name (re:.*) stays a regex.
+    assert {name: config.bits for name, config in regexes.resolve(list(aliases)).items()} == {
+        "/conv1/Conv": 4,
+        "/fc/MatMul": 6,
+        "/fc/MatMul_1": 6,
+        "/head/Gemm": 4,
+    }
+    assert "re:f.*" not in regexes.layers and "re:.*" in regexes.layers
     unknown = Plan(layers={"conv9": LayerConfig(bits=4)}).with_aliases(aliases)
     with pytest.raises(CompressError, match="layer 'conv9' is not a compressible layer"):
         unknown.resolve(list(aliases))
@@ -61,8 +73,10 @@ def test_aliases_let_a_recipe_name_the_modules_an_onnx_files_nodes_came_from():
 def test_save_and_load_round_trip(tmp_path, suffix):
     plan = Plan.from_text(RECIPE)
     plan.layers["conv2"] = LayerConfig(bits=3, scheme="kmeans", granularity="tensor", prune=PruneConfig(kind="2:4"))
+    plan.layers["fc2"] = LayerConfig(bits=8, smooth=0.8)
     path = plan.save(tmp_path / f"recipe{suffix}")
     assert Plan.load(path) == plan
+    assert Plan.load(path).layers["fc2"].smooth == 0.8
     assert Plan.load(path).layers["conv2"].prune.ratio == 0.5
 
 
@@ -89,6 +103,10 @@ def test_save_and_load_round_trip(tmp_path, suffix):
             r"rank 1.5 is not allowed; a fraction of full rank must be in \(0, 1\]",
         ),
         ("version: 1\nlayers: {conv1: {bits: 4, scheme: fancy}}", r"scheme 'fancy' is not allowed"),
+        ("version: 1\nlayers: {fc1: {bits: 8, smooth: 0}}", r"layer 'fc1': smooth 0 is not allowed; use .* \(0, 1\]"),
+        ("version: 1\nlayers: {fc1: {bits: 8, smooth: 1.5}}", r"smooth 1.5 is not allowed"),
+        ("version: 1\nlayers: {fc1: {bits: 8, smooth: high}}", r"smooth 'high' is not allowed"),
+        ("version: 1\nlayers: {fc1: {smooth: 0.5}}", r"layer 'fc1': smooth needs bits"),
         (
             "version: 1\nlayers: {'re:(': {bits: 4}}",
             r"layer entry 're:\(': not a valid regular expression \(missing \): \(\); RE2 syntax is required",

@@ -164,17 +164,21 @@ def test_minilm_onnx_with_three_inputs_matches_the_torch_sample(minilm_onnx):
     assert onnx_handle.task == "embedding"
     # the sample's recipe, which names torch modules: the ONNX file's nodes answer to them (transform.aliases)
     plan = Plan.load(Path(__file__).resolve().parents[1] / "sample_models" / "recipes" / "minilm_int8.yaml")
-    cosines, planned = [], []
+    cosines, planned, plans = [], [], []
     for handle in (cc.load_model("minilm"), onnx_handle):
         model = cc.compress(handle, plan)
         planned.append(model.compressed.handle.compression.layer_sqnr.keys())
+        plans.append(model.compressed.handle.compression.plan)
         reference, outputs = model.original.outputs, model.compressed.outputs
         cosines.append(
             (reference * outputs).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(outputs, axis=1)
         )
     torch_cosine, onnx_cosine = cosines
-    assert "bert.encoder.layer.0.output.dense" not in planned[0]  # the layer the recipe keeps float,
-    assert "/bert/encoder/layer.0/output/dense/MatMul" not in planned[1]  # under either name
+    # the recipe's exact entries and regexes reach the ONNX nodes through the modules they came from
+    assert plans[1].config_for("/bert/encoder/layer.0/output/dense/MatMul").smooth == 0.8
+    assert plans[1].config_for("/bert/encoder/layer.4/intermediate/dense/MatMul").smooth == 0.8
+    assert plans[1].config_for("/bert/encoder/layer.3/attention/self/key/MatMul").granularity == "tensor"
+    assert plans[1].config_for("/bert/encoder/layer.3/output/dense/MatMul") == plans[0].default
     assert len(planned[1]) == len(planned[0] - {"bert.pooler.dense"}) > 30  # the export drops the unused pooler
     assert onnx_cosine.min() == pytest.approx(torch_cosine.min(), abs=0.005)
     assert onnx_cosine.mean() == pytest.approx(torch_cosine.mean(), abs=0.005)

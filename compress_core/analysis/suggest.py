@@ -63,8 +63,11 @@ class Option:
             return None
         kind = "structured" if self.prune_kind == "structured" else "unstructured"
         prune = PruneConfig(ratio=self.ratio, kind=kind) if self.prune_kind else None
-        bits_settings = {"scheme": sweep.scheme, "granularity": sweep.granularity} if self.bits else {}
-        return LayerConfig(bits=self.bits, prune=prune, rank=self.rank, **bits_settings)
+        if self.bits is None:
+            return LayerConfig(prune=prune, rank=self.rank)
+        return LayerConfig(
+            bits=self.bits, scheme=sweep.scheme, granularity=sweep.granularity, prune=prune, rank=self.rank
+        )
 
 
 @dataclass

@@ -57,6 +57,7 @@ from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_conv
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.ort.saturation import LayerSaturation
+from compress_core.ort.smooth import smooth_inputs
 from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -198,6 +199,16 @@ def quantize_int8(
         grid.bits in STORAGE_BITS for name, grid in quantized.items() if name not in tables_of
     )
     model, notes = prepare_for_quantization(compressed.onnx_model, INT4_OPSET if wide else MIN_OPSET)
+    strengths = _smooth_strengths(compressed, quantized)
+    if strengths:
+        reader = EvalDataReader(
+            calibration_inputs(handle.data.inputs, options.calibration_samples),
+            CALIBRATION_BATCH,
+            handle.fixed_batch,
+            check,
+        )
+        model, smoothed = smooth_inputs(model, strengths, {t.node: t.layer for t in targets.values()}, reader)
+        notes.extend(layer.describe() for layer in smoothed)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     out_axes = {use.node_name: use.out_axis for use in compressible_nodes(model)}
     unmapped = [layer.name for layer in layers if layer.name not in targets]
@@ -231,10 +242,15 @@ def quantize_int8(
             continue
         _check_static_support(target, out_axes)
         override, exact = weight_override(
-            weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage), per_channel
+            weights[target.weight_tensor],
+            out_axes[target.node],
+            grid,
+            getattr(QuantType, storage),
+            per_channel,
+            rescaled=target.node in strengths,
         )
         overrides[target.weight_tensor] = override
-        if not exact:
+        if not exact and target.node not in strengths:  # a smoothed layer's note says it already
             notes.append(
                 f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)"
             )
@@ -520,19 +536,26 @@ def quantize_ort_default(
 
 
 def weight_override(
-    weight: np.ndarray, out_axis: int, grid: Any, quant_type: Any, per_channel: bool | None = None
+    weight: np.ndarray,
+    out_axis: int,
+    grid: Any,
+    quant_type: Any,
+    per_channel: bool | None = None,
+    rescaled: bool = False,
 ) -> tuple[list[dict[str, Any]], bool]:
     """The ``TensorQuantOverrides`` entry for one exported weight and whether it keeps the plan's grid exactly.
 
-    ``per_channel`` other than the plan's granularity (an override of the int8 path) stores the
-    weight on ORT's own grid of that granularity (not exact).
+    ``per_channel`` other than the plan's granularity (an override of the int8 path), and a weight
+    ``rescaled`` per input channel (smoothed, ``ort.smooth``), store the weight on ORT's own grid of
+    the granularity (not exact).
 
     ``grid`` is the layer's ``QuantizedWeight`` (output channels on ``grid.axis``). The exported
     weight may be transposed (MatMul) and scaled per output channel (BatchNorm folding); the scale
     of each channel is recovered as the least-squares factor between the two.
     """
     planned = grid.granularity == "channel"
-    if per_channel is not None and per_channel != planned:
+    if rescaled or (per_channel is not None and per_channel != planned):
+        per_channel = planned if per_channel is None else per_channel
         return ([{"quant_type": quant_type, "axis": out_axis}] if per_channel else [{"quant_type": quant_type}]), False
     per_channel = planned
     if grid.scheme not in UNIFORM_SCHEMES:
@@ -554,6 +577,19 @@ def weight_override(
         {"quant_type": quant_type, "axis": out_axis, "scale": float(s), "zero_point": int(z)}
         for s, z in zip(scale, zero, strict=True)
     ], True
+
+
+def _smooth_strengths(compressed: PreparedModel, quantized: dict[str, Any]) -> dict[str, float]:
+    """Node name -> migration strength of the quantized layers whose plan entry sets ``smooth``."""
+    plan = compressed.handle.compression.plan if compressed.handle.compression else None
+    strengths = {}
+    for layer in compressed.inventory:
+        config = plan.config_for(layer.name) if plan is not None else None
+        target = compressed.layer_targets.get(layer.name)
+        planned = layer.weight_name in quantized or layer.name in quantized
+        if config is not None and config.smooth is not None and target is not None and planned and not layer.embedding:
+            strengths[target.node] = config.smooth
+    return strengths
 
 
 def _check_static_support(target: LayerTarget, out_axes: dict[str, int]) -> None:

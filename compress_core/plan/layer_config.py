@@ -1,4 +1,4 @@
-"""What to do to one layer: bit width, scheme and granularity, pruning, rank; checked when made.
+"""What to do to one layer: bit width, scheme and granularity, input smoothing, pruning, rank; checked when made.
 
 ``LayerConfig`` and ``PruneConfig`` are the entries of a plan (``compress_core.plan``). The bit
 widths, schemes and granularities are those the quantizer takes (``compress_core.ops.quantize``).
@@ -18,7 +18,7 @@ from compress_core.plan.quoting import shown, written
 PRUNE_KINDS = ("unstructured", "structured")
 NM_PATTERN = re.compile(r"([0-9]{1,6}):([0-9]{1,6})")  # used with fullmatch
 NM_RATIO_TOLERANCE = 5e-4  # a ratio written with 3 or 4 decimals (0.667 for 1:3) agrees with 1 - N/M
-LAYER_KEYS = {"bits", "scheme", "granularity", "prune", "rank"}
+LAYER_KEYS = {"bits", "scheme", "granularity", "smooth", "prune", "rank"}
 PRUNE_KEYS = {"ratio", "kind"}
 BITS_ALLOWED = "null (float), 2..8 or 16"
 SECONDS_PER_MINUTE = 60  # YAML 1.1 base-60 integers: 2:4 reads as 2 * 60 + 4
@@ -101,11 +101,18 @@ def _base60_hint(kind: Any) -> str:
 @dataclass(frozen=True)
 class LayerConfig:
     """What to do to one layer. ``bits=None`` keeps it float; ``rank`` is an int or a fraction of
-    full rank (a float: ``1.0`` is full rank); ``granularity`` is per output ``channel`` or per ``tensor``."""
+    full rank (a float: ``1.0`` is full rank); ``granularity`` is per output ``channel`` or per ``tensor``.
+
+    ``smooth`` (a float in (0, 1], with ``bits``) is the migration strength of the int8 export's input
+    smoothing (``compress_core.ort.smooth``): the layer's input channels are divided by per-channel
+    factors and its weight's rows multiplied by them, which leaves the float model's output unchanged
+    and flattens the activation outliers that per-tensor activation quantization rounds badly. It acts
+    only on the integer ONNX file; the torch model and its fake-quantized weights do not change."""
 
     bits: int | None = None
     scheme: str = "symmetric"
     granularity: str = "channel"
+    smooth: float | None = None
     prune: PruneConfig | None = None
     rank: int | float | None = None
 
@@ -119,6 +126,8 @@ class LayerConfig:
             raise CompressError(f"granularity {shown(self.granularity)} is not allowed; use channel or tensor")
         if self.bits is not None and self.bits not in bits_for(self.scheme):
             raise CompressError(f"bits {self.bits} is not allowed with scheme {self.scheme}; use 2..{KMEANS_MAX_BITS}")
+        if self.smooth is not None:
+            _check_smooth(self.smooth, self.bits)
         if self.prune is not None and not isinstance(self.prune, PruneConfig):
             raise CompressError(f"prune {shown(self.prune)} is not allowed; use a PruneConfig or None")
         if self.rank is not None:
@@ -143,6 +152,8 @@ class LayerConfig:
                 data["scheme"] = self.scheme
             if self.granularity != "channel":
                 data["granularity"] = self.granularity
+            if self.smooth is not None:
+                data["smooth"] = self.smooth
         if self.prune is not None:
             data["prune"] = self.prune.to_dict()
         if self.rank is not None:
@@ -160,6 +171,7 @@ class LayerConfig:
                 bits=data.get("bits"),
                 scheme=data.get("scheme", "symmetric"),
                 granularity=data.get("granularity", "channel"),
+                smooth=data.get("smooth"),
                 prune=_prune_from_dict(data.get("prune")),
                 rank=data.get("rank"),
             )
@@ -172,6 +184,16 @@ def checked_bits(bits: object) -> int | None:
     if bits is None or (isinstance(bits, int) and not isinstance(bits, bool)):
         return bits
     raise CompressError(f"bits {shown(bits)} is not allowed; use an integer: {BITS_ALLOWED}")
+
+
+def _check_smooth(smooth: Any, bits: int | None) -> None:
+    """A migration strength in (0, 1], on a quantized layer."""
+    if not _is_number(smooth) or not 0 < smooth <= 1:
+        raise CompressError(f"smooth {shown(smooth)} is not allowed; use a migration strength in (0, 1], such as 0.8")
+    if bits is None:
+        raise CompressError(
+            "smooth needs bits: it rescales the input of a quantized layer (a float layer has nothing to smooth)"
+        )
 
 
 def _check_rank(rank: Any) -> None:

@@ -103,18 +103,39 @@ class Plan:
         ``aliases`` maps a layer name to another name it answers to: for an ONNX file exported from
         torch, the module its node came from (``/bert/encoder/layer.0/output/dense/MatMul`` answers to
         ``bert.encoder.layer.0.output.dense``), so that a recipe written for the torch model applies
-        to its ONNX export. An entry naming a layer itself wins over one naming its alias; regex
-        entries and names that are neither stay as written (``resolve`` reports the unknown ones).
+        to its ONNX export. An entry naming a layer itself wins over one naming its alias. A regex entry
+        that matches aliases but none of the aliased layers' own names becomes one exact entry per
+        layer it matches, after the exact entries and in its order, so the plan's precedence holds.
+        Names that are neither, and regexes that match no alias, stay as written (``resolve`` reports
+        the unknown ones).
         """
         layers_of: dict[str, list[str]] = {}
         for layer, alias in aliases.items():
             layers_of.setdefault(alias, []).append(layer)
-        renamed = {key: config for key, config in self.layers.items() if key in aliases or key not in layers_of}
+        renamed = {
+            key: config
+            for key, config in self.layers.items()
+            if key in aliases or (key not in layers_of and not self._names_aliases_only(key, aliases))
+        }
         for key, config in self.layers.items():
-            if key not in aliases:
+            if key not in aliases and not key.startswith(REGEX_PREFIX):
                 for layer in layers_of.get(key, ()):
                     renamed.setdefault(layer, config)
+        for key, config in self.layers.items():
+            if self._names_aliases_only(key, aliases):
+                for layer, alias in aliases.items():
+                    if self._regex(key).fullmatch(alias):
+                        renamed.setdefault(layer, config)
         return Plan(self.default, renamed)
+
+    def _names_aliases_only(self, key: str, aliases: Mapping[str, str]) -> bool:
+        """True for a regex entry that matches some alias and none of the aliased layers' own names."""
+        if not key.startswith(REGEX_PREFIX):
+            return False
+        regex = self._regex(key)
+        return any(regex.fullmatch(alias) for alias in aliases.values()) and not any(
+            regex.fullmatch(layer) for layer in aliases
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data (``version``, ``default``, ``layers``)."""
