@@ -76,6 +76,8 @@ CANDIDATE_NOTES = {
     "what the plan alone does to speed",
     "compressed_int8": "the compressed model through ONNX Runtime's quantizer with this page's settings: each layer "
     "stored as the bit-width table says",
+    "compressed_nbits": "the plan's 2-4-bit MatMul / Gemm layers and embedding tables stored block-wise in 4 bits "
+    "(MatMulNBits, GatherBlockQuantized), activations float: the smallest file",
     ORT_DEFAULT: "ONNX Runtime's own quantize_static with its defaults (QDQ, S8S8, per-tensor MinMax) on the original "
     "model, calibrated on the same data: the baseline to beat",
 }
@@ -267,10 +269,16 @@ def bench_estimate(
     batch: int | None,
     runs: int | None,
     with_int8: bool,
+    with_nbits: bool = False,
 ) -> BenchPlan:
     """The benchmark's plan before it starts, from ``forward_cost`` of the original (every candidate
     taken to cost as much; the benchmark times each before it settles its plan)."""
-    names = ["original_fp32", "compressed_fp32", *(["compressed_int8"] if with_int8 else [])]
+    names = [
+        "original_fp32",
+        "compressed_fp32",
+        *(["compressed_int8"] if with_int8 else []),
+        *(["compressed_nbits"] if with_nbits else []),
+    ]
     probe_batch = fixed_batch or 1
     run_s = {name: cost["forward_s"] * probe_batch for name in names}
     session_s = {name: cost["open_s"] for name in names}

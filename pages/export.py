@@ -255,13 +255,10 @@ if built is not None:
             "Speed-ups of int8 over fp32, and the accuracy of U8S8 int8 files, depend on the CPU: the figures "
             "below hold for this one. The export's metrics.json and report.md record it too."
         )
-    has_int8 = "model_int8.onnx" in built["files"]
+    has_int8, has_nbits = "model_int8.onnx" in built["files"], "model_nbits.onnx" in built["files"]
+    absent = {name for name, present in (("compressed_int8", has_int8), ("compressed_nbits", has_nbits)) if not present}
     st.markdown(
-        "\n".join(
-            f"- **{name}**: {note}"
-            for name, note in exporting.CANDIDATE_NOTES.items()
-            if name != "compressed_int8" or has_int8
-        )
+        "\n".join(f"- **{name}**: {note}" for name, note in exporting.CANDIDATE_NOTES.items() if name not in absent)
     )
     threads_column, batch_column, runs_column, budget_column = st.columns(4)
     threads = threads_column.number_input("Threads", 1, 8, exporting.BENCH_THREADS)
@@ -299,6 +296,7 @@ if built is not None:
         None if batch is None else int(batch),
         None if runs is None else int(runs),
         has_int8,
+        has_nbits,
     )
     st.caption(
         f"Estimate: {estimate.summary()}. The benchmark times one run of each file first and settles batch and "

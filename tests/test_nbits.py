@@ -95,6 +95,12 @@ def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
     assert entry["bytes"] < 0.6 * metrics["artifacts"]["model_fp32.onnx"]["bytes"] and entry["agreement"] >= 0.9
     report = (out / "report.md").read_text()
     assert "## Weight-only model (MatMulNBits)" in report and "4-bit MatMulNBits (block 32)" in report
+    capsys.readouterr()
+    assert main(["bench", str(out), "--batch", "4", "--runs", "3", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"original_fp32", "compressed_fp32", "compressed_nbits", "ort_default_int8"}  # timed beside
+    nbits = rows["compressed_nbits"]
+    assert nbits["integer_nodes"] >= 1 and nbits["bytes"] == entry["bytes"] and nbits["median_ms"] > 0
 
 
 def test_a_fine_tuned_weight_is_rounded_from_the_compressed_one(transformer, tmp_path):

@@ -36,6 +36,7 @@ from compress_core.ort.artifacts import (
     FP32_ONNX,
     INT8_ONNX,
     METRICS,
+    NBITS_ONNX,
     ORIGINAL_ONNX,
     file_sizes,
     headline,
@@ -61,7 +62,12 @@ from compress_core.ort.runtime import runtime_record
 
 ORT_DEFAULT = "ort_default_int8"
 ORT_DEFAULT_SAMPLES = 64  # calibration samples of ORT's default quantization (at most the data's)
-CANDIDATES = (("original_fp32", ORIGINAL_ONNX), ("compressed_fp32", FP32_ONNX), ("compressed_int8", INT8_ONNX))
+CANDIDATES = (
+    ("original_fp32", ORIGINAL_ONNX),
+    ("compressed_fp32", FP32_ONNX),
+    ("compressed_int8", INT8_ONNX),
+    ("compressed_nbits", NBITS_ONNX),
+)
 TOP_LAYERS = 5
 UNASSIGNED = "(no layer)"
 STEPS = (
