@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 
 MAX_DRAWN_LEVELS = 1024
 """Above this many quantization levels (16-bit grids) the levels are not drawn one by one."""
+MAX_CHANNEL_BARS = 1024  # more output channels than this are drawn in groups (a browser draws 30k bars slowly)
 BINS = 80
 MIN_BINS = 10
 KEPT_COLOR = "#1f77b4"
@@ -68,22 +69,37 @@ def error_histogram(errors: np.ndarray, sqnr_db: float) -> go.Figure:
     return layout(figure, f"Rounding error, whole weight (SQNR {sqnr_db:.1f} dB)", "quantized - original", "count")
 
 
-def channel_ranges(view: dict) -> go.Figure:
-    """Per-output-channel min..max bars; outlier channels (range > 3x median) in red."""
-    channels = np.arange(len(view["range"]))
-    colors = np.where(view["outliers"], ALERT_COLOR, KEPT_COLOR)
+def channel_ranges(view: dict, max_bars: int = MAX_CHANNEL_BARS) -> go.Figure:
+    """Per-output-channel min..max bars; outlier channels (range > 3x median) in red.
+
+    More than ``max_bars`` channels (an embedding table's 30,522 rows) are drawn in groups of
+    consecutive channels: each bar spans its group's lowest min to highest max, red when the group
+    holds an outlier, and the title says how many channels a bar stands for."""
+    low, high, outlier = (np.asarray(view[key]) for key in ("min", "max", "outliers"))
+    count = len(low)
+    group = max(1, -(-count // max_bars))
+    starts = np.arange(0, count, group)
+    low, high = np.minimum.reduceat(low, starts), np.maximum.reduceat(high, starts)
+    flagged = np.logical_or.reduceat(outlier, starts)
+    ends = np.minimum(starts + group, count) - 1
+    hover = "channel %{x}" if group == 1 else "channels %{x}-%{customdata}"
     figure = go.Figure(
         go.Bar(
-            x=channels,
-            y=view["range"],
-            base=view["min"],
-            marker_color=colors,
+            x=starts,
+            y=high - low,
+            base=low,
+            customdata=ends,
+            width=group,
+            offset=0 if group > 1 else None,
+            marker_color=np.where(flagged, ALERT_COLOR, KEPT_COLOR),
             name="min..max",
-            hovertemplate="channel %{x}<br>min %{base:.3g}<br>range %{y:.3g}<extra></extra>",
+            hovertemplate=hover + "<br>min %{base:.3g}<br>range %{y:.3g}<extra></extra>",
         )
     )
-    outliers = int(np.sum(view["outliers"]))
+    outliers = int(np.sum(outlier))
     title = f"Weight range per output channel ({outliers} outlier{'s' if outliers != 1 else ''}, median range {view['median']:.3g})"
+    if group > 1:
+        title += f"; {count:,} channels, {group} per bar"
     return layout(figure, title, "output channel", "weight value")
 
 
