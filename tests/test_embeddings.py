@@ -96,6 +96,17 @@ def test_bits_on_an_embedding_change_its_table_per_block_of_a_row(tokens):
     assert torch.equal(tokens.model.tokens.weight, original)  # the input is never mutated
 
 
+def test_fine_tuning_keeps_a_tables_blocks(tokens):
+    from compress_core.ops.fake_quant import snap_to_grids
+
+    result = apply_plan(tokens, Plan.from_text("version: 1\nlayers:\n  tokens: {bits: 4, scheme: asymmetric}\n"))
+    grid = result.compression.quantized["tokens.weight"]
+    weight = nn.Parameter(result.model.tokens.weight.detach() + 0.01 * torch.randn(VOCAB, WIDTH))  # moved by training
+    snapped = snap_to_grids({"tokens.weight": weight}, {"tokens.weight": grid})["tokens.weight"]
+    assert isinstance(snapped, TableQuantizedWeight) and snapped.groups == grid.groups  # one grid per block, not per row
+    assert max(len(torch.unique(block)) for block in weight.detach().reshape(-1, TABLE_BLOCK)) <= 16
+
+
 def test_eight_bit_tables_have_one_grid_per_row(tokens):
     grid = apply_plan(tokens, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compression.quantized["tokens.weight"]
     assert not isinstance(grid, TableQuantizedWeight) and tuple(grid.scale.shape) == (VOCAB,)

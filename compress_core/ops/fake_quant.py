@@ -19,12 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from compress_core.ops.quantize import QuantizedWeight, quantize_weight
-
-
-def requantize(weight: torch.Tensor, grid: QuantizedWeight) -> QuantizedWeight:
-    """Quantize ``weight`` with the settings of ``grid`` (bits, scheme, granularity, axis), grid recomputed."""
-    return quantize_weight(weight.detach(), grid.bits, grid.scheme, grid.granularity, grid.axis)
+from compress_core.ops.quantize import QuantizedWeight
 
 
 @contextmanager
@@ -39,7 +34,7 @@ def straight_through(parameters: Mapping[str, nn.Parameter], grids: Mapping[str,
     try:
         with torch.no_grad():
             for name, grid in grids.items():
-                parameters[name].copy_(requantize(latent[name], grid).values)
+                parameters[name].copy_(grid.requantize(latent[name]).values)
         yield
     finally:
         with torch.no_grad():
@@ -51,7 +46,7 @@ def snap_to_grids(
     parameters: Mapping[str, nn.Parameter], grids: Mapping[str, QuantizedWeight]
 ) -> dict[str, QuantizedWeight]:
     """Replace each latent weight by its quantized value, for good; return the new grids by name."""
-    snapped = {name: requantize(parameters[name], grid) for name, grid in grids.items()}
+    snapped = {name: grid.requantize(parameters[name]) for name, grid in grids.items()}
     with torch.no_grad():
         for name, quantized in snapped.items():
             parameters[name].copy_(quantized.values)

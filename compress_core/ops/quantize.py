@@ -86,6 +86,11 @@ class QuantizedWeight:
         """How many grids the weight has: one per channel along ``axis``, or one for the tensor."""
         return self.values.shape[self.axis] if self.granularity == "channel" else 1
 
+    def requantize(self, weight: torch.Tensor) -> QuantizedWeight:
+        """``weight`` quantized with these settings (bits, scheme, granularity, axis), its grids
+        recomputed from it (fine-tuning moves the latent weight off the old ones)."""
+        return quantize_weight(weight.detach(), self.bits, self.scheme, self.granularity, self.axis)
+
     def levels(self, channel: int | None = None) -> torch.Tensor:
         """Sorted, distinct representable values (float32) of the tensor or of one channel.
 

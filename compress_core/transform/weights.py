@@ -36,18 +36,27 @@ class TableQuantizedWeight(QuantizedWeight):
         """How many grids the table has: one per block of every row."""
         return self.values.numel() // self.block
 
+    def requantize(self, weight: torch.Tensor) -> QuantizedWeight:
+        """``weight`` quantized per block of ``block`` columns of each row, as this table is."""
+        return blocked_table(weight.detach(), self.bits, self.scheme, self.block)
+
 
 def quantize_table(table: torch.Tensor, config: LayerConfig) -> QuantizedWeight:
     """Quantize an embedding table [rows, columns] as the plan says: per tensor, or per row (in blocks of
     ``TABLE_BLOCK`` columns at ``BLOCKED_MAX_BITS`` bits or fewer)."""
     assert config.bits is not None
-    rows, columns = table.shape
+    columns = table.shape[1]
     blocked = config.bits <= BLOCKED_MAX_BITS and columns % TABLE_BLOCK == 0 and columns > TABLE_BLOCK
     if config.granularity == "tensor" or not blocked:
         return quantize_weight(table, config.bits, config.scheme, config.granularity, axis=0)
-    grids = quantize_weight(table.reshape(-1, TABLE_BLOCK), config.bits, config.scheme, "channel", axis=0)
+    return blocked_table(table, config.bits, config.scheme, TABLE_BLOCK)
+
+
+def blocked_table(table: torch.Tensor, bits: int, scheme: str, block: int) -> TableQuantizedWeight:
+    """``table`` [rows, columns] quantized with one grid per ``block`` consecutive columns of each row."""
+    grids = quantize_weight(table.reshape(-1, block), bits, scheme, "channel", axis=0)
     return TableQuantizedWeight(
-        grids.values.reshape(rows, columns),
+        grids.values.reshape(table.shape),
         grids.bits,
         grids.scheme,
         "channel",
@@ -55,7 +64,7 @@ def quantize_table(table: torch.Tensor, config: LayerConfig) -> QuantizedWeight:
         grids.scale,
         grids.zero_point,
         grids.codebook,
-        TABLE_BLOCK,
+        block,
     )
 
 
