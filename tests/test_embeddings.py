@@ -103,7 +103,9 @@ def test_fine_tuning_keeps_a_tables_blocks(tokens):
     grid = result.compression.quantized["tokens.weight"]
     weight = nn.Parameter(result.model.tokens.weight.detach() + 0.01 * torch.randn(VOCAB, WIDTH))  # moved by training
     snapped = snap_to_grids({"tokens.weight": weight}, {"tokens.weight": grid})["tokens.weight"]
-    assert isinstance(snapped, TableQuantizedWeight) and snapped.groups == grid.groups  # one grid per block, not per row
+    assert (
+        isinstance(snapped, TableQuantizedWeight) and snapped.groups == grid.groups
+    )  # one grid per block, not per row
     assert max(len(torch.unique(block)) for block in weight.detach().reshape(-1, TABLE_BLOCK)) <= 16
 
 
