@@ -11,15 +11,16 @@ Writes ``benchmarks/results/sensitivity.md`` and ``.json``. Every sweep runs wit
 times are medians over ``--repeats`` runs (the machine is shared, so they are noisy).
 
 The ONNX part (skipped when ddddocr 1.6.1 is not installed: ``pip install --no-deps ddddocr==1.6.1``)
-runs on ``common_det.onnx`` (30 generated 416x416 images) and ``common.onnx`` (30 rendered strings,
-width 160): one forward pass over the 30 samples in the model's own session (median of six, three
-before and three after the sweep); the mean time of a sweep cell (bits 8 and 4, prune 0.5 on every n-th
-layer; one ONNX Runtime session for the sweep, the cell's weight fed in; from the sweep's progress
-callbacks, its set-up apart: inventory, the sweep's session, the check that its batch can be freed,
-the reference pass and the first cell); a cell through ``apply_plan`` (a new session per cell, as sweeps did
-before); and ``suggest_plan`` with its default kinds (bits and pruning) at a size target, with the
-cells it measured; the load average before and after each model. (Timing a forward pass after every cell instead, in turn with the cells, slows the
-cells: the two sessions' threads get in each other's way.)
+runs on ``common_det.onnx`` (the 416x416 images ``load_model`` generates: 16, as one takes long) and
+``common.onnx`` (30 rendered strings, width 160): one forward pass over the samples in the model's own
+session (the median of three before the sweep, one after each swept layer's cells and three after the
+sweep, so that a load that drifts weighs on forward passes and cells alike); the mean time of a sweep
+cell (bits 8 and 4, prune 0.5 on every n-th layer; one ONNX Runtime session for the sweep, the cell's
+weight fed in; from the sweep's progress callbacks, leaving out the forward passes timed there and the
+set-up: inventory, the sweep's session, the check that its batch can be freed, the reference pass and
+the first cell); a cell through ``apply_plan`` (a new session per cell, as sweeps did before); and
+``suggest_plan`` with its default kinds (bits and pruning) at a size target, with the cells it
+measured; the load average before and after each model.
 
 The scaling part (skipped without Ray: ``pip install -e ".[ray]"``) runs one sweep (``digits_resnet``,
 bits 4 and 2 on its 16 layers: 32 cells of one to two seconds each on one core) on a local Ray cluster of
@@ -58,7 +59,7 @@ from compress_core.analysis.metrics import quality_metric  # noqa: E402
 from compress_core.analysis.runners import Payload, RayRunner, SweepJob, worker_context  # noqa: E402
 from compress_core.analysis.sensitivity import run_sensitivity  # noqa: E402
 from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E402
-from compress_core.analysis.sweep import Sweep, config_for  # noqa: E402
+from compress_core.analysis.sweep import Progress, Sweep, config_for  # noqa: E402
 from compress_core.analysis.sweep_cache import model_key  # noqa: E402
 from compress_core.models.handle import RUN_BATCH, EvalData, ModelHandle  # noqa: E402
 from compress_core.models.inputs import Inputs  # noqa: E402
@@ -400,18 +401,26 @@ def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
     layers = layer_inventory(handle)
     timed_forward(handle)  # the model's own session, built before anything is timed
     forwards = [timed_forward(handle) for _ in range(FORWARD_RUNS)]
-    stamps: list[float] = []
+    spans: list[tuple[float, float]] = []  # (a cell ended, the next one may start)
+    per_layer = len(ONNX_CELL_SWEEP.cells())
+
+    def progress(step: Progress) -> None:
+        ended = time.perf_counter()
+        if step.cell % per_layer == 0:  # a layer's cells are done
+            forwards.append(timed_forward(handle))
+        spans.append((ended, time.perf_counter()))
+
     started = time.perf_counter()
     result = run_sensitivity(
         handle,
         ONNX_CELL_SWEEP,
         cache=False,
         layers=[layer.name for layer in layers[every - 1 :: every]],
-        progress=lambda _, stamps=stamps: stamps.append(time.perf_counter()),
+        progress=progress,
     )
     forwards += [timed_forward(handle) for _ in range(FORWARD_RUNS)]
-    cells = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
-    setup = stamps[0] - started  # inventory, session, reference pass and the first cell
+    cells = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:])]
+    setup = spans[0][0] - started  # inventory, session, reference pass and the first cell
     forward, per_cell = statistics.median(forwards), statistics.mean(cells)
     applied = []
     reference = handle.run(handle.data.inputs)
@@ -426,6 +435,7 @@ def onnx_entry(handle: ModelHandle, every: int, target: float) -> dict:
     default_cells = len(layers) * len(Sweep(kinds=("bits", "prune")).cells())
     return {
         "layers": len(layers),
+        "samples": len(handle.data),
         "task": handle.task,
         "metric": result.metric_name,
         "data": handle.data.origin,
@@ -581,23 +591,24 @@ def onnx_markdown(section: dict | None) -> list[str]:
         "",
         runtime_line(section["runtime"]),
         "",
-        f"{section['samples']} samples each. Forward: one pass over them in the model's own session (median of "
-        f"{2 * FORWARD_RUNS}, before and after the sweep). Per cell: mean time of a sweep cell (bits 8 and 4, prune 0.5; "
-        "median in brackets) in the sweep's one session, the cell's weight fed in, its quality measured. Set-up: "
+        "Forward: one pass over the model's samples in its own session (the median of "
+        f"{FORWARD_RUNS} before the sweep, one after each swept layer's cells, {FORWARD_RUNS} after). Per cell: mean "
+        "time of a sweep cell (bits 8 and 4, prune 0.5; median in brackets) in the sweep's one session, the cell's weight fed in, its quality measured. Set-up: "
         "inventory, session, the check that the file's static batch can be freed, reference pass and the first cell. "
         "apply_plan: a 4-bit cell through `apply_plan` and a new session, its quality measured, as sweeps did before. "
-        "Both files declare a batch of 1, so a forward pass is 30 calls of one sample; the sweep's session runs the "
-        "30 in one call where the graph takes any batch (checked: a batch of 2 gives what two batches of 1 give), "
+        "Both files declare a batch of 1, so a forward pass is one call per sample; the sweep's session runs them "
+        "all in one call where the graph takes any batch (checked: a batch of 2 gives what two batches of 1 give), "
         f"as the strategy line says. Target: per cell <= {section['cell_target']}x forward. Load: the load "
         "averages (1, 5, 15 min) before and after the model's figures (the machine may be shared).",
         "",
-        "| model | layers | task | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed | load before | load after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | layers | task | samples | forward s | per cell s | per cell / forward | within target | set-up s | apply_plan cell s | cells timed | load before | load after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in section["models"].items():
         sweep = entry["sweep"]
         lines.append(
-            f"| {name} | {entry['layers']} | {entry['task']} | {entry['forward_seconds']} | "
+            f"| {name} | {entry['layers']} | {entry['task']} | {entry['samples']} | "
+            f"{entry['forward_seconds']} | "
             f"{sweep['per_cell_seconds']} ({sweep['per_cell_median_seconds']}) | "
             f"{sweep['per_cell_over_forward']}x | {'yes' if sweep['per_cell_over_forward'] <= section['cell_target'] else 'no'} | "
             f"{sweep['setup_and_first_cell_seconds']} | "
