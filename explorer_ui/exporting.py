@@ -269,7 +269,7 @@ def bench_estimate(
     batch: int | None,
     runs: int | None,
     with_int8: bool,
-    with_nbits: bool = False,
+    with_nbits: bool,
 ) -> BenchPlan:
     """The benchmark's plan before it starts, from ``forward_cost`` of the original (every candidate
     taken to cost as much; the benchmark times each before it settles its plan)."""

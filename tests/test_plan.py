@@ -64,6 +64,12 @@ def test_aliases_let_a_recipe_name_the_modules_an_onnx_files_nodes_came_from():
         "/head/Gemm": 4,
     }
     assert "re:f.*" not in regexes.layers and "re:.*" in regexes.layers
+    # the torch model's precedence holds on its export: the first regex that matches either name decides
+    scoped = {"/a/dense/MatMul": "a.dense", "/b/proj/MatMul": "b.proj"}
+    ordered = Plan(layers={"re:.*": LayerConfig(bits=4), "re:.*dense": LayerConfig(bits=8)}).with_aliases(scoped)
+    assert ordered.config_for("/a/dense/MatMul").bits == 4
+    by_alias = Plan(layers={"re:b\\..*": LayerConfig(bits=5)}).with_aliases(scoped)  # decides through the alias alone
+    assert {name: config.bits for name, config in by_alias.resolve(list(scoped)).items()} == {"/b/proj/MatMul": 5}
     unknown = Plan(layers={"conv9": LayerConfig(bits=4)}).with_aliases(aliases)
     with pytest.raises(CompressError, match="layer 'conv9' is not a compressible layer"):
         unknown.resolve(list(aliases))

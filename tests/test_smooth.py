@@ -15,7 +15,6 @@ from compress_core.ort.smooth import smooth_inputs
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
-RNG = np.random.default_rng(0)
 LOUD = np.array([40.0, 25.0] + [1.0] * 14, dtype=np.float32)  # two input channels far above the rest
 
 
@@ -34,11 +33,12 @@ def _graph(nodes, initializers, inputs=("x",), width=16, outputs=("y",)) -> onnx
 
 def _two_readers_and_a_gemm() -> onnx.ModelProto:
     """x -> Mul(loud) -> two MatMuls (one input, shared); their sum -> Relu -> Gemm with transB."""
+    rng = np.random.default_rng(1)
     weights = {
         "loud": LOUD,
-        "W1": RNG.standard_normal((16, 8)).astype(np.float32),
-        "W2": RNG.standard_normal((16, 8)).astype(np.float32),
-        "G": RNG.standard_normal((4, 8)).astype(np.float32),
+        "W1": rng.standard_normal((16, 8)).astype(np.float32),
+        "W2": rng.standard_normal((16, 8)).astype(np.float32),
+        "G": rng.standard_normal((4, 8)).astype(np.float32),
     }
     nodes = [
         helper.make_node("Mul", ["x", "loud"], ["h"], name="scale"),
@@ -58,7 +58,7 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 def test_smoothing_keeps_the_float_output_and_flattens_the_input():
     model = _two_readers_and_a_gemm()
-    x = RNG.standard_normal((32, 16)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((32, 16)).astype(np.float32)
     batches = [{"x": x[:16]}, {"x": x[16:]}]
     smoothed, layers = smooth_inputs(model, {"left": 0.8, "right": 0.8, "head": 0.5}, {"left": "fc.left"}, batches)
     np.testing.assert_allclose(_run(smoothed, x), _run(model, x), rtol=1e-4, atol=1e-4)
@@ -94,7 +94,8 @@ def _loud_matmul_file(tmp_path) -> cc.ModelHandle:
         helper.make_node("MatMul", ["h", "W"], ["y"], name="proj"),
     ]
     path = tmp_path / "loud.onnx"
-    onnx.save(_graph(nodes, {"loud": LOUD, "W": RNG.standard_normal((16, 32)).astype(np.float32)}), path)
+    weight = np.random.default_rng(3).standard_normal((16, 32)).astype(np.float32)
+    onnx.save(_graph(nodes, {"loud": LOUD, "W": weight}), path)
     return cc.load_model(path)
 
 
@@ -109,10 +110,49 @@ def test_smoothing_raises_the_int8_outputs_sqnr(tmp_path):
     for smooth in (None, 0.8):
         entry = "{bits: 8}" if smooth is None else f"{{bits: 8, smooth: {smooth}}}"
         compressed = compress(handle, Plan.from_text(f"version: 1\ndefault: {entry}\n")).compressed
-        result = quantize_int8(compressed, tmp_path / f"int8_{smooth}.onnx", Int8Options(dynamic=True))
+        # U8U8: exact integer kernels on every CPU, so the figure does not depend on VNNI
+        result = quantize_int8(compressed, tmp_path / f"int8_{smooth}.onnx", Int8Options(dynamic=True, weights="uint8"))
         session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
         quality[smooth] = _sqnr_db(reference, session.run(None, handle.data.inputs.feed())[0])
         notes = [note for note in result.notes if "input smoothed" in note]
         assert len(notes) == (0 if smooth is None else 1)
     # One grid for 16 channels of which two are 25-40x the rest: smoothing gives the quiet ones their bits back.
     assert quality[0.8] > quality[None] + 5, quality
+
+
+def test_static_export_refuses_smooth_and_a_default_skips_convs(tmp_path):
+    handle = _loud_matmul_file(tmp_path)
+    smoothed = compress(handle, Plan.from_text("version: 1\ndefault: {bits: 8, smooth: 0.8}\n")).compressed
+    with pytest.raises(CompressError, match=r"smooth is set on proj: it acts on dynamic int8 exports .*--dynamic"):
+        quantize_int8(smoothed, tmp_path / "static.onnx", Int8Options(calibration_samples=8))
+    assert not (tmp_path / "static.onnx").exists()
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "K"], ["c"], name="conv"),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "W"], ["y"], name="proj"),
+    ]
+    weights = {
+        "K": rng.standard_normal((4, 2, 1, 1)).astype(np.float32),
+        "W": rng.standard_normal((64, 8)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "conv_then_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(array, name) for name, array in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "mixed.onnx")
+    mixed = cc.load_model(tmp_path / "mixed.onnx")
+    by_default = compress(mixed, Plan.from_text("version: 1\ndefault: {bits: 8, smooth: 0.8}\n")).compressed
+    result = quantize_int8(by_default, tmp_path / "mixed_int8.onnx", Int8Options(dynamic=True))
+    assert [note.split(":")[0] for note in result.notes if "input smoothed" in note] == ["proj"]
+    assert (
+        "smooth, set by a default or pattern entry, skips conv: it rescales MatMul and Gemm inputs only" in result.notes
+    )
+    exact = compress(mixed, Plan.from_text("version: 1\nlayers:\n  conv: {bits: 8, smooth: 0.8}\n")).compressed
+    with pytest.raises(CompressError, match=r"layer 'conv': smooth applies to MatMul and Gemm layers"):
+        quantize_int8(exact, tmp_path / "conv_int8.onnx", Int8Options(dynamic=True))

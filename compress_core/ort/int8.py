@@ -41,6 +41,7 @@ from onnx import numpy_helper
 
 from compress_core.atomic import atomic_write
 from compress_core.errors import CompressError, first_line
+from compress_core.models.handle import ModelHandle
 from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.onnx_graph import compressible_nodes
 from compress_core.models.onnx_quantized import quantized_op_counts
@@ -57,7 +58,7 @@ from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_conv
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.ort.saturation import LayerSaturation
-from compress_core.ort.smooth import smooth_inputs
+from compress_core.ort.smooth import SMOOTHED_OPS, smooth_inputs
 from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -199,14 +200,21 @@ def quantize_int8(
         grid.bits in STORAGE_BITS for name, grid in quantized.items() if name not in tables_of
     )
     model, notes = prepare_for_quantization(compressed.onnx_model, INT4_OPSET if wide else MIN_OPSET)
-    strengths = _smooth_strengths(compressed, quantized)
-    if strengths:
-        reader = EvalDataReader(
-            calibration_inputs(handle.data.inputs, options.calibration_samples),
-            CALIBRATION_BATCH,
-            handle.fixed_batch,
-            check,
+    strengths, unsmoothable = _smooth_strengths(compressed, quantized)
+    if unsmoothable:
+        notes.append(
+            f"smooth, set by a default or pattern entry, skips {', '.join(unsmoothable)}: it rescales MatMul and Gemm inputs only"
         )
+    if strengths:
+        if not options.dynamic:
+            named = {t.node: t.layer for t in targets.values()}
+            raise CompressError(
+                f"smooth is set on {', '.join(named.get(node, node) for node in list(strengths)[:3])}"
+                f"{' and more' if len(strengths) > 3 else ''}: it acts on dynamic int8 exports (export --int8 "
+                "--dynamic, or Dynamic on the Export page), whose inputs ONNX Runtime quantizes at run time; a "
+                "static export would quantize the smoothing itself. Export dynamic, or remove smooth from the plan"
+            )
+        reader = _calibration_reader(handle, options, check)
         model, smoothed = smooth_inputs(model, strengths, {t.node: t.layer for t in targets.values()}, reader)
         notes.extend(layer.describe() for layer in smoothed)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
@@ -242,15 +250,10 @@ def quantize_int8(
             continue
         _check_static_support(target, out_axes)
         override, exact = weight_override(
-            weights[target.weight_tensor],
-            out_axes[target.node],
-            grid,
-            getattr(QuantType, storage),
-            per_channel,
-            rescaled=target.node in strengths,
+            weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage), per_channel
         )
         overrides[target.weight_tensor] = override
-        if not exact and target.node not in strengths:  # a smoothed layer's note says it already
+        if not exact:
             notes.append(
                 f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)"
             )
@@ -276,12 +279,7 @@ def quantize_int8(
             except Exception as exc:  # ORT raises many types; the message names where it failed
                 raise CompressError(_failure_message(exc, model, targets)) from exc
             return
-        reader = EvalDataReader(
-            calibration_inputs(handle.data.inputs, options.calibration_samples),
-            CALIBRATION_BATCH,
-            handle.fixed_batch,
-            check,
-        )
+        reader = _calibration_reader(handle, options, check)
         notes.extend(
             quantize_static_calibrated(
                 choice,
@@ -536,26 +534,19 @@ def quantize_ort_default(
 
 
 def weight_override(
-    weight: np.ndarray,
-    out_axis: int,
-    grid: Any,
-    quant_type: Any,
-    per_channel: bool | None = None,
-    rescaled: bool = False,
+    weight: np.ndarray, out_axis: int, grid: Any, quant_type: Any, per_channel: bool | None = None
 ) -> tuple[list[dict[str, Any]], bool]:
     """The ``TensorQuantOverrides`` entry for one exported weight and whether it keeps the plan's grid exactly.
 
-    ``per_channel`` other than the plan's granularity (an override of the int8 path), and a weight
-    ``rescaled`` per input channel (smoothed, ``ort.smooth``), store the weight on ORT's own grid of
-    the granularity (not exact).
+    ``per_channel`` other than the plan's granularity (an override of the int8 path) stores the
+    weight on ORT's own grid of that granularity (not exact).
 
     ``grid`` is the layer's ``QuantizedWeight`` (output channels on ``grid.axis``). The exported
     weight may be transposed (MatMul) and scaled per output channel (BatchNorm folding); the scale
     of each channel is recovered as the least-squares factor between the two.
     """
     planned = grid.granularity == "channel"
-    if rescaled or (per_channel is not None and per_channel != planned):
-        per_channel = planned if per_channel is None else per_channel
+    if per_channel is not None and per_channel != planned:
         return ([{"quant_type": quant_type, "axis": out_axis}] if per_channel else [{"quant_type": quant_type}]), False
     per_channel = planned
     if grid.scheme not in UNIFORM_SCHEMES:
@@ -579,17 +570,34 @@ def weight_override(
     ], True
 
 
-def _smooth_strengths(compressed: PreparedModel, quantized: dict[str, Any]) -> dict[str, float]:
-    """Node name -> migration strength of the quantized layers whose plan entry sets ``smooth``."""
+def _smooth_strengths(compressed: PreparedModel, quantized: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
+    """Node name -> migration strength of the quantized layers whose plan entry sets ``smooth``, and the
+    layers a default or pattern entry sets it on that smoothing cannot rescale (not MatMul / Gemm).
+    An exact entry on such a layer stays in: ``smooth_inputs`` refuses it, naming the layer."""
     plan = compressed.handle.compression.plan if compressed.handle.compression else None
-    strengths = {}
+    strengths, unsmoothable = {}, []
     for layer in compressed.inventory:
         config = plan.config_for(layer.name) if plan is not None else None
         target = compressed.layer_targets.get(layer.name)
         planned = layer.weight_name in quantized or layer.name in quantized
-        if config is not None and config.smooth is not None and target is not None and planned and not layer.embedding:
-            strengths[target.node] = config.smooth
-    return strengths
+        if config is None or config.smooth is None or target is None or not planned or layer.embedding:
+            continue
+        if target.op_type not in SMOOTHED_OPS and plan is not None and layer.name not in plan.layers:
+            unsmoothable.append(layer.name)
+            continue
+        strengths[target.node] = config.smooth
+    return strengths, unsmoothable
+
+
+def _calibration_reader(handle: ModelHandle, options: Int8Options, check: Callable[[], None] | None) -> EvalDataReader:
+    """The calibration feeds of ``handle``: ``options.calibration_samples`` of its evaluation inputs,
+    in batches of ``CALIBRATION_BATCH`` (or of its static batch size)."""
+    return EvalDataReader(
+        calibration_inputs(handle.data.inputs, options.calibration_samples),
+        CALIBRATION_BATCH,
+        handle.fixed_batch,
+        check,
+    )
 
 
 def _check_static_support(target: LayerTarget, out_axes: dict[str, int]) -> None:

@@ -36,7 +36,6 @@ INTEGER_COMPUTE_OPS = (
     "DynamicQuantizeMatMul",
     "DynamicQuantizeLSTM",
     "QAttention",
-    "MatMulNBits",  # integer weights in blocks; the product itself may run in float or int8 (its accuracy level)
 )
 COMPUTE_OPS = FLOAT_COMPUTE_OPS + INTEGER_COMPUTE_OPS
 

@@ -80,7 +80,7 @@ def smooth_inputs(
     new_nodes: list[tuple[list[str], onnx.NodeProto]] = []
     for (source, strength), members in groups.items():
         amax = ranges[source]
-        wmax = np.max([np.abs(rows(weights[name], nodes[name])).max(axis=1) for name in members], axis=0)
+        wmax = np.max([np.abs(_rows(weights[name], nodes[name])).max(axis=1) for name in members], axis=0)
         if wmax.shape != amax.shape:
             raise CompressError(
                 f"layer '{layer_of_node.get(members[0], members[0])}': its input has {amax.size} channels but its "
@@ -100,9 +100,9 @@ def smooth_inputs(
         for name in members:
             node = nodes[name]
             weight = weights[name]
-            rescaled = rows(weight, node) * scale[:, None]
+            rescaled = _rows(weight, node) * scale[:, None]
             initializers[node.input[1]].CopyFrom(
-                numpy_helper.from_array(_as_stored(rescaled, node).astype(weight.dtype), node.input[1])
+                numpy_helper.from_array(_rows(rescaled, node).astype(weight.dtype), node.input[1])
             )
             node.input[0] = smoothed_input
             smoothed.append(
@@ -112,14 +112,10 @@ def smooth_inputs(
     return model, smoothed
 
 
-def rows(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
+def _rows(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
     """The weight with one row per input channel: a MatMul's ``[K, N]`` as it is, a Gemm's with
-    ``transB`` transposed."""
+    ``transB`` transposed (and back: the transpose is its own inverse)."""
     return weight.T if node.op_type == "Gemm" and _attribute(node, "transB") else weight
-
-
-def _as_stored(rescaled: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
-    return rescaled.T if node.op_type == "Gemm" and _attribute(node, "transB") else rescaled
 
 
 def _own_weight(

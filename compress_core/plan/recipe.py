@@ -98,35 +98,46 @@ class Plan:
         return resolved
 
     def with_aliases(self, aliases: Mapping[str, str]) -> Plan:
-        """This plan with each exact entry that names an alias of layers written as those layers' names.
+        """This plan with an exact entry for each aliased layer that an entry names through its alias.
 
         ``aliases`` maps a layer name to another name it answers to: for an ONNX file exported from
         torch, the module its node came from (``/bert/encoder/layer.0/output/dense/MatMul`` answers to
         ``bert.encoder.layer.0.output.dense``), so that a recipe written for the torch model applies
-        to its ONNX export. An entry naming a layer itself wins over one naming its alias. A regex entry
-        that matches aliases but none of the aliased layers' own names becomes one exact entry per
-        layer it matches, after the exact entries and in its order, so the plan's precedence holds.
-        Names that are neither, and regexes that match no alias, stay as written (``resolve`` reports
-        the unknown ones).
+        to its ONNX export. An aliased layer takes, in this order, the entry naming it, the entry
+        naming its alias, the first regex matching either name; that becomes its exact entry, so the
+        torch model and its export get the same settings. Entries that name only aliases (an alias, a
+        regex matching aliases and no layer's own name) are then dropped; the others stay as written
+        for the layers without an alias (``resolve`` reports the unknown names and idle regexes).
         """
-        layers_of: dict[str, list[str]] = {}
+        exact = {}
         for layer, alias in aliases.items():
-            layers_of.setdefault(alias, []).append(layer)
-        renamed = {
+            key = self._entry_for(layer, alias)
+            if key is not None:
+                exact[layer] = self.layers[key]
+        aliased = set(aliases.values())
+        kept = {
             key: config
             for key, config in self.layers.items()
-            if key in aliases or (key not in layers_of and not self._names_aliases_only(key, aliases))
+            if key not in exact
+            and not (key in aliased and key not in aliases)
+            and not self._names_aliases_only(key, aliases)
         }
-        for key, config in self.layers.items():
-            if key not in aliases and not key.startswith(REGEX_PREFIX):
-                for layer in layers_of.get(key, ()):
-                    renamed.setdefault(layer, config)
-        for key, config in self.layers.items():
-            if self._names_aliases_only(key, aliases):
-                for layer, alias in aliases.items():
-                    if self._regex(key).fullmatch(alias):
-                        renamed.setdefault(layer, config)
-        return Plan(self.default, renamed)
+        return Plan(self.default, {**exact, **kept})
+
+    def _entry_for(self, layer: str, alias: str) -> str | None:
+        """The key of the entry that decides an aliased layer (see ``with_aliases``), None for the default."""
+        for name in (layer, alias):
+            if name in self.layers:
+                return name
+        return next(
+            (
+                key
+                for key in self.layers
+                if key.startswith(REGEX_PREFIX)
+                and (self._regex(key).fullmatch(layer) or self._regex(key).fullmatch(alias))
+            ),
+            None,
+        )
 
     def _names_aliases_only(self, key: str, aliases: Mapping[str, str]) -> bool:
         """True for a regex entry that matches some alias and none of the aliased layers' own names."""
