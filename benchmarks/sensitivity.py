@@ -11,7 +11,7 @@ Writes ``benchmarks/results/sensitivity.md`` and ``.json``. Every sweep runs wit
 times are medians over ``--repeats`` runs (the machine is shared, so they are noisy).
 
 The ONNX part (skipped when ddddocr 1.6.1 is not installed: ``pip install --no-deps ddddocr==1.6.1``)
-runs on ``common_det.onnx`` (the 416x416 images ``load_model`` generates: 16, as one takes long) and
+runs on ``common_det.onnx`` (30 generated 416x416 images) and
 ``common.onnx`` (30 rendered strings, width 160): one forward pass over the samples in the model's own
 session (the median of three before the sweep, one after each swept layer's cells and three after the
 sweep, so that a load that drifts weighs on forward passes and cells alike); the mean time of a sweep
@@ -62,7 +62,7 @@ from compress_core.analysis.suggest import suggest_plan, uniform_plan  # noqa: E
 from compress_core.analysis.sweep import Progress, Sweep, config_for  # noqa: E402
 from compress_core.analysis.sweep_cache import model_key  # noqa: E402
 from compress_core.models.handle import RUN_BATCH, EvalData, ModelHandle  # noqa: E402
-from compress_core.models.inputs import Inputs  # noqa: E402
+from compress_core.models.inputs import Inputs, generated_inputs  # noqa: E402
 from compress_core.models.inventory import layer_inventory  # noqa: E402
 from compress_core.ort.runtime import runtime_line, runtime_record  # noqa: E402
 from compress_core.plan import Plan  # noqa: E402
@@ -389,7 +389,8 @@ def onnx_report() -> dict | None:
             data = Inputs.single(rendered_text(ONNX_SAMPLES), "input1")
             handle = handle.replace(data=EvalData(data, None, f"{ONNX_SAMPLES} rendered strings"))
         else:
-            handle = handle.replace(data=EvalData(handle.data.inputs[:ONNX_SAMPLES], None, "generated"))
+            data = generated_inputs(handle.input_specs, ONNX_SAMPLES)  # load_model's count depends on the CPU
+            handle = handle.replace(data=EvalData(data, None, f"{ONNX_SAMPLES} generated images"))
         section["models"][name] = entry = onnx_entry(handle, every, target)
         print(name, entry, flush=True)
     return section
