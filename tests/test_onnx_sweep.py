@@ -221,3 +221,18 @@ def test_sensitivity_ranks_the_broken_layer_first(ocr):
     at_two = {row.layer: row.drop for row in result.ranked_rows("bits", 2)}
     assert at_two[BROKEN] >= 10 and all(drop < at_two[BROKEN] for name, drop in at_two.items() if name != BROKEN)
     assert max(row.drop for row in result.ranked_rows("bits", 8)) <= 2.5
+
+
+@pytest.mark.ddddocr
+def test_the_freed_batch_gives_the_cells_of_the_files_own_batch(ocr, monkeypatch):
+    # common.onnx declares a batch of 1; its graph takes any, so the sweep runs the 4 samples in one call
+    sweep, names = Sweep(bits=(2, 4), kinds=("bits",)), [*OTHERS, BROKEN]
+    freed = run_sensitivity(ocr, sweep, cache=False, layers=names)
+    assert freed.strategy.endswith("; the file's batch of 1 freed")
+    monkeypatch.setattr(onnx_cells, "batch_mismatch", lambda *args: "kept by the test")
+    kept = run_sensitivity(ocr, sweep, cache=False, layers=names)
+    assert kept.strategy.endswith("; the file's batch of 1 kept: kept by the test")
+    assert [(row.layer, row.level) for row in freed.rows] == [(row.layer, row.level) for row in kept.rows]
+    # agreement over 4 x 20 steps: float rounding may flip a near tie, one step is 1.25 points
+    assert [row.metric for row in freed.rows] == pytest.approx([row.metric for row in kept.rows], abs=2.5)
+    assert freed.ranking("bits")[0] == kept.ranking("bits")[0] == BROKEN
