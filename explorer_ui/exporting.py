@@ -226,6 +226,16 @@ def quantizes_any_layer(plan: Plan, layers: list[LayerInfo]) -> bool:
     return any(config.bits is not None for config in configs.values())
 
 
+def smooths_any_layer(plan: Plan, layers: list[LayerInfo]) -> bool:
+    """True when the plan smooths some layer's input (``smooth``): that acts on dynamic int8 exports
+    only, so the page starts on dynamic for it (an invalid plan counts as False)."""
+    try:
+        configs = plan.resolve([layer.name for layer in layers])
+    except CompressError:
+        return False
+    return any(config.smooth is not None for config in configs.values())
+
+
 def mime_type(name: str) -> str:
     """The download MIME type of an export file."""
     return MIME_TYPES.get(Path(name).suffix, "application/octet-stream")

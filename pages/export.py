@@ -134,8 +134,15 @@ if not exporting.quantizes_any_layer(plan, layers):
     )
 with_int8 = st.checkbox("Also build an int8 model (ONNX Runtime)", value=True)
 mode_column, method_column, activation_column = st.columns(3)
+smoothed = exporting.smooths_any_layer(plan, layers)
 dynamic = mode_column.toggle(
-    "Dynamic (weights only)", disabled=not with_int8, help="The usual choice for transformers."
+    "Dynamic (weights only)",
+    value=smoothed,
+    disabled=not with_int8,
+    help="The usual choice for transformers."
+    + (
+        " On for this plan: it smooths layers' inputs (smooth), which acts on dynamic exports only." if smoothed else ""
+    ),
 )
 method = method_column.selectbox("Calibration", CALIBRATION_METHODS, disabled=not with_int8 or dynamic)
 activations = activation_column.selectbox(

@@ -109,6 +109,18 @@ def test_an_8_bit_plan_has_no_warning_and_runs_in_integer_kernels(app):
     assert runs_in == [f"{exporting.INTEGER_KERNEL} (measured)"] * 4 + [exporting.FLOAT_BY_PLAN]
 
 
+def test_a_plan_that_smooths_starts_on_dynamic_and_static_says_why_not(app):
+    _export_page(app, "version: 1\ndefault: {bits: 8}\n")
+    assert app.toggle[0].label == "Dynamic (weights only)" and not app.toggle[0].value
+    _export_page(app, "version: 1\ndefault: {bits: 8}\nlayers:\n  fc1: {bits: 8, smooth: 0.8}\n")
+    assert app.toggle[0].value  # smooth acts on dynamic exports only
+    app.toggle[0].set_value(False).run()
+    button(app, "Build artifacts").click().run()
+    assert [error.value for error in app.error if "smooth is set on fc1: it acts on dynamic int8" in error.value]
+    assert not app.exception and not app.session_state[state.EXPORTS]  # nothing built
+    assert app.session_state[state.PLANS]["digits_cnn"]["layers"]["fc1"] == {"bits": 8, "smooth": 0.8}  # plan kept
+
+
 def test_a_stopped_benchmark_keeps_the_runs_timed_so_far(app, monkeypatch):
     _export_page(app, "version: 1\ndefault: {bits: 8}\n")
     button(app, "Build artifacts").click().run()
