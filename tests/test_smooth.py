@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -116,6 +118,12 @@ def test_smoothing_raises_the_int8_outputs_sqnr(tmp_path):
         quality[smooth] = _sqnr_db(reference, session.run(None, handle.data.inputs.feed())[0])
         notes = [note for note in result.notes if "input smoothed" in note]
         assert len(notes) == (0 if smooth is None else 1)
+        hints = [note for note in result.notes if note.startswith("inputs with outlier channels")]
+        if smooth is None:  # the export points at the layer to smooth
+            assert len(hints) == 1 and re.search(r": proj \((\d+)x\);", hints[0]), result.notes
+            assert int(re.search(r"proj \((\d+)x\)", hints[0]).group(1)) > 10
+        else:
+            assert not hints
     # One grid for 16 channels of which two are 25-40x the rest: smoothing gives the quiet ones their bits back.
     assert quality[0.8] > quality[None] + 5, quality
 

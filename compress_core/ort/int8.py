@@ -58,7 +58,7 @@ from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_conv
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.ort.saturation import LayerSaturation
-from compress_core.ort.smooth import SMOOTHED_OPS, smooth_inputs
+from compress_core.ort.smooth import SMOOTHED_OPS, smooth_inputs, uneven_inputs
 from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -66,6 +66,7 @@ ACTIVATION_TYPES = ("uint8", "int8")
 CALIBRATION_BATCH = 16
 STORAGE_BITS = {4: "QInt4", 16: "QInt16"}  # every other bit width is stored in QInt8
 UNIFORM_SCHEMES = ("symmetric", "asymmetric")
+HINTED_LAYERS = 5  # the most uneven inputs a smoothing hint names
 TABLE_BLOCK = 32  # block size of an embedding table whose plan grid cannot be stored exactly
 
 
@@ -263,6 +264,9 @@ def quantize_int8(
             )
     if options.dynamic:
         notes.extend(_dynamic_notes(report, model, weights, set(tables)))
+        notes.extend(
+            _smoothing_hint(model, dynamic_nodes, strengths, targets, _calibration_reader(handle, options, check))
+        )
 
     if narrow:
         notes.append(
@@ -587,6 +591,28 @@ def _smooth_strengths(compressed: PreparedModel, quantized: dict[str, Any]) -> t
             continue
         strengths[target.node] = config.smooth
     return strengths, unsmoothable
+
+
+def _smoothing_hint(
+    model: onnx.ModelProto,
+    dynamic_nodes: dict[bool, list[str]],
+    strengths: dict[str, float],
+    targets: dict[str, LayerTarget],
+    reader: EvalDataReader,
+) -> list[str]:
+    """A sentence naming the dynamically quantized layers left unsmoothed whose inputs are uneven
+    (``smooth.uneven_inputs``), when there are any."""
+    layer_of = {t.node: t.layer for t in targets.values()}
+    unsmoothed = {node: layer_of[node] for nodes in dynamic_nodes.values() for node in nodes if node not in strengths}
+    uneven = uneven_inputs(model, unsmoothed, reader)
+    if not uneven:
+        return []
+    shown = ", ".join(f"{layer} ({spread:.0f}x)" for layer, spread in uneven[:HINTED_LAYERS])
+    more = f" and {len(uneven) - HINTED_LAYERS} more" if len(uneven) > HINTED_LAYERS else ""
+    return [
+        f"inputs with outlier channels (largest / median channel maximum): {shown}{more}; one grid per tensor "
+        "rounds their other channels coarsely: smooth: 0.8 on these layers may help (it costs one Mul each)"
+    ]
 
 
 def _calibration_reader(handle: ModelHandle, options: Int8Options, check: Callable[[], None] | None) -> EvalDataReader:

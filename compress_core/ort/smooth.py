@@ -29,6 +29,7 @@ from compress_core.models.sessions import make_session
 
 SMOOTHED_OPS = ("MatMul", "Gemm")
 SCALE_FLOOR = 1e-5  # a channel that never fires (or an all-zero weight row) keeps its scale 1
+UNEVEN_SPREAD = 10.0  # an input whose largest channel maximum is this many times the median one is worth smoothing
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,23 @@ def smooth_inputs(
             )
     _insert_before_first_reader(model, new_nodes)
     return model, smoothed
+
+
+def uneven_inputs(
+    model: onnx.ModelProto, layer_of_node: dict[str, str], batches: Iterable[dict[str, np.ndarray]]
+) -> list[tuple[str, float]]:
+    """The layers (``layer_of_node``: node name -> layer, MatMul / Gemm nodes only are looked at) whose
+    input channels are uneven enough to be worth smoothing: the largest channel maximum over the
+    median one, measured on ``batches``, above ``UNEVEN_SPREAD``; most uneven first."""
+    nodes = {node.name: node for node in model.graph.node}
+    sources = {
+        name: nodes[name].input[0] for name in layer_of_node if name in nodes and nodes[name].op_type in SMOOTHED_OPS
+    }
+    if not sources:
+        return []
+    ranges = _input_ranges(model, sorted(set(sources.values())), batches)
+    spreads = [(layer_of_node[name], _spread(ranges[source])) for name, source in sources.items()]
+    return sorted(((layer, spread) for layer, spread in spreads if spread > UNEVEN_SPREAD), key=lambda row: -row[1])
 
 
 def _rows(weight: np.ndarray, node: onnx.NodeProto) -> np.ndarray:
