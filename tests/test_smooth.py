@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import compress_core as cc
 from compress_core.errors import CompressError
 from compress_core.ort.int8 import Int8Options, quantize_int8
-from compress_core.ort.smooth import smooth_inputs
+from compress_core.ort.smooth import input_ranges, smooth_inputs
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
@@ -62,7 +62,9 @@ def test_smoothing_keeps_the_float_output_and_flattens_the_input():
     model = _two_readers_and_a_gemm()
     x = np.random.default_rng(2).standard_normal((32, 16)).astype(np.float32)
     batches = [{"x": x[:16]}, {"x": x[16:]}]
-    smoothed, layers = smooth_inputs(model, {"left": 0.8, "right": 0.8, "head": 0.5}, {"left": "fc.left"}, batches)
+    strengths = {"left": 0.8, "right": 0.8, "head": 0.5}
+    ranges = input_ranges(model, strengths, batches)
+    smoothed, layers = smooth_inputs(model, strengths, {"left": "fc.left"}, ranges)
     np.testing.assert_allclose(_run(smoothed, x), _run(model, x), rtol=1e-4, atol=1e-4)
     muls = [node for node in smoothed.graph.node if node.op_type == "Mul" and node.name != "scale"]
     assert len(muls) == 2  # one shared by the two readers of h (same strength), one for the Gemm
@@ -87,7 +89,7 @@ def test_smoothing_refuses_what_it_cannot_rescale(node, message):
     extra = [helper.make_node("MatMul", ["x", "W"], ["z"], name="other")] if node.name == "shared" else []
     model = _graph([node, *extra], weights, inputs=("x", "x4"), outputs=("y", *(["z"] if extra else [])))
     with pytest.raises(CompressError, match=message):
-        smooth_inputs(model, {node.name: 0.8}, {node.name: "layer_a"}, [])
+        smooth_inputs(model, {node.name: 0.8}, {node.name: "layer_a"}, {})
 
 
 def _loud_matmul_file(tmp_path) -> cc.ModelHandle:

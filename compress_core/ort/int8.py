@@ -58,7 +58,7 @@ from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_conv
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.ort.saturation import LayerSaturation
-from compress_core.ort.smooth import SMOOTHED_OPS, smooth_inputs, uneven_inputs
+from compress_core.ort.smooth import SMOOTHED_OPS, input_ranges, smooth_inputs, uneven_inputs
 from compress_core.pipeline import PreparedModel
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -201,22 +201,25 @@ def quantize_int8(
         grid.bits in STORAGE_BITS for name, grid in quantized.items() if name not in tables_of
     )
     model, notes = prepare_for_quantization(compressed.onnx_model, INT4_OPSET if wide else MIN_OPSET)
+    layer_of_node = {target.node: target.layer for target in targets.values()}
     strengths, unsmoothable = _smooth_strengths(compressed, quantized)
     if unsmoothable:
         notes.append(
             f"smooth, set by a default or pattern entry, skips {', '.join(unsmoothable)}: it rescales MatMul and Gemm inputs only"
         )
+    if strengths and not options.dynamic:
+        raise CompressError(
+            f"smooth is set on {', '.join(layer_of_node.get(node, node) for node in list(strengths)[:3])}"
+            f"{' and more' if len(strengths) > 3 else ''}: it acts on dynamic int8 exports (export --int8 "
+            "--dynamic, or Dynamic on the Export page), whose inputs ONNX Runtime quantizes at run time; a "
+            "static export would quantize the smoothing itself. Export dynamic, or remove smooth from the plan"
+        )
+    ranges: dict[str, np.ndarray] = {}
+    if options.dynamic:  # one pass over the calibration data measures the inputs to smooth, and to hint at
+        probed = set(strengths) | {target.node for target in targets.values() if target.op_type in SMOOTHED_OPS}
+        ranges = input_ranges(model, probed, _calibration_reader(handle, options, check))
     if strengths:
-        if not options.dynamic:
-            named = {t.node: t.layer for t in targets.values()}
-            raise CompressError(
-                f"smooth is set on {', '.join(named.get(node, node) for node in list(strengths)[:3])}"
-                f"{' and more' if len(strengths) > 3 else ''}: it acts on dynamic int8 exports (export --int8 "
-                "--dynamic, or Dynamic on the Export page), whose inputs ONNX Runtime quantizes at run time; a "
-                "static export would quantize the smoothing itself. Export dynamic, or remove smooth from the plan"
-            )
-        reader = _calibration_reader(handle, options, check)
-        model, smoothed = smooth_inputs(model, strengths, {t.node: t.layer for t in targets.values()}, reader)
+        model, smoothed = smooth_inputs(model, strengths, layer_of_node, ranges)
         notes.extend(layer.describe() for layer in smoothed)
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     out_axes = {use.node_name: use.out_axis for use in compressible_nodes(model)}
@@ -264,9 +267,7 @@ def quantize_int8(
             )
     if options.dynamic:
         notes.extend(_dynamic_notes(report, model, weights, set(tables)))
-        notes.extend(
-            _smoothing_hint(model, dynamic_nodes, strengths, targets, _calibration_reader(handle, options, check))
-        )
+        notes.extend(_smoothing_hint(dynamic_nodes, strengths, layer_of_node, ranges))
 
     if narrow:
         notes.append(
@@ -293,7 +294,7 @@ def quantize_int8(
                 options,
                 excluded,
                 overrides if choice.weights == "int8" else unsigned_overrides(overrides, QuantType.QUInt8),
-                {target.node: target.layer for target in targets.values()},
+                layer_of_node,
                 targets,
             )
         )
@@ -594,17 +595,17 @@ def _smooth_strengths(compressed: PreparedModel, quantized: dict[str, Any]) -> t
 
 
 def _smoothing_hint(
-    model: onnx.ModelProto,
     dynamic_nodes: dict[bool, list[str]],
     strengths: dict[str, float],
-    targets: dict[str, LayerTarget],
-    reader: EvalDataReader,
+    layer_of_node: dict[str, str],
+    ranges: dict[str, np.ndarray],
 ) -> list[str]:
     """A sentence naming the dynamically quantized layers left unsmoothed whose inputs are uneven
     (``smooth.uneven_inputs``), when there are any."""
-    layer_of = {t.node: t.layer for t in targets.values()}
-    unsmoothed = {node: layer_of[node] for nodes in dynamic_nodes.values() for node in nodes if node not in strengths}
-    uneven = uneven_inputs(model, unsmoothed, reader)
+    unsmoothed = {
+        node: layer_of_node[node] for nodes in dynamic_nodes.values() for node in nodes if node not in strengths
+    }
+    uneven = uneven_inputs(unsmoothed, ranges)
     if not uneven:
         return []
     shown = ", ".join(f"{layer} ({spread:.0f}x)" for layer, spread in uneven[:HINTED_LAYERS])

@@ -56,13 +56,13 @@ def smooth_inputs(
     model: onnx.ModelProto,
     strengths: dict[str, float],
     layer_of_node: dict[str, str],
-    batches: Iterable[dict[str, np.ndarray]],
+    ranges: dict[str, np.ndarray],
 ) -> tuple[onnx.ModelProto, list[SmoothedLayer]]:
     """A copy of ``model`` in which the nodes of ``strengths`` (node name -> migration strength) read a
     smoothed input, with their weights rescaled to match, and one ``SmoothedLayer`` per node.
 
-    ``batches`` are the calibration feeds the input ranges are measured on; ``layer_of_node`` names
-    the layers in messages. Raises ``CompressError`` for a node that is not a MatMul / Gemm with a
+    ``ranges`` are the nodes' input ranges on the calibration data (``input_ranges``); ``layer_of_node``
+    names the layers in messages. Raises ``CompressError`` for a node that is not a MatMul / Gemm with a
     float weight of its own.
     """
     model = _copy(model)
@@ -73,14 +73,13 @@ def smooth_inputs(
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
     weights = {name: _own_weight(nodes[name], initializers, uses, layer_of_node.get(name, name)) for name in strengths}
-    ranges = _input_ranges(model, sorted({nodes[name].input[0] for name in strengths}), batches)
     groups: dict[tuple[str, float], list[str]] = {}
     for name, strength in strengths.items():
         groups.setdefault((nodes[name].input[0], float(strength)), []).append(name)
     smoothed: list[SmoothedLayer] = []
     new_nodes: list[tuple[list[str], onnx.NodeProto]] = []
     for (source, strength), members in groups.items():
-        amax = ranges[source]
+        amax = ranges[members[0]]  # the members read one tensor
         wmax = np.max([np.abs(_rows(weights[name], nodes[name])).max(axis=1) for name in members], axis=0)
         if wmax.shape != amax.shape:
             raise CompressError(
@@ -113,20 +112,11 @@ def smooth_inputs(
     return model, smoothed
 
 
-def uneven_inputs(
-    model: onnx.ModelProto, layer_of_node: dict[str, str], batches: Iterable[dict[str, np.ndarray]]
-) -> list[tuple[str, float]]:
-    """The layers (``layer_of_node``: node name -> layer, MatMul / Gemm nodes only are looked at) whose
-    input channels are uneven enough to be worth smoothing: the largest channel maximum over the
-    median one, measured on ``batches``, above ``UNEVEN_SPREAD``; most uneven first."""
-    nodes = {node.name: node for node in model.graph.node}
-    sources = {
-        name: nodes[name].input[0] for name in layer_of_node if name in nodes and nodes[name].op_type in SMOOTHED_OPS
-    }
-    if not sources:
-        return []
-    ranges = _input_ranges(model, sorted(set(sources.values())), batches)
-    spreads = [(layer_of_node[name], _spread(ranges[source])) for name, source in sources.items()]
+def uneven_inputs(layer_of_node: dict[str, str], ranges: dict[str, np.ndarray]) -> list[tuple[str, float]]:
+    """The layers of ``layer_of_node`` (node name -> layer) whose input channels are uneven enough to be
+    worth smoothing: the largest channel maximum over the median one (``ranges``: ``input_ranges``),
+    above ``UNEVEN_SPREAD``; most uneven first."""
+    spreads = [(layer, _spread(ranges[name])) for name, layer in layer_of_node.items() if name in ranges]
     return sorted(((layer, spread) for layer, spread in spreads if spread > UNEVEN_SPREAD), key=lambda row: -row[1])
 
 
@@ -159,10 +149,16 @@ def _own_weight(
     return numpy_helper.to_array(init)
 
 
-def _input_ranges(
-    model: onnx.ModelProto, sources: list[str], batches: Iterable[dict[str, np.ndarray]]
+def input_ranges(
+    model: onnx.ModelProto, node_names: Iterable[str], batches: Iterable[dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
-    """The largest ``|value|`` of each input channel (last axis) of each tensor in ``sources``."""
+    """Node name -> the largest ``|value|`` of each channel (last axis) of the node's first input, over
+    ``batches`` (one pass: nodes reading one tensor share its measurement)."""
+    first_input = {node.name: node.input[0] for node in model.graph.node if node.input}
+    of_node = {name: first_input[name] for name in node_names if name in first_input}
+    sources = sorted(set(of_node.values()))
+    if not sources:
+        return {}
     probe = _copy(model)
     listed = {output.name for output in probe.graph.output}
     for name in sources:
@@ -177,7 +173,7 @@ def _input_ranges(
             ranges[name] = channels if name not in ranges else np.maximum(ranges[name], channels)
     if len(ranges) != len(sources):
         raise CompressError("smoothing needs calibration data: the model's evaluation data is empty")
-    return ranges
+    return {name: ranges[source] for name, source in of_node.items()}
 
 
 def _insert_before_first_reader(model: onnx.ModelProto, new_nodes: list[tuple[list[str], onnx.NodeProto]]) -> None:
