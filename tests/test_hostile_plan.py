@@ -151,6 +151,14 @@ def test_the_tune_pages_regex_uses_re2_too(victim_model):
                 "(YAML reads an unquoted 2:4 as the number 124: write kind: '2:4')"
             ),
         ),
+        (
+            "version: 1\nlayers: {fc1: {bits: 8, smooth: .nan}}",
+            "layer 'fc1': smooth nan is not allowed; use a migration strength in (0, 1], such as 0.8",
+        ),
+        (
+            "version: 1\nlayers: {fc1: {bits: 8, smooth: 1.0e+400}}",
+            "layer 'fc1': smooth inf is not allowed; use a migration strength in (0, 1], such as 0.8",
+        ),
     ],
 )
 def test_bad_values_via_the_cli(tmp_path, capsys, recipe, expected):
@@ -271,7 +279,20 @@ def test_a_plan_built_in_code_is_checked_too():
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6), st.binary(max_size=4))
 KEYS = st.one_of(
     st.sampled_from(
-        ["version", "default", "layers", "bits", "scheme", "granularity", "prune", "ratio", "kind", "rank", "conv1"]
+        [
+            "version",
+            "default",
+            "layers",
+            "bits",
+            "scheme",
+            "granularity",
+            "smooth",
+            "prune",
+            "ratio",
+            "kind",
+            "rank",
+            "conv1",
+        ]
     ),
     st.integers(),
     st.text(max_size=4),
