@@ -185,8 +185,8 @@ def mask_heatmap(view: dict, label: str) -> go.Figure:
 
 def layer_sqnr(sqnr: dict[str, float | None]) -> go.Figure:
     """SQNR (dB) of each planned layer's effective weight; layers with removed channels are left out."""
-    names = [name for name, value in sqnr.items() if value is not None]
-    values = [min(float(sqnr[name]), 120.0) for name in names]
+    measured = {name: value for name, value in sqnr.items() if value is not None}
+    names, values = list(measured), [min(value, 120.0) for value in measured.values()]
     figure = go.Figure(go.Bar(x=names, y=values, marker_color=KEPT_COLOR))
     return layout(figure, "Weight SQNR per planned layer (higher is closer to the original)", "layer", "SQNR (dB)")
 

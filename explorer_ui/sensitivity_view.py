@@ -101,15 +101,18 @@ def fragile(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     table = SensitivityResult.from_dict(result)
     ranking = table.ranking(kind)[:FRAGILE_COUNT]
     harshest = max if kind in ("prune", "structured") else min
-    level = harshest(row.level for row in table.rows if row.kind == kind)
-    by_layer = {row.layer: row for row in table.rows if row.kind == kind and row.level == level}
+    measured = [row for row in table.rows if row.kind == kind and row.level is not None and row.metric is not None]
+    if not measured:
+        return []
+    level = harshest(row.level for row in measured if row.level is not None)
+    by_layer = {row.layer: row for row in measured if row.level == level}
     return [
         {
-            "layer": name,
+            "layer": row.layer,
             "level": level,
-            f"{table.metric_name} (%)": round(by_layer[name].metric, 2),
-            "drop (points)": round(by_layer[name].drop, 2),
-            "proxy": None if by_layer[name].proxy is None else round(by_layer[name].proxy, 3),
+            f"{table.metric_name} (%)": round(row.metric, 2) if row.metric is not None else None,
+            "drop (points)": round(row.drop, 2) if row.drop is not None else None,
+            "proxy": None if row.proxy is None else round(row.proxy, 3),
         }
-        for name in ranking
+        for row in (by_layer[name] for name in ranking if name in by_layer)
     ]

@@ -42,7 +42,7 @@ HISTORY_LENGTH = 5
 ROUTER = "app.py"
 LOG = logging.getLogger(__name__)
 
-State = MutableMapping[str, Any]
+State = MutableMapping[Any, Any]  # st.session_state is a MutableMapping[str | int, Any]; our keys are str
 
 
 def init(state: State) -> None:
@@ -175,7 +175,8 @@ def pick_layer(state: State, layers: list[LayerInfo], default: str, widget_key: 
     """The layer selectbox shared by pages: it opens on the layer chosen on any page (else ``default``)
     and remembers the choice for the other pages."""
     names = [layer.name for layer in layers]
-    chosen = state.get(LAYER) if state.get(LAYER) in names else default
+    remembered = state.get(LAYER)
+    chosen = remembered if isinstance(remembered, str) and remembered in names else default
     name = st.selectbox(
         "Layer", names, index=names.index(chosen), key=widget_key, on_change=remember, args=(widget_key, LAYER)
     )

@@ -57,7 +57,7 @@ def row_config(row: dict[str, Any]) -> LayerConfig:
     """The layer config of one table row (a ``CompressError`` names the layer for a bad value)."""
     try:
         bits = None if row["bits"] in (None, FLOAT) else int(row["bits"])
-        smooth = row.get("smooth")
+        smooth: Any = row.get("smooth")
         return LayerConfig(
             bits=bits,
             scheme=row["scheme"] or "symmetric",

@@ -158,6 +158,7 @@ if pruning.open:
 if graph.open:
     with graph:
         server = cache.netron_server()
+        viewer: str | None
         with st.spinner("Exporting the graph to ONNX ..."):
             try:
                 viewer = server.publish(f"{handle.name}.onnx", cache.onnx_bytes(source.key, handle))

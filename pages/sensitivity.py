@@ -77,8 +77,15 @@ elif run_on == sensitivity_view.RUN_ON[2]:
         st.caption(f"Connected to {connection['text']}.")
     else:
         st.caption("Not connected yet: Connect shows how many workers the cluster has.")
+sweep: Sweep | None
+sweep_error: str | None
 try:
-    sweep = Sweep(bits=sorted(bits, reverse=True), prune=sorted(prune), ranks=sorted(ranks, reverse=True), kinds=kinds)
+    sweep = Sweep(
+        bits=tuple(sorted(bits, reverse=True)),
+        prune=tuple(sorted(prune)),
+        ranks=tuple(sorted(ranks, reverse=True)),
+        kinds=tuple(kinds),
+    )
 except CompressError as exc:
     sweep, sweep_error = None, str(exc)
 else:
@@ -143,12 +150,12 @@ if result is not None:
     tabs = st.tabs(measured) if measured else []
     for kind, tab in zip(measured, tabs):
         with tab:
-            cells = sensitivity_view.grid(result, kind)
-            levels = [str(level) for level in cells["levels"]]
+            grid = sensitivity_view.grid(result, kind)
+            levels = [str(level) for level in grid["levels"]]
             st.plotly_chart(
                 figures.heatmap(
-                    cells["metric"],
-                    cells["layers"],
+                    grid["metric"],
+                    grid["layers"],
                     levels,
                     f"{result['metric_name']} (%) with one layer at each {kind} level",
                     kind,
@@ -158,7 +165,7 @@ if result is not None:
             st.plotly_chart(
                 figures.curves(
                     levels,
-                    dict(zip(cells["layers"], cells["metric"])),
+                    dict(zip(grid["layers"], grid["metric"])),
                     f"{result['metric_name']} per layer",
                     kind,
                     f"{result['metric_name']} (%)",

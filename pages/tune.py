@@ -69,7 +69,7 @@ with st.expander("Bulk edits and recipes", expanded=True):
         "Recipe (YAML or JSON)", type=["yaml", "yml", "json"], key="recipe_upload"
     )
     no_recipe = "choose a recipe file above first" if recipe_file is None else None
-    if upload_column.button("Load recipe", disabled=no_recipe is not None, help=no_recipe):
+    if upload_column.button("Load recipe", disabled=no_recipe is not None, help=no_recipe) and recipe_file is not None:
         try:
             state.replace_plan(session, tuning.load_recipe(recipe_file.getvalue(), recipe_file.name, handle, layers))
         except CompressError as exc:
