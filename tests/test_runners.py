@@ -1,14 +1,16 @@
-"""Sweep runners without Ray: a failing cell, local worker processes, and --ray without the extra."""
+"""Sweep runners without a Ray cluster: a failing cell, local worker processes, --ray without the extra, and
+a ray:// address where nothing listens."""
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import pytest
 
 from compress_core import CompressError, load_model
 from compress_core.analysis import cells
-from compress_core.analysis.runners import RAY_INSTALL, InProcessRunner, PoolRunner, using
+from compress_core.analysis.runners import RAY_INSTALL, InProcessRunner, PoolRunner, check_client_address, using
 from compress_core.analysis.sensitivity import run_sensitivity
 from compress_core.analysis.suggest import suggest_plan
 from compress_core.analysis.sweep import Sweep
@@ -99,3 +101,26 @@ def test_suggest_and_bench_say_how_to_install_ray(command, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)
     assert main(command) != 0
     assert capsys.readouterr().err.strip() == f"error: {RAY_INSTALL}"
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_ray_address_where_nothing_listens_is_refused_before_rays_own_retries(tmp_path, capsys):
+    pytest.importorskip("ray")
+    port = _closed_port()
+    out = tmp_path / "s.csv"
+    code = main(["sensitivity", "digits_mlp", "--ray", f"ray://127.0.0.1:{port}", "--out", str(out)])
+    error = capsys.readouterr().err.strip().split("\n")[-1]  # the progress line (cells in the cache) is ended first
+    assert code != 0 and not out.exists()
+    assert error.startswith(f"error: nothing answers at 127.0.0.1:{port} for Ray address 'ray://127.0.0.1:{port}'")
+    assert "ConnectionRefusedError" in error and "10001" in error
+
+
+@pytest.mark.parametrize("address", ["ray://", "ray://headnode", "ray://headnode:port"])
+def test_a_ray_address_without_host_and_port_is_refused(address):
+    with pytest.raises(CompressError, match=f"Ray address '{address}' names no host and port"):
+        check_client_address(address)

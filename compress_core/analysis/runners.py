@@ -31,6 +31,7 @@ import pickle
 import socket
 import tempfile
 import threading
+import urllib.parse
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -53,6 +54,7 @@ WORKER_THREADS = 1
 IN_FLIGHT_PER_WORKER = 2
 POLL_S = 0.1
 CANCEL_WAIT_S = 10.0
+CLIENT_REACH_S = 3.0  # how long a ray:// address may take to accept a connection
 """How long a stop waits for running cells to end before Ray kills their workers."""
 RAY_INSTALL = "Ray is not installed: pip install 'compression-explorer[ray]' (or pip install 'ray[client]')"
 
@@ -261,6 +263,29 @@ class PoolRunner(_RemoteRunner):
             self.pool = None
 
 
+def check_client_address(address: str, timeout: float = CLIENT_REACH_S) -> None:
+    """Fail fast, with a clear message, where a ``ray://HOST:PORT`` address names no port or nothing
+    answers there: Ray's client would retry for about half a minute. Other addresses pass unchecked."""
+    if not address.startswith("ray://"):
+        return
+    parsed = urllib.parse.urlsplit(address)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise CompressError(
+            f"Ray address '{address}' names no host and port; give ray://HOST:PORT (the cluster's client port, 10001 by default)"
+        )
+    try:
+        socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CompressError(
+            f"nothing answers at {parsed.hostname}:{port} for Ray address '{address}' ({type(exc).__name__}: "
+            f"{first_line(exc)}); is a cluster's client server running there ('ray start --head' listens on 10001)?"
+        ) from exc
+
+
 class RayRunner(_RemoteRunner):
     """Cells as Ray tasks: on the cluster at ``address`` (``auto``, ``ray://host:port``), or on one
     started for the run (``local``, with ``workers`` CPUs; all of this machine's by default).
@@ -284,6 +309,7 @@ class RayRunner(_RemoteRunner):
             RayRunner.connected = None
         if ray.is_initialized():
             return ray
+        check_client_address(self.address)
         try:
             with warnings.catch_warnings():  # a failed connection warns before it raises: the error says it all
                 warnings.simplefilter("ignore")

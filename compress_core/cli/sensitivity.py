@@ -95,30 +95,45 @@ def _bit_widths(text: str, option: str) -> tuple[int, ...]:
         raise CompressError(f"{option} '{text}' is not a comma-separated list of integers") from exc
 
 
-def _print_progress(step: Progress) -> None:
-    print(
-        f"\rlayer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+class _ProgressLine:
+    """The sweep's progress, rewritten in place on one stderr line; ``end`` closes that line, if one was
+    started, so that what follows (the table, or an error) starts on its own."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def __call__(self, step: Progress) -> None:
+        print(
+            f"\rlayer {step.layer_index}/{step.layer_count} ({step.layer}), cell {step.cell}/{step.cell_count}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.started = True
+
+    def end(self) -> None:
+        if self.started:
+            print(file=sys.stderr)
+            self.started = False
 
 
 def run(args: argparse.Namespace) -> int:
     handle = load_from_args(args)
     sweep = sweep_from_args(args)
-    with runner_from_args(args) as runner:
-        result = run_sensitivity(
-            handle,
-            sweep,
-            hessian=args.hessian,
-            cache=cache_from_args(args),
-            progress=None if args.quiet else _print_progress,
-            runner=runner,
-        )
+    progress = _ProgressLine()
+    try:
+        with runner_from_args(args) as runner:
+            result = run_sensitivity(
+                handle,
+                sweep,
+                hessian=args.hessian,
+                cache=cache_from_args(args),
+                progress=None if args.quiet else progress,
+                runner=runner,
+            )
+    finally:
+        progress.end()
     atomic_write_text(args.out, result.to_csv())
-    if not args.quiet:
-        print(file=sys.stderr)
     rows = result.ranked_rows(sweep.kinds[0])[:SHOWN_LAYERS]
     print(format_table(CSV_COLUMNS, [[getattr(row, column) for column in CSV_COLUMNS] for row in rows]))
     source = "cache" if result.cached else result.strategy
