@@ -89,6 +89,8 @@ def int8_path(folder: Path) -> str:
     text = f"{path['kernel']}, rule {path['rule']}"
     if path["overridden"]:
         text += f", set: {', '.join(path['overridden'])}"
+    padded = [conv["layer"] for conv in quantized.get("padded_convs", [])]
+    text += f"; pads {', '.join(padded)} to 4 channels" if padded else ""
     return text + (f"; path keeps {', '.join(kept)} float" if kept else "")
 
 
@@ -136,6 +138,9 @@ def resnet(scratch: Path) -> tuple[list[dict], dict]:
     suggestion = suggest_latency(handle, options, THREADS, batch=32)
     folders = {
         f"int8, this CPU's path {CHOSEN}": export(handle, ALL_8BIT, scratch / "resnet_u8", options),
+        "int8, Conv inputs not padded": export(
+            handle, ALL_8BIT, scratch / "resnet_unpadded", replace(options, pad_conv_channels=False)
+        ),
         "int8, one-channel convs float": export(
             handle, ALL_8BIT, scratch / "resnet_narrow", replace(options, float_narrow_convs=True)
         ),

@@ -201,6 +201,7 @@ def test_export_names_the_int8_path_and_its_rule(exported):
     assert path["rule"] == rule and not path["overridden"] and path["kernel"] in ("U8S8", "U8U8", "S8S8")
     assert quantized["activations"] == path["activations"]
     assert bool(quantized["saturation"]) == (rule in SATURATING_RULES)  # measured only where U8S8 can saturate
+    assert quantized["padded_convs"] == []  # an MLP has no Conv to pad
     report = (exported / "report.md").read_text()
     assert f"{path['kernel']} (rule {rule})" in report and f"int8 path: {path['kernel']}" in report
 

@@ -37,23 +37,25 @@ UNKNOWN = CpuInfo("unknown CPU", "x86_64", 2, 2)
 
 
 @pytest.mark.parametrize(
-    ("cpu", "rule", "static_kernel", "measured"),
+    ("cpu", "rule", "static_kernel", "measured", "padded"),
     [
-        (VNNI, "vnni", "U8S8", False),
-        (AVX_VNNI, "vnni", "U8S8", False),
-        (AMX, "vnni", "U8S8", False),
-        (AVX2, "avx2-no-vnni", "U8S8", True),
-        (AVX512_NO_VNNI, "avx2-no-vnni", "U8S8", True),
-        (SSE, "x86-sse", "U8S8", True),
-        (GRAVITON3, "arm-i8mm", "S8S8", False),
-        (A72, "arm", "U8S8", False),
-        (UNKNOWN, "unknown", "U8S8", True),
+        (VNNI, "vnni", "U8S8", False, True),
+        (AVX_VNNI, "vnni", "U8S8", False, True),
+        (AMX, "vnni", "U8S8", False, True),
+        (AVX2, "avx2-no-vnni", "U8S8", True, True),
+        (AVX512_NO_VNNI, "avx2-no-vnni", "U8S8", True, True),
+        (SSE, "x86-sse", "U8S8", True, False),
+        (GRAVITON3, "arm-i8mm", "S8S8", False, False),
+        (A72, "arm", "U8S8", False, False),
+        (UNKNOWN, "unknown", "U8S8", True, False),
     ],
 )
-def test_rule_by_cpu(cpu, rule, static_kernel, measured):
+def test_rule_by_cpu(cpu, rule, static_kernel, measured, padded):
     assert rule_for(cpu) == rule
     static, dynamic = choose_path(cpu, dynamic=False), choose_path(cpu, dynamic=True)
     assert (static.rule, static.kernel, static.measure_saturation) == (rule, static_kernel, measured)
+    # x86 with AVX2 has ORT's symmetric int8 conv kernels, which need Conv inputs in multiples of 4 channels
+    assert static.pad_conv_channels == padded and not dynamic.pad_conv_channels
     assert (dynamic.kernel, dynamic.measure_saturation) == ("U8S8", measured)  # ORT's dynamic activations are uint8
     assert not static.reduce_range and not dynamic.reduce_range and static.per_channel is None
     assert not static.float_narrow_convs and not dynamic.float_narrow_convs  # float layers are measured, not ruled
@@ -176,8 +178,10 @@ def test_float_narrow_convs_keeps_the_one_channel_conv_float(cnn, tmp_path, monk
 def test_without_vnni_a_saturating_u8s8_file_is_replaced_by_u8u8(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(int8_module, "cpu_features", lambda: AVX2)
     compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
-    result = quantize_int8(compressed, tmp_path / "int8.onnx", Int8Options(calibration_samples=16))
-    # conv1 multiplies pixels near 255 by large weights: its pairs leave int16 (0.34 of its output on digits_resnet's stem)
+    options = Int8Options(calibration_samples=16, pad_conv_channels=False)
+    result = quantize_int8(compressed, tmp_path / "int8.onnx", options)
+    # conv1 reads one channel: its im2col pairs neighbouring pixels, near 255, times large weights, and the pair
+    # sums leave int16 (0.36 of its output on digits_resnet's stem)
     assert result.saturation[0].layer == "conv1" and result.saturation[0].relative_error > SATURATION_TOLERANCE
     assert result.choice is not None and result.choice.kernel == "U8U8" and result.choice.rule == "avx2-no-vnni"
     assert any(note.startswith("U8S8 would saturate on this CPU: conv1") for note in result.notes)
@@ -211,3 +215,15 @@ def test_dynamic_u8u8_holds_the_same_grid_as_u8s8(tmp_path):
     u8s8 = ort.InferenceSession(str(tmp_path / "u8s8.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
     u8u8 = ort.InferenceSession(unsigned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
     np.testing.assert_allclose(u8u8, u8s8, rtol=1e-5, atol=1e-5)  # the same integers, + 128
+
+
+def test_padded_channels_pair_each_pixel_with_a_zero_and_keep_u8s8_without_vnni(cnn, tmp_path, monkeypatch):
+    monkeypatch.setattr(int8_module, "cpu_features", lambda: AVX2)
+    compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
+    result = quantize_int8(compressed, tmp_path / "int8.onnx", Int8Options(calibration_samples=16))
+    assert [(conv.layer, conv.channels, conv.padded) for conv in result.padded] == [("conv1", 1, 4)]
+    by_layer = {row.layer: row.relative_error for row in result.saturation}
+    assert by_layer["conv1"] == 0.0  # each pair is a pixel and a padded zero channel: no sum leaves int16
+    assert max(by_layer.values()) <= SATURATION_TOLERANCE  # digits_cnn's other layers move by under 1%
+    assert result.choice is not None and result.choice.kernel == "U8S8" and result.choice.rule == "avx2-no-vnni"
+    assert any("conv1: input channels padded with zeros from 1 to 4" in note for note in result.notes)

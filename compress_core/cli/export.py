@@ -47,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("reduce-range", "7-bit weights (ORT's reduce_range)"),
         ("per-channel", "per-channel weights for every layer (--no-per-channel: per tensor)"),
         ("float-narrow-convs", "static: keep float the Conv layers that read one input channel"),
+        ("pad-conv-channels", "static: pad Conv inputs with zeros to a multiple of 4 channels (ORT's fast int8 convs)"),
     ):
         parser.add_argument(
             f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help=f"{text}; default: this CPU's path"
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             reduce_range=args.reduce_range,
             per_channel=args.per_channel,
             float_narrow_convs=args.float_narrow_convs,
+            pad_conv_channels=args.pad_conv_channels,
         )
     result = export_artifacts(compress(handle, plan), args.out, options, nbits=nbits)
     if args.json:

@@ -18,6 +18,7 @@ from typing import Any
 from compress_core.analysis.metrics import output_quality, user_metric_label
 from compress_core.errors import CompressError
 from compress_core.ort.artifacts import headline, run_onnx
+from compress_core.ort.conv_channels import PaddedConv
 from compress_core.ort.int8 import CALIBRATION_METHODS, Int8Options, quantize_int8
 from compress_core.ort.latency import measure_latency
 from compress_core.pipeline import CompressedModel
@@ -61,12 +62,13 @@ class Fix:
 @dataclass(frozen=True)
 class Outcome:
     """What a quantized model gives: its ranked quality figure (``key``: accuracy, agreement, ...),
-    its file and that file's bytes."""
+    its file and that file's bytes, and the convolutions whose input channels the export padded."""
 
     key: str
     quality: float | None
     path: Path
     bytes: int
+    padded: tuple[PaddedConv, ...] = ()
 
 
 def fixed_plan(plan: Plan, layer_names: list[str], fix: Fix) -> Plan:
@@ -100,13 +102,14 @@ def fixed_options(options: Int8Options, fix: Fix) -> Int8Options:
 
 def int8_outcome(model: CompressedModel, options: Int8Options, path: str | Path) -> Outcome:
     """Quantize ``model`` to ``path`` and measure its ranked quality in ONNX Runtime."""
-    written = quantize_int8(model.compressed, path, options).path
+    result = quantize_int8(model.compressed, path, options)
+    written = result.path
     original = model.original.handle
     output = original.quality.output
     outputs = run_onnx(written, original.data.inputs, original.fixed_batch, output, original.output_axis(output))
     measured = output_quality(original, model.original.baseline().reference, outputs)
     key, value = headline(measured, original.task, user_metric_label(original))
-    return Outcome(key, value, written, written.stat().st_size)
+    return Outcome(key, value, written, written.stat().st_size, tuple(result.padded))
 
 
 def compare(before: Outcome, after: Outcome, model: CompressedModel, runs: int = TIMING_RUNS) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from compress_core.debug.overlay import DEFAULT_OVERLAY, OVERLAYS, overlays
 from compress_core.debug.speed import SpeedReport, layer_speeds
 from compress_core.errors import CompressError
 from compress_core.models.handle import EvalData
+from compress_core.ort.conv_channels import pad_input_channels
 from compress_core.ort.int8 import STORAGE_BITS, Int8Options
 from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
@@ -134,9 +135,13 @@ def debug_model(
     def score(reference: np.ndarray, outputs: np.ndarray) -> float:
         return quality_metric(measured, reference, outputs)
 
+    # The int8 file may read some Conv inputs padded with zero channels (ort.conv_channels): the errors are
+    # measured against the fp32 model padded alike (the same values), whose tensors pair with the int8 ones.
+    padded = {conv.layer: conv.node for conv in outcome.padded}
+    reference = pad_input_channels(original.onnx_model, padded)[0] if padded else original.onnx_model
     errors = rank(
         layer_errors(
-            original.onnx_model,
+            reference,
             int8,
             targets,
             inputs,

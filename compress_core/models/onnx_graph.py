@@ -131,3 +131,15 @@ def _out_axis(node: onnx.NodeProto) -> int:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return 1
+
+
+def insert_before_first_reader(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto]) -> None:
+    """Put each of ``new_nodes`` just before the first node of ``graph`` that reads its first output,
+    keeping a topologically sorted graph sorted (the new nodes' own inputs must come before that)."""
+    readers = {name: index for index, node in reversed(list(enumerate(graph.node))) for name in node.input}
+    before: dict[int, list[onnx.NodeProto]] = {}
+    for new in new_nodes:
+        before.setdefault(readers[new.output[0]], []).append(new)
+    ordered = [node for index, existing in enumerate(graph.node) for node in (*before.get(index, []), existing)]
+    del graph.node[:]
+    graph.node.extend(ordered)

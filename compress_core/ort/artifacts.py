@@ -246,6 +246,7 @@ def _metrics(
             "activations": quantized.choice.activations if quantized.choice else int8.activations,
             "path": quantized.choice.to_dict() if quantized.choice else None,
             "saturation": [vars(row) for row in quantized.saturation],
+            "padded_convs": [vars(conv) for conv in quantized.padded],
             "layers": [vars(row) for row in quantized.layers],
             "notes": quantized.notes,
         },

@@ -53,6 +53,7 @@ from compress_core.ort.calibration import (
     save_ranges,
     supports_calibration_cache,
 )
+from compress_core.ort.conv_channels import PaddedConv, pad_input_channels
 from compress_core.ort.cpu import cpu_features
 from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_convs, resolve_path, unsigned_overrides
 from compress_core.ort.layer_map import LayerTarget
@@ -77,8 +78,9 @@ class Int8Options:
     (``ort.int8_path``); each of the following, when not None, overrides its choice: the activation
     type (``uint8``: U8S8 with int8 weights; ``int8``: S8S8, static only), the ``weights`` type
     (``uint8``: U8U8, exact on x86 without VNNI), ``reduce_range`` (7-bit weights),
-    ``per_channel`` weights (None: as the plan says) and ``float_narrow_convs`` (static: keep float
-    the Conv layers that read a single input channel)."""
+    ``per_channel`` weights (None: as the plan says), ``float_narrow_convs`` (static: keep float
+    the Conv layers that read a single input channel) and ``pad_conv_channels`` (static: pad Conv
+    inputs to a multiple of 4 channels for ORT's fast int8 conv kernels, ``ort.conv_channels``)."""
 
     method: str = "minmax"
     calibration_samples: int = 64
@@ -88,6 +90,7 @@ class Int8Options:
     reduce_range: bool | None = None
     per_channel: bool | None = None
     float_narrow_convs: bool | None = None
+    pad_conv_channels: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -125,6 +128,7 @@ class Int8Result:
     notes: list[str] = field(default_factory=list)
     choice: Int8Path | None = None  # the int8 path taken, and the rule that chose it
     saturation: list[LayerSaturation] = field(default_factory=list)  # U8S8 measured where it can saturate
+    padded: list[PaddedConv] = field(default_factory=list)  # Conv layers whose input channels were padded
 
 
 class EvalDataReader:
@@ -229,6 +233,7 @@ def quantize_int8(
     choice = options_path(options)
     narrow = narrow_convs(model, {name: t.node for name, t in targets.items()}) if choice.float_narrow_convs else []
     excluded, overrides, report = [], {}, []
+    symmetric_int8: dict[str, str] = {}  # layer -> node: int8 weights whose zero points are all 0
     dynamic_nodes: dict[bool, list[str]] = {True: [], False: []}  # per channel? -> nodes
     tables: dict[str, Any] = {}  # embedding Gather node -> the plan's grid (GatherBlockQuantized after ORT)
     for layer in layers:
@@ -257,6 +262,8 @@ def quantize_int8(
             weights[target.weight_tensor], out_axes[target.node], grid, getattr(QuantType, storage), per_channel
         )
         overrides[target.weight_tensor] = override
+        if storage == "QInt8" and all(entry.get("zero_point", 0) == 0 for entry in override):
+            symmetric_int8[layer.name] = target.node
         if not exact:
             notes.append(
                 f"{layer.name}: the {grid.bits}-bit {grid.scheme} grid is stored as {storage} on ORT's uniform grid (approximated)"
@@ -275,6 +282,10 @@ def quantize_int8(
             "gains nothing in int8 (its dot products are kh*kw long) and costs a quantize and a layout change"
         )
 
+    padded_model, padded = (
+        pad_input_channels(model, symmetric_int8) if choice.pad_conv_channels and not options.dynamic else (model, [])
+    )
+
     def write(temporary: Path) -> None:
         if options.dynamic:
             try:
@@ -288,7 +299,7 @@ def quantize_int8(
         notes.extend(
             quantize_static_calibrated(
                 choice,
-                model,
+                padded_model if choice.weights == "int8" else model,  # U8U8 has no symmetric conv kernels
                 temporary,
                 reader,
                 options,
@@ -311,8 +322,10 @@ def quantize_int8(
         if not choice.measure_saturation:  # switched to the exact path: write it instead
             written = atomic_write(path, write_with_tables)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
+    padded = padded if choice.weights == "int8" else []
+    notes.extend(conv.describe() for conv in padded)
     notes.insert(0, f"int8 path: {choice.describe()}")
-    return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes, choice, saturation)
+    return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes, choice, saturation, padded)
 
 
 def options_path(options: Int8Options) -> Int8Path:
@@ -325,6 +338,7 @@ def options_path(options: Int8Options) -> Int8Path:
         options.reduce_range,
         options.per_channel,
         options.float_narrow_convs,
+        options.pad_conv_channels,
     )
 
 

@@ -21,13 +21,18 @@ the user's overrides (``Int8Options`` fields left None are the rule's). The rule
 - ``x86-sse`` (x86 without AVX2) and ``unknown`` (features not read): U8S8, saturation measured as
   for ``avx2-no-vnni`` (SSE's U8S8 kernels use the same 16-bit pair sums).
 
+On x86 with AVX2 (``vnni`` and ``avx2-no-vnni``), a static export also pads the input channels of a
+``Conv`` to a multiple of 4 with zeros where they are not (``pad_conv_channels``, ``ort.conv_channels``):
+ORT's symmetric int8 conv kernels need that, and a first layer reading 1 or 3 channels otherwise takes
+a slower path. The result is unchanged; U8U8 (uint8 weights) has no such kernels and is not padded.
+
 Which layers stay float is measured, not ruled: ``suggest --objective latency`` keeps float a layer
 only where the exported file runs faster so. A ``Conv`` reading a single input channel (``conv1`` of
-``digits_cnn``, ``stem.0`` of ``digits_resnet``) runs its own kernel 2-5x slower in int8, but kept
-float it costs more than it saves where its output feeds several integer layers: ORT then adds a
-layout reorder, a quantize and a transpose per consumer (``digits_resnet`` on an AVX-512 VNNI CPU:
-3.87x fp32 with the stem float, 5.0x with every layer int8). ``float_narrow_convs`` keeps such
-layers float on request; no rule turns it on.
+``digits_cnn``, ``stem.0`` of ``digits_resnet``) is slower in int8 than in fp32 even padded (the stem:
+0.36 ms against 0.24 ms in ORT's profile, batch 32, 2 threads, AVX-512 VNNI), but kept float it costs
+more than it saves: its output must then be quantized and moved to the integer layers' layout
+(``benchmarks/results/latency.md`` times both files). ``float_narrow_convs`` keeps such layers float
+on request; no rule turns it on.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ RULES = {
     "unknown": "CPU features unknown: U8S8, saturation measured on the evaluation data",
 }
 SATURATING_RULES = ("avx2-no-vnni", "x86-sse", "unknown")
+SYMMETRIC_CONV_RULES = ("vnni", "avx2-no-vnni")  # x86 with AVX2: ORT has symmetric int8 conv kernels there
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class Int8Path:
     ``activations`` and ``weights`` are ``uint8`` or ``int8`` (U8S8 = uint8 activations, int8
     weights); ``per_channel`` None keeps each layer's granularity from the plan (per channel by
     default); ``measure_saturation`` says whether U8S8 must be checked on the evaluation data on this
-    CPU. ``overridden`` names the fields the user set; ``reasons`` are sentences for the report.
+    CPU; ``pad_conv_channels`` whether a static export pads Conv inputs to a multiple of 4 channels
+    (``ort.conv_channels``). ``overridden`` names the fields the user set; ``reasons`` are sentences for the report.
     """
 
     rule: str
@@ -71,6 +78,7 @@ class Int8Path:
     reduce_range: bool = False
     per_channel: bool | None = None
     float_narrow_convs: bool = False
+    pad_conv_channels: bool = False
     measure_saturation: bool = False
     overridden: tuple[str, ...] = ()
     reasons: tuple[str, ...] = field(default_factory=tuple)
@@ -119,6 +127,7 @@ def choose_path(cpu: CpuInfo, dynamic: bool) -> Int8Path:
     return Int8Path(
         rule=rule,
         activations="int8" if signed else "uint8",
+        pad_conv_channels=rule in SYMMETRIC_CONV_RULES and not dynamic,
         measure_saturation=rule in SATURATING_RULES,
     )
 
@@ -131,6 +140,7 @@ def resolve_path(
     reduce_range: bool | None = None,
     per_channel: bool | None = None,
     float_narrow_convs: bool | None = None,
+    pad_conv_channels: bool | None = None,
 ) -> Int8Path:
     """``choose_path``, with each argument that is not None overriding the rule's choice.
 
@@ -145,6 +155,7 @@ def resolve_path(
         "reduce_range": reduce_range,
         "per_channel": per_channel,
         "float_narrow_convs": float_narrow_convs,
+        "pad_conv_channels": pad_conv_channels,
     }
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if dynamic and overrides.get("activations") == "int8":

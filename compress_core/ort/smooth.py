@@ -25,6 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress_core.errors import CompressError
+from compress_core.models.onnx_graph import insert_before_first_reader
 from compress_core.models.sessions import make_session
 
 SMOOTHED_OPS = ("MatMul", "Gemm")
@@ -77,7 +78,7 @@ def smooth_inputs(
     for name, strength in strengths.items():
         groups.setdefault((nodes[name].input[0], float(strength)), []).append(name)
     smoothed: list[SmoothedLayer] = []
-    new_nodes: list[tuple[list[str], onnx.NodeProto]] = []
+    new_nodes: list[onnx.NodeProto] = []
     for (source, strength), members in groups.items():
         amax = ranges[members[0]]  # the members read one tensor
         wmax = np.max([np.abs(_rows(weights[name], nodes[name])).max(axis=1) for name in members], axis=0)
@@ -94,9 +95,7 @@ def smooth_inputs(
         smoothed_input = f"{source}_smoothed_{len(new_nodes)}"
         inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{smoothed_input}_inverse_scale")
         model.graph.initializer.append(inverse)
-        new_nodes.append(
-            (members, helper.make_node("Mul", [source, inverse.name], [smoothed_input], name=smoothed_input))
-        )
+        new_nodes.append(helper.make_node("Mul", [source, inverse.name], [smoothed_input], name=smoothed_input))
         for name in members:
             node = nodes[name]
             weight = weights[name]
@@ -108,7 +107,7 @@ def smooth_inputs(
             smoothed.append(
                 SmoothedLayer(layer_of_node.get(name, name), name, strength, _spread(amax), _spread(amax / scale))
             )
-    _insert_before_first_reader(model, new_nodes)
+    insert_before_first_reader(model.graph, new_nodes)
     return model, smoothed
 
 
@@ -174,22 +173,6 @@ def input_ranges(
     if len(ranges) != len(sources):
         raise CompressError("smoothing needs calibration data: the model's evaluation data is empty")
     return {name: ranges[source] for name, source in of_node.items()}
-
-
-def _insert_before_first_reader(model: onnx.ModelProto, new_nodes: list[tuple[list[str], onnx.NodeProto]]) -> None:
-    """Put each ``Mul`` just before the first of its readers, keeping the graph topologically sorted."""
-    before = {min(members, key=lambda name: _position(model, name)): mul for members, mul in new_nodes}
-    ordered = []
-    for node in model.graph.node:
-        if node.name in before:
-            ordered.append(before[node.name])
-        ordered.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(ordered)
-
-
-def _position(model: onnx.ModelProto, name: str) -> int:
-    return next(index for index, node in enumerate(model.graph.node) if node.name == name)
 
 
 def _spread(channels: np.ndarray) -> float:
