@@ -265,15 +265,18 @@ def test_minilm_int8_recipe_keeps_embedding_cosine(tmp_path, cpu_has_vnni):
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     int8, reference = session.run(None, inputs.feed())[0], minilm.run(inputs)
     cosine = (int8 * reference).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(reference, axis=1)
-    # Without VNNI, ORT's U8S8 kernels add pairs of u8 x s8 products in 16 bits, which saturate on MiniLM
-    # (0.9879 measured on an AVX2-only CPU). The int8 path measures that on the evaluation data and takes
-    # U8U8 there, whose kernels are exact: the bound of the exact integer path holds on either CPU kind.
+    # Without VNNI, ORT's U8S8 kernels add pairs of u8 x s8 products in 16 bits, which can saturate (0.9879
+    # measured on an AVX2-only CPU with an older recipe). The int8 path measures that on the evaluation data
+    # and stores U8U8 (exact) the layers that move by more than 1%. Under emulation of an AVX2-only CPU
+    # (benchmarks/results/avx2_emulated.md) this recipe gave 0.9927 with every layer U8S8 and 0.9922 with
+    # every layer U8U8: the 0.99 bound holds on either CPU kind.
     choice = result.choice
-    assert choice is not None and choice.rule == rule_for(cpu_features())
+    assert choice is not None and choice.rule == rule_for(cpu_features()) and choice.kernel == "U8S8"
     if choice.rule in SATURATING_RULES:
-        assert choice.kernel == "U8U8" and result.saturation[0].relative_error > SATURATION_TOLERANCE
+        over = [row.layer for row in result.saturation if row.relative_error > SATURATION_TOLERANCE]
+        assert list(choice.exact_layers) == over  # U8U8 exactly where U8S8 saturates
     else:
-        assert choice.kernel == "U8S8" and cpu_has_vnni == (choice.rule == "vnni") and not result.saturation
+        assert cpu_has_vnni == (choice.rule == "vnni") and not result.saturation and not choice.exact_layers
     print(f"minilm int8 min cosine {cosine.min():.4f} (path {choice.kernel}, rule {choice.rule})")
     assert cosine.min() >= 0.99, (
         f"min cosine {cosine.min():.4f} < 0.99 on the {choice.kernel} path (rule {choice.rule})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -12,14 +14,14 @@ import compress_core as cc
 from compress_core.models.inputs import Inputs
 from compress_core.ort import int8 as int8_module
 from compress_core.ort.cpu import CpuInfo
-from compress_core.ort.int8 import Int8Options, quantize_int8, unsigned_integer_weights
+from compress_core.ort.int8 import Int8Options, quantize_dynamic_by_granularity, quantize_int8, unsigned_integer_weights
 from compress_core.ort.int8_path import (
     SATURATION_TOLERANCE,
     choose_path,
-    exact_alternative,
     resolve_path,
     rule_for,
     unsigned_overrides,
+    with_exact_layers,
 )
 from compress_core.ort.saturation import exact_sums, im2col, measure_saturation, pair_sums
 from compress_core.pipeline import compress
@@ -69,7 +71,9 @@ def test_overrides_are_named_and_stop_the_measurement():
     assert not resolve_path(AVX2, dynamic=True, reduce_range=True).measure_saturation
     assert resolve_path(AVX2, dynamic=True, per_channel=True).measure_saturation  # granularity does not saturate
     assert resolve_path(VNNI, dynamic=True, activations="int8").activations == "uint8"  # static-only option
-    assert exact_alternative(choose_path(AVX2, False)).kernel == "U8U8"
+    exact = with_exact_layers(choose_path(AVX2, False), ["conv1"])
+    assert (exact.kernel, exact.exact_layers, exact.measure_saturation) == ("U8S8", ("conv1",), False)
+    assert "U8U8 for conv1 (U8S8 saturates there)" in exact.describe() and exact.to_dict()["exact_layers"] == ["conv1"]
     assert resolve_path(VNNI, dynamic=False, float_narrow_convs=True).float_narrow_convs is True
 
 
@@ -175,7 +179,7 @@ def test_float_narrow_convs_keeps_the_one_channel_conv_float(cnn, tmp_path, monk
     assert not result.saturation  # VNNI: nothing to measure
 
 
-def test_without_vnni_a_saturating_u8s8_file_is_replaced_by_u8u8(cnn, tmp_path, monkeypatch):
+def test_without_vnni_a_saturating_layer_is_stored_u8u8_and_the_others_keep_u8s8(cnn, tmp_path, monkeypatch):
     monkeypatch.setattr(int8_module, "cpu_features", lambda: AVX2)
     compressed = compress(cnn, Plan.from_text("version: 1\ndefault: {bits: 8}\n")).compressed
     options = Int8Options(calibration_samples=16, pad_conv_channels=False)
@@ -183,14 +187,50 @@ def test_without_vnni_a_saturating_u8s8_file_is_replaced_by_u8u8(cnn, tmp_path, 
     # conv1 reads one channel: its im2col pairs neighbouring pixels, near 255, times large weights, and the pair
     # sums leave int16 (0.36 of its output on digits_resnet's stem)
     assert result.saturation[0].layer == "conv1" and result.saturation[0].relative_error > SATURATION_TOLERANCE
-    assert result.choice is not None and result.choice.kernel == "U8U8" and result.choice.rule == "avx2-no-vnni"
-    assert any(note.startswith("U8S8 would saturate on this CPU: conv1") for note in result.notes)
+    assert all(row.relative_error <= SATURATION_TOLERANCE for row in result.saturation[1:])
+    choice = result.choice
+    assert choice is not None and (choice.kernel, choice.exact_layers, choice.rule) == (
+        "U8S8",
+        ("conv1",),
+        "avx2-no-vnni",
+    )
+    assert any(note.startswith("U8S8 would saturate on this CPU in 1 layer(s): conv1") for note in result.notes)
     model = onnx.load(str(result.path))
+    targets = compressed.layer_targets
     stored = {init.name: init.data_type for init in model.graph.initializer if init.name.endswith("_quantized")}
-    assert set(stored.values()) == {TensorProto.UINT8, TensorProto.INT32}  # weights uint8, biases int32
+    assert stored[f"{targets['conv1'].weight_tensor}_quantized"] == TensorProto.UINT8  # exact
+    assert {stored[f"{targets[layer].weight_tensor}_quantized"] for layer in ("conv2", "conv3", "fc1", "head")} == {
+        TensorProto.INT8
+    }
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
     outputs = session.run(None, cnn.data.inputs[:64].feed())[0]
     assert (outputs.argmax(1) == cnn.data.labels[:64]).mean() >= 0.9  # digits_cnn is about 98% in fp32
+    unsaturated = quantize_int8(compressed, tmp_path / "u8s8.onnx", replace(options, weights="int8"))
+    assert not unsaturated.saturation and unsaturated.choice is not None and not unsaturated.choice.exact_layers
+
+
+def test_a_dynamic_export_stores_only_the_named_weights_in_uint8(tmp_path):
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), name) for name in ("a", "b")]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "a"], ["h"], name="first"),
+            helper.make_node("MatMul", ["h", "b"], ["y"], name="second"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    quantize_dynamic_by_granularity(model, tmp_path / "mixed.onnx", ["first", "second"], [], "int8", exact={"b"})
+    quantize_dynamic_by_granularity(model, tmp_path / "u8s8.onnx", ["first", "second"], [])
+    mixed = onnx.load(str(tmp_path / "mixed.onnx"))
+    types = {init.name: init.data_type for init in mixed.graph.initializer}
+    assert (types["a_quantized"], types["b_quantized"]) == (TensorProto.INT8, TensorProto.UINT8)
+    x = {"x": rng.normal(size=(8, 16)).astype(np.float32)}
+    run = lambda name: ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, x)[0]  # noqa: E731
+    np.testing.assert_allclose(run("mixed.onnx"), run("u8s8.onnx"), rtol=1e-5, atol=1e-4)  # the same grid
 
 
 def test_dynamic_u8u8_holds_the_same_grid_as_u8s8(tmp_path):

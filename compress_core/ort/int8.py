@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from compress_core.ort.calibration import (
 )
 from compress_core.ort.conv_channels import PaddedConv, pad_input_channels
 from compress_core.ort.cpu import cpu_features
-from compress_core.ort.int8_path import Int8Path, exact_alternative, narrow_convs, resolve_path, unsigned_overrides
+from compress_core.ort.int8_path import Int8Path, narrow_convs, resolve_path, unsigned_overrides, with_exact_layers
 from compress_core.ort.layer_map import LayerTarget
 from compress_core.ort.prep import INT4_OPSET, MIN_OPSET, prepare_for_quantization
 from compress_core.ort.saturation import LayerSaturation
@@ -282,50 +282,71 @@ def quantize_int8(
             "gains nothing in int8 (its dot products are kh*kw long) and costs a quantize and a layout change"
         )
 
-    padded_model, padded = (
-        pad_input_channels(model, symmetric_int8) if choice.pad_conv_channels and not options.dynamic else (model, [])
-    )
+    file_notes: list[str] = []  # what writing the file says: replaced, not added to, when it is written again
+    padded: list[PaddedConv] = []
 
     def write(temporary: Path) -> None:
+        file_notes.clear()
+        padded.clear()
+        exact = {targets[layer].weight_tensor for layer in choice.exact_layers if layer in targets}
         if options.dynamic:
             try:
                 quantize_dynamic_by_granularity(
-                    model, temporary, dynamic_nodes[True], dynamic_nodes[False], choice.weights, choice.reduce_range
+                    model,
+                    temporary,
+                    dynamic_nodes[True],
+                    dynamic_nodes[False],
+                    choice.weights,
+                    choice.reduce_range,
+                    exact,
                 )
             except Exception as exc:  # ORT raises many types; the message names where it failed
                 raise CompressError(_failure_message(exc, model, targets)) from exc
-            return
-        reader = _calibration_reader(handle, options, check)
-        notes.extend(
-            quantize_static_calibrated(
-                choice,
-                padded_model if choice.weights == "int8" else model,  # U8U8 has no symmetric conv kernels
-                temporary,
-                reader,
-                options,
-                excluded,
-                overrides if choice.weights == "int8" else unsigned_overrides(overrides, QuantType.QUInt8),
-                layer_of_node,
-                targets,
+        else:
+            static_model = model
+            if choice.pad_conv_channels and choice.weights == "int8":  # U8U8 has no symmetric conv kernels
+                unsigned = set(choice.exact_layers)
+                eligible = {layer: node for layer, node in symmetric_int8.items() if layer not in unsigned}
+                static_model, convs = pad_input_channels(model, eligible)
+                padded.extend(convs)
+            file_notes.extend(
+                quantize_static_calibrated(
+                    choice,
+                    static_model,
+                    temporary,
+                    _calibration_reader(handle, options, check),
+                    options,
+                    excluded,
+                    stored_overrides(overrides, choice.weights, exact),
+                    layer_of_node,
+                    targets,
+                )
             )
-        )
-
-    def write_with_tables(temporary: Path) -> None:
-        write(temporary)
         if tables:
-            notes.extend(quantize_embedding_tables(temporary, tables, report))
+            file_notes.extend(quantize_embedding_tables(temporary, tables, report))
 
-    written = atomic_write(path, write_with_tables)
+    written = atomic_write(path, write)
     saturation: list[LayerSaturation] = []
     if choice.measure_saturation:
         saturation, choice = _measure_u8s8(written, handle, options, targets, choice, notes)
-        if not choice.measure_saturation:  # switched to the exact path: write it instead
-            written = atomic_write(path, write_with_tables)
+        if choice.exact_layers:  # the saturating layers go U8U8: write the file again
+            written = atomic_write(path, write)
     _check_weights_quantized(onnx.load(str(written)), targets, report)
-    padded = padded if choice.weights == "int8" else []
+    notes.extend(file_notes)
     notes.extend(conv.describe() for conv in padded)
     notes.insert(0, f"int8 path: {choice.describe()}")
     return Int8Result(written, "dynamic" if options.dynamic else "static", report, notes, choice, saturation, padded)
+
+
+def stored_overrides(overrides: dict[str, Any], weights: str, exact: set[str]) -> dict[str, Any]:
+    """The ``TensorQuantOverrides`` to write: ``overrides`` (int8 weights), all restated for uint8 storage
+    when ``weights`` is ``uint8`` (U8U8), else those of the weight tensors in ``exact`` only."""
+    from onnxruntime.quantization import QuantType
+
+    if weights == "uint8":
+        return unsigned_overrides(overrides, QuantType.QUInt8)
+    moved = unsigned_overrides({name: overrides[name] for name in exact if name in overrides}, QuantType.QUInt8)
+    return {**overrides, **moved}
 
 
 def options_path(options: Int8Options) -> Int8Path:
@@ -351,8 +372,8 @@ def _measure_u8s8(
     notes: list[str],
 ) -> tuple[list[LayerSaturation], Int8Path]:
     """Measure the U8S8 file's saturation on this CPU kind (``ort.saturation``, on the calibration
-    samples); keep it when no layer's output moves by more than ``SATURATION_TOLERANCE``, else take
-    the exact path. Says which, with both figures, in ``notes``."""
+    samples): the path, measured, with the layers whose output moves by more than
+    ``SATURATION_TOLERANCE`` to be stored U8U8 (exact). Says which, with the figures, in ``notes``."""
     from compress_core.ort.int8_path import SATURATION_TOLERANCE
     from compress_core.ort.saturation import measure_saturation
 
@@ -368,14 +389,16 @@ def _measure_u8s8(
             f"U8S8 kept: without VNNI its 16-bit pair sums move the layers' outputs by {moved} on the evaluation "
             f"data, within {SATURATION_TOLERANCE:.1%}"
         )
-        return rows, choice
-    exact = exact_alternative(choice)
+        return rows, replace(choice, measure_saturation=False)
+    over = [row for row in rows if row.relative_error > SATURATION_TOLERANCE]
+    kept = next((row for row in rows if row.relative_error <= SATURATION_TOLERANCE), None)
     notes.append(
-        f"U8S8 would saturate on this CPU: {worst.layer or worst.node}'s output moves by {worst.relative_error:.2%} "
-        f"(16-bit pair sums against the exact integer sums, on the evaluation data; {SATURATION_TOLERANCE:.1%} allowed); "
-        f"{exact.kernel} is exact here and is used instead"
+        f"U8S8 would saturate on this CPU in {len(over)} layer(s): {worst.layer or worst.node}'s output moves by "
+        f"{worst.relative_error:.2%} (16-bit pair sums against the exact integer sums, on the evaluation data; "
+        f"{SATURATION_TOLERANCE:.1%} allowed). Their weights are stored in uint8 (U8U8, exact here); the other layers "
+        f"keep U8S8" + (f" (the most moved: {kept.layer or kept.node}, {kept.relative_error:.2%})" if kept else "")
     )
-    return rows, exact
+    return rows, with_exact_layers(choice, [row.layer for row in over if row.layer is not None])
 
 
 def quantize_embedding_tables(path: Path, tables: dict[str, Any], report: list[Int8Layer]) -> list[str]:
@@ -411,6 +434,7 @@ def quantize_dynamic_by_granularity(
     per_tensor: list[str],
     weights: str = "int8",
     reduce_range: bool = False,
+    exact: set[str] | None = None,
 ) -> None:
     """``quantize_dynamic`` of exactly the named nodes, weights per channel or per tensor as listed.
 
@@ -418,7 +442,8 @@ def quantize_dynamic_by_granularity(
     the per-channel nodes first, then the per-tensor ones of that result. Nodes in neither list
     stay float. ``weights`` is the weight type and ``reduce_range`` ORT's flag. ``uint8`` weights
     (U8U8) are the int8 ones moved up by 128 with their zero points (``unsigned_integer_weights``):
-    quantizing straight to ORT's uint8 grid would round the plan's symmetric grid a second time.
+    quantizing straight to ORT's uint8 grid would round the plan's symmetric grid a second time. With
+    ``int8`` weights, those of the weight tensors in ``exact`` are stored so all the same.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -439,14 +464,16 @@ def quantize_dynamic_by_granularity(
                 nodes_to_quantize=nodes,
             )
             source = str(target)
-    if weights == "uint8":
-        shifted = unsigned_integer_weights(onnx.load(str(path)))
+    if weights == "uint8" or exact:
+        only = None if weights == "uint8" else {f"{name}_quantized" for name in exact or ()}
+        shifted = unsigned_integer_weights(onnx.load(str(path)), only)
         onnx.save(shifted, str(path))
 
 
-def unsigned_integer_weights(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the int8 weights of its ``MatMulInteger`` / ``ConvInteger`` nodes stored as uint8
-    on the same grid (values and zero points + 128), in place: ORT then runs its U8U8 kernels."""
+def unsigned_integer_weights(model: onnx.ModelProto, only: set[str] | None = None) -> onnx.ModelProto:
+    """``model`` with the int8 weights of its ``MatMulInteger`` / ``ConvInteger`` nodes (those whose
+    weight is named in ``only``, when given) stored as uint8 on the same grid (values and zero points
+    + 128), in place: ORT then runs its U8U8 kernels for them."""
     initializers = {init.name: init for init in model.graph.initializer}
     names = set()
     for node in model.graph.node:
@@ -454,6 +481,7 @@ def unsigned_integer_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         if (
             node.op_type in ("MatMulInteger", "ConvInteger")
             and len(operands) == 2
+            and (only is None or operands[0] in only)
             and all(name in initializers and initializers[name].data_type == onnx.TensorProto.INT8 for name in operands)
         ):
             names.update(operands)
