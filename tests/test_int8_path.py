@@ -209,52 +209,51 @@ def test_without_vnni_a_saturating_layer_is_stored_u8u8_and_the_others_keep_u8s8
     assert not unsaturated.saturation and unsaturated.choice is not None and not unsaturated.choice.exact_layers
 
 
-def test_a_dynamic_export_stores_only_the_named_weights_in_uint8(tmp_path):
-    rng = np.random.default_rng(3)
-    weights = [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), name) for name in ("a", "b")]
+def _exact_dynamic_matmul(model: onnx.ModelProto, x: np.ndarray, weight: str) -> np.ndarray:
+    """What ``x``, quantized as ORT's ``DynamicQuantizeLinear`` does, times the stored integer ``weight``
+    gives in exact integer arithmetic: the reference both U8S8 and U8U8 must give where nothing saturates."""
+    stored = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    integers = stored[f"{weight}_quantized"].astype(np.int64) - stored[f"{weight}_zero_point"].astype(np.int64)
+    low, high = np.float32(min(x.min(), 0.0)), np.float32(max(x.max(), 0.0))
+    scale = np.float32((high - low) / np.float32(255))
+    zero = np.clip(np.rint(-low / scale), 0, 255)
+    quantized = np.clip(np.rint(x / scale) + zero, 0, 255).astype(np.int64) - int(zero)
+    return (quantized @ integers) * np.float64(scale) * stored[f"{weight}_scale"].astype(np.float64)
+
+
+def _two_matmuls() -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    weights = [numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), name) for name in ("a", "b")]
     graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "a"], ["h"], name="first"),
-            helper.make_node("MatMul", ["h", "b"], ["y"], name="second"),
-        ],
+        [helper.make_node("MatMul", ["x", name], [f"y_{name}"], name=f"mm_{name}") for name in ("a", "b")],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, ["n", 8]) for name in ("a", "b")],
         weights,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    quantize_dynamic_by_granularity(model, tmp_path / "mixed.onnx", ["first", "second"], [], "int8", exact={"b"})
-    quantize_dynamic_by_granularity(model, tmp_path / "u8s8.onnx", ["first", "second"], [])
-    mixed = onnx.load(str(tmp_path / "mixed.onnx"))
-    types = {init.name: init.data_type for init in mixed.graph.initializer}
-    assert (types["a_quantized"], types["b_quantized"]) == (TensorProto.INT8, TensorProto.UINT8)
-    x = {"x": rng.normal(size=(8, 16)).astype(np.float32)}
-    run = lambda name: ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"]).run(None, x)[0]  # noqa: E731
-    np.testing.assert_allclose(run("mixed.onnx"), run("u8s8.onnx"), rtol=1e-5, atol=1e-4)  # the same grid
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
 def test_dynamic_u8u8_holds_the_same_grid_as_u8s8(tmp_path):
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    rng = np.random.default_rng(2)
-    weight = numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
-        [weight],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "fp32.onnx")
-    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "u8s8.onnx", per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic_by_granularity(_two_matmuls(), tmp_path / "u8s8.onnx", ["mm_a", "mm_b"], [])
     unsigned = unsigned_integer_weights(onnx.load(str(tmp_path / "u8s8.onnx")))
     node = next(node for node in unsigned.graph.node if node.op_type == "MatMulInteger")
     types = {init.name: init.data_type for init in unsigned.graph.initializer}
     assert types[node.input[1]] == types[node.input[3]] == TensorProto.UINT8
-    x = {"x": rng.normal(size=(32, 16)).astype(np.float32)}
-    u8s8 = ort.InferenceSession(str(tmp_path / "u8s8.onnx"), providers=["CPUExecutionProvider"]).run(None, x)[0]
-    u8u8 = ort.InferenceSession(unsigned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
-    np.testing.assert_allclose(u8u8, u8s8, rtol=1e-5, atol=1e-5)  # the same integers, + 128
+    x = np.random.default_rng(5).normal(size=(32, 16)).astype(np.float32)
+    u8u8 = ort.InferenceSession(unsigned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    # the same integers, + 128, computed exactly (U8S8 would match only where no 16-bit pair sum saturates)
+    np.testing.assert_allclose(u8u8[0], _exact_dynamic_matmul(unsigned, x, "a"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_dynamic_export_stores_only_the_named_weights_in_uint8(tmp_path):
+    quantize_dynamic_by_granularity(_two_matmuls(), tmp_path / "mixed.onnx", ["mm_a", "mm_b"], [], exact={"b"})
+    mixed = onnx.load(str(tmp_path / "mixed.onnx"))
+    types = {init.name: init.data_type for init in mixed.graph.initializer}
+    assert (types["a_quantized"], types["b_quantized"]) == (TensorProto.INT8, TensorProto.UINT8)
+    x = np.random.default_rng(5).normal(size=(32, 16)).astype(np.float32)
+    outputs = ort.InferenceSession(mixed.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(outputs[1], _exact_dynamic_matmul(mixed, x, "b"), rtol=1e-4, atol=1e-4)  # U8U8: exact
 
 
 def test_padded_channels_pair_each_pixel_with_a_zero_and_keep_u8s8_without_vnni(cnn, tmp_path, monkeypatch):
