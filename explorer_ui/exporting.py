@@ -85,6 +85,20 @@ NO_INTEGER_KERNEL = {
     "QInt4": "4-bit weights are stored as QInt4, and ONNX Runtime has no int4 Conv, MatMul or Gemm kernel on CPU",
     "QInt16": "16-bit weights are stored as QInt16, and ONNX Runtime has no int16 Conv, MatMul or Gemm kernel on CPU",
 }
+PATH_SWITCHES = {  # Int8Options field -> (label, help, static exports only): overrides of this CPU's int8 path
+    "reduce_range": (
+        "reduce_range",
+        "7-bit weights (ORT's reduce_range): no saturation without VNNI, a coarser grid",
+        False,
+    ),
+    "per_channel": ("Per-channel weights", "Off: one scale per weight tensor, for every layer", False),
+    "float_narrow_convs": ("One-channel convs float", "Keep float the Conv layers that read a single channel", True),
+    "pad_conv_channels": (
+        "Pad Conv inputs",
+        "Pad Conv inputs with zero channels to a multiple of 4, for ONNX Runtime's fast int8 conv kernels",
+        True,
+    ),
+}
 FLOAT_BY_PLAN = "float (the plan keeps it float)"
 FLOAT_BY_PATH = "float (this CPU's int8 path keeps it float)"
 INTEGER_KERNEL = "integer kernel"
@@ -92,6 +106,13 @@ FLOAT_KERNEL = "float kernel (weights dequantized)"
 
 
 # Building -----------------------------------------------------------------------------------------
+
+
+def path_choice_text(value: Any) -> str:
+    """How a path override select box shows its value: None is the rule's choice."""
+    if value is None:
+        return "as this CPU's path"
+    return {True: "on", False: "off"}.get(value, str(value))
 
 
 def export_folder(model_key: str, plan: Plan, fine_tuned: bool = False) -> Path:

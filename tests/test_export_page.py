@@ -4,6 +4,7 @@ two long steps with an estimate, progress and a Stop that keeps what it should."
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -183,3 +184,27 @@ def test_a_stopped_build_writes_no_file(app, monkeypatch):
     assert any("Build stopped after" in info.value and "no file was written" in info.value for info in app.info)
     assert "digits_cnn" not in app.session_state[state.EXPORTS] and not app.get("download_button")
     assert not folder.exists() and list(folder.parent.iterdir()) == []  # no staging folder left either
+
+
+def test_the_int8_path_can_be_overridden_on_the_page_and_the_build_follows(app):
+    from compress_core.ort.cpu import cpu_features
+    from compress_core.ort.int8_path import choose_path
+
+    _export_page(app, "version: 1\ndefault: {bits: 8}\n")
+    pad = next(box for box in app.selectbox if box.label == "Pad Conv inputs")
+    assert pad.value is None and not pad.disabled  # the rule's choice until the user sets one
+    pad.set_value(False).run()
+    assert any("set by the user: pad_conv_channels" in caption.value for caption in app.caption)
+    button(app, "Build artifacts").click().run()
+    assert not app.exception
+    built = next(iter(app.session_state[state.EXPORTS].values()))
+    int8 = json.loads((Path(built["folder"]) / "metrics.json").read_text())["int8"]
+    assert int8["path"]["overridden"] == ["pad_conv_channels"] and int8["padded_convs"] == []
+    next(box for box in app.selectbox if box.label == "Pad Conv inputs").set_value(None).run()
+    button(app, "Build artifacts").click().run()
+    built = next(iter(app.session_state[state.EXPORTS].values()))
+    int8 = json.loads((Path(built["folder"]) / "metrics.json").read_text())["int8"]
+    padded = [conv["layer"] for conv in int8["padded_convs"]]
+    assert padded == (["conv1"] if choose_path(cpu_features(), dynamic=False).pad_conv_channels else [])
+    app.toggle[0].set_value(True).run()  # dynamic: the static-only switches are off
+    assert next(box for box in app.selectbox if box.label == "Pad Conv inputs").disabled
