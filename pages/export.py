@@ -117,6 +117,27 @@ def _follow_bench() -> None:
     )
 
 
+def _path_overrides(with_int8: bool, dynamic: bool) -> dict[str, Any]:
+    """The "Override this CPU's int8 path" expander: ``Int8Options`` fields, None where the rule decides."""
+    overrides: dict[str, Any] = {}
+    with st.expander("Override this CPU's int8 path"):
+        columns = st.columns(1 + len(exporting.PATH_SWITCHES))
+        overrides["weights"] = columns[0].selectbox(
+            "Weights",
+            [None, *ACTIVATION_TYPES],
+            format_func=exporting.path_choice_text,
+            disabled=not with_int8,
+            help="uint8: U8U8, exact without VNNI and slower; int8: U8S8 everywhere, even where it saturates",
+        )
+        for column, (field, (label, text, static_only)) in zip(columns[1:], exporting.PATH_SWITCHES.items()):
+            off = not with_int8 or (static_only and dynamic)
+            choice = column.selectbox(
+                label, [None, True, False], format_func=exporting.path_choice_text, disabled=off, help=text
+            )
+            overrides[field] = None if off else choice
+    return overrides
+
+
 export_running = session.get(exporting.EXPORT_JOB)
 bench_running = session.get(exporting.BENCH_JOB)
 
@@ -151,22 +172,7 @@ activations = activation_column.selectbox(
     format_func=lambda value: "as this CPU's path" if value is None else value,
     disabled=not with_int8 or dynamic,
 )
-overrides: dict[str, Any] = {}
-with st.expander("Override this CPU's int8 path"):
-    columns = st.columns(1 + len(exporting.PATH_SWITCHES))
-    overrides["weights"] = columns[0].selectbox(
-        "Weights",
-        [None, *ACTIVATION_TYPES],
-        format_func=exporting.path_choice_text,
-        disabled=not with_int8,
-        help="uint8: U8U8, exact without VNNI and slower; int8: U8S8 everywhere, even where it saturates",
-    )
-    for column, (field, (label, text, static_only)) in zip(columns[1:], exporting.PATH_SWITCHES.items()):
-        off = not with_int8 or (static_only and dynamic)
-        choice = column.selectbox(
-            label, [None, True, False], format_func=exporting.path_choice_text, disabled=off, help=text
-        )
-        overrides[field] = None if off else choice
+overrides = _path_overrides(with_int8, dynamic)
 options = Int8Options(method=method, activations=activations, dynamic=dynamic, **overrides) if with_int8 else None
 if options is not None:
     st.caption(f"{exporting.this_cpu()[0]}. int8 path: {options_path(options).describe()}.")

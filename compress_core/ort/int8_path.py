@@ -98,6 +98,8 @@ class Int8Path:
         granularity = {None: "weights as the plan says", True: "per-channel weights", False: "per-tensor weights"}
         parts = [self.kernel, "reduce_range" if self.reduce_range else "full-range weights"]
         parts.append(granularity[self.per_channel])
+        if self.pad_conv_channels:
+            parts.append("Conv inputs padded to multiples of 4 channels")
         text = f"{', '.join(parts)} (rule {self.rule}: {RULES[self.rule]})"
         if self.exact_layers:
             shown = ", ".join(self.exact_layers[:3]) + (
