@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 from compress_core import CompressError
 from compress_core.cli import main
 from compress_core.plan import Plan
-from compress_core.plan.layer_config import LayerConfig, PruneConfig
+from compress_core.plan.layer_config import LAYER_KEYS, PRUNE_KEYS, LayerConfig, PruneConfig
 from compress_core.plan.patterns import compile_pattern
-from compress_core.plan.recipe import MAX_RECIPE_BYTES
+from compress_core.plan.recipe import MAX_RECIPE_BYTES, RECIPE_KEYS
 
 BOMB = "(a+)+$"  # catastrophic backtracking in Python's re: 2**30 paths for 30 a's and a '!'
 VICTIM = "a" * 30 + "!"
@@ -277,23 +277,9 @@ def test_a_plan_built_in_code_is_checked_too():
 
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=6), st.binary(max_size=4))
+PLAN_KEYS = sorted(RECIPE_KEYS | LAYER_KEYS | PRUNE_KEYS)  # every key a recipe may hold
 KEYS = st.one_of(
-    st.sampled_from(
-        [
-            "version",
-            "default",
-            "layers",
-            "bits",
-            "scheme",
-            "granularity",
-            "smooth",
-            "prune",
-            "ratio",
-            "kind",
-            "rank",
-            "conv1",
-        ]
-    ),
+    st.sampled_from([*PLAN_KEYS, "conv1"]),
     st.integers(),
     st.text(max_size=4),
 )

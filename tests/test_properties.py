@@ -33,6 +33,8 @@ from compress_core.models.evaldata import load_npz
 from compress_core.models.handle import InputSpec
 from compress_core.ops.quantize import quantize_weight
 from compress_core.plan import Plan
+from compress_core.plan.layer_config import LAYER_KEYS, PRUNE_KEYS
+from compress_core.plan.recipe import RECIPE_KEYS
 from compress_core.transform.apply import apply_plan
 
 # The same examples on every run (derandomize), none stored in the repository (database=None): the
@@ -138,28 +140,9 @@ TRICKY_SCALARS = st.sampled_from(
         frozenset({1}),
     ]
 )
+PLAN_KEYS = sorted(RECIPE_KEYS | LAYER_KEYS | PRUNE_KEYS)  # every key a recipe may hold
 KEYS = st.one_of(
-    st.sampled_from(
-        [
-            "version",
-            "default",
-            "layers",
-            "bits",
-            "scheme",
-            "granularity",
-            "prune",
-            "rank",
-            "ratio",
-            "kind",
-            "fc1",
-            "fc2",
-            "fc3",
-            "head",
-            "re:fc.*",
-            "re:(",
-            "0",
-        ]
-    ),
+    st.sampled_from([*PLAN_KEYS, "fc1", "fc2", "fc3", "head", "re:fc.*", "re:(", "0"]),
     st.text(max_size=8),
     st.integers(-3, 3),
     st.booleans(),
