@@ -77,7 +77,8 @@ CANDIDATE_NOTES = {
     "compressed_int8": "the compressed model through ONNX Runtime's quantizer with this page's settings: each layer "
     "stored as the bit-width table says",
     "compressed_nbits": "the plan's 2-4-bit MatMul / Gemm layers and embedding tables stored block-wise in 4 bits "
-    "(MatMulNBits, GatherBlockQuantized), activations float: the smallest file",
+    "(MatMulNBits, GatherBlockQuantized), activations quantized block by block at run time (int8 compute) or kept "
+    "float: the smallest file",
     ORT_DEFAULT: "ONNX Runtime's own quantize_static with its defaults (QDQ, S8S8, per-tensor MinMax) on the original "
     "model, calibrated on the same data: the baseline to beat",
 }

@@ -208,3 +208,21 @@ def test_the_int8_path_can_be_overridden_on_the_page_and_the_build_follows(app):
     assert padded == (["conv1"] if choose_path(cpu_features(), dynamic=False).pad_conv_channels else [])
     app.toggle[0].set_value(True).run()  # dynamic: the static-only switches are off
     assert next(box for box in app.selectbox if box.label == "Pad Conv inputs").disabled
+
+
+def test_the_weight_only_file_is_built_with_the_chosen_block_size_and_compute(app):
+    _export_page(app, "version: 1\ndefault: {bits: 4}\n")
+    compute = next(box for box in app.selectbox if box.label == "Compute")
+    assert compute.disabled and compute.value == "int8"  # until the weight-only file is asked for
+    next(box for box in app.checkbox if box.label.startswith("Also build a weight-only model")).check().run()
+    next(box for box in app.selectbox if box.label == "Block size").set_value(16).run()
+    next(box for box in app.selectbox if box.label == "Compute").set_value("float").run()
+    button(app, "Build artifacts").click().run()
+    assert not app.exception and not app.error
+    built = app.session_state[state.EXPORTS]["digits_cnn"]
+    weight_only = built["metrics"]["weight_only"]
+    assert (weight_only["block_size"], weight_only["compute"]) == (16, "float")
+    stored = {row["layer"]: row["storage"] for row in weight_only["layers"]}
+    assert stored["fc1"] == stored["head"] == "4-bit MatMulNBits (block 16, float compute)"
+    assert stored["conv1"] == "float"  # MatMulNBits stores MatMul / Gemm weights only
+    assert Path(built["files"][artifacts.NBITS_ONNX]["path"]).is_file()

@@ -44,6 +44,8 @@ def test_planned_layers_become_matmul_nbits_of_their_width(mixed):
     assert layers["blocks.1.mlp.fc2"].storage == "float"
     assert {(w["bits"], w["block_size"]) for name, w in widths.items() if name.startswith("/head/")} == {(8, 16)}
     assert sum(w["bits"] == 4 for w in widths.values()) == len(layers) - 2
+    assert {w["accuracy_level"] for w in widths.values()} == {4}  # int8 compute, the default
+    assert layers["head"].storage == "8-bit MatMulNBits (block 16, int8 compute)"
     float_node = model.compressed.layer_targets["blocks.1.mlp.fc2"].node
     assert any(node.name == float_node and node.op_type == "MatMul" for node in graph.graph.node)
     assert result.mode == "weight-only"
@@ -56,6 +58,29 @@ def test_the_gemm_head_is_rewritten_and_outputs_agree(mixed, transformer):
     outputs = run_onnx(result.path, transformer.data.inputs)
     agreement = (outputs.argmax(1) == transformer.run(transformer.data.inputs).argmax(1)).mean()
     assert agreement >= 0.9
+
+
+def test_float_compute_is_written_and_agrees_with_int8_compute(mixed, transformer, tmp_path):
+    model, int8_result, _ = mixed
+    result = quantize_nbits(model, tmp_path / "float.onnx", NBitsOptions(16, "float"))
+    levels = {
+        next(a.i for a in node.attribute if a.name == "accuracy_level")
+        for node in onnx.load(str(result.path)).graph.node
+        if node.op_type == "MatMulNBits"
+    }
+    assert levels == {1}
+    assert any(note.startswith("float compute") for note in result.notes)
+    in_float, in_int8 = (
+        run_onnx(result.path, transformer.data.inputs),
+        run_onnx(int8_result.path, transformer.data.inputs),
+    )
+    assert (in_float.argmax(1) == in_int8.argmax(1)).mean() >= 0.95  # the same weights; int8 compute rounds inputs
+
+
+@pytest.mark.parametrize("compute", ["int4", "", None])
+def test_a_bad_compute_is_refused(compute):
+    with pytest.raises(CompressError, match=rf"MatMulNBits compute {compute!r} is not allowed; use int8 or float"):
+        NBitsOptions(32, compute)
 
 
 @pytest.mark.parametrize("block", [8, 48, 0, True, "32"])
@@ -90,11 +115,12 @@ def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
     assert main(["export", "digits_transformer", "--recipe", str(recipe), "--out", str(out), "--weight-only"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weight_only"]["block_size"] == 32 and metrics["weight_only"]["format"] == "MatMulNBits"
+    assert metrics["weight_only"]["compute"] == "int8"
     entry = metrics["artifacts"][NBITS_ONNX]
     # 18 k weights: graph, biases and norms weigh as much as the 4-bit weights and their scales here
     assert entry["bytes"] < 0.6 * metrics["artifacts"]["model_fp32.onnx"]["bytes"] and entry["agreement"] >= 0.9
     report = (out / "report.md").read_text()
-    assert "## Weight-only model (MatMulNBits)" in report and "4-bit MatMulNBits (block 32)" in report
+    assert "## Weight-only model (MatMulNBits)" in report and "4-bit MatMulNBits (block 32, int8 compute)" in report
     capsys.readouterr()
     assert main(["bench", str(out), "--batch", "4", "--runs", "3", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
@@ -128,4 +154,4 @@ def test_minilm_four_bit_file_is_listed_with_size_and_cosine(tmp_path):
     # 22.7 M weights at 4 bits are 11.4 MB, plus a scale per block (the word table's blocks of 16 add 2.9 MB):
     # three quarters of ORT's plain 8-bit quantize_dynamic file, a sixth of fp32 (90 MB)
     assert size < 0.75 * ORT_PLAIN_DYNAMIC_BYTES
-    assert cosine.min() >= 0.9  # weight-only: no activation is quantized, so no CPU saturates it
+    assert cosine.min() >= 0.9  # int8 compute's per-block inputs do not saturate without VNNI either (ort.nbits)

@@ -77,6 +77,20 @@ def test_smoothing_keeps_the_float_output_and_flattens_the_input():
     onnx.checker.check_model(smoothed)
 
 
+def test_smoothing_factors_are_powers_of_two_so_the_weights_stay_exact():
+    model = _two_readers_and_a_gemm()
+    x = np.random.default_rng(2).standard_normal((32, 16)).astype(np.float32)
+    strengths = {"left": 0.8, "right": 0.8}
+    smoothed, _ = smooth_inputs(model, strengths, {}, input_ranges(model, strengths, [{"x": x}]))
+    stored = {init.name: numpy_helper.to_array(init) for init in smoothed.graph.initializer}
+    inverse = next(value for name, value in stored.items() if name.endswith("_inverse_scale"))
+    exponents = np.log2(inverse)
+    assert np.array_equal(exponents, np.round(exponents)) and len(set(exponents)) > 1
+    original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for name in ("W1", "W2"):  # each row times its factor, exactly: dividing back gives the original bits
+        assert np.array_equal(stored[name] * inverse[:, None], original[name])
+
+
 @pytest.mark.parametrize(
     ("node", "message"),
     [

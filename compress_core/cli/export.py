@@ -13,7 +13,7 @@ from compress_core.cli.common import (
 )
 from compress_core.ort.artifacts import export_artifacts, headline
 from compress_core.ort.int8 import Int8Options
-from compress_core.ort.nbits import NBitsOptions
+from compress_core.ort.nbits import NBITS_COMPUTE, NBitsOptions
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--weight-only",
         action="store_true",
         help="also write model_nbits.onnx: the plan's 2-4-bit MatMul/Gemm layers (and embeddings) stored block-wise "
-        "in 4 bits, 5-8-bit ones in 8, by ONNX Runtime's MatMulNBits (activations stay float)",
+        "in 4 bits, 5-8-bit ones in 8, by ONNX Runtime's MatMulNBits",
     )
     parser.add_argument(
         "--block-size",
@@ -68,12 +68,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="weights per scale in model_nbits.onnx (a power of two >= 16)",
     )
+    parser.add_argument(
+        "--nbits-compute",
+        choices=tuple(NBITS_COMPUTE),
+        default=NBitsOptions.compute,
+        help="how model_nbits.onnx multiplies: int8 (each block of the input quantized at run time; faster) or "
+        "float (the weights widened to float)",
+    )
     parser.add_argument("--json", action="store_true", help="print metrics.json instead of a summary")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    nbits = NBitsOptions(args.block_size) if args.weight_only else None  # a bad block size fails before loading
+    # a bad block size fails before loading
+    nbits = NBitsOptions(args.block_size, args.nbits_compute) if args.weight_only else None
     handle = load_from_args(args)
     plan = Plan.load(args.recipe)
     options = None

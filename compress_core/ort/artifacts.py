@@ -122,7 +122,7 @@ def export_artifacts(
             quantized = quantize_int8(model.compressed, staging / INT8_ONNX, int8, track.check)
         weight_only = None
         if nbits is not None:
-            say(f"storing weights block-wise (MatMulNBits, blocks of {nbits.block_size})")
+            say(f"storing weights block-wise (MatMulNBits, blocks of {nbits.block_size}, {nbits.compute} compute)")
             weight_only = quantize_nbits(model, staging / NBITS_ONNX, nbits)
         track.begin(EXPORT_RUN)
         say("running every ONNX file in ONNX Runtime")
@@ -262,6 +262,7 @@ def _weight_only_metrics(nbits: NBitsOptions | None, result: Int8Result | None) 
     return {
         "format": "MatMulNBits",
         "block_size": nbits.block_size,
+        "compute": nbits.compute,
         "layers": [vars(row) for row in result.layers],
         "notes": result.notes,
     }
@@ -275,8 +276,12 @@ def _weight_only_section(weight_only: dict[str, Any] | None) -> list[str]:
         "",
         "## Weight-only model (MatMulNBits)",
         "",
-        f"`{NBITS_ONNX}`: weights stored block-wise in {weight_only['block_size']}-value blocks, activations float "
-        "(no activation quantization, so no saturation on any CPU).",
+        f"`{NBITS_ONNX}`: weights stored block-wise in {weight_only['block_size']}-value blocks; "
+        + (
+            "int8 compute: each block of a MatMul's input is quantized to int8 at run time, with its own scale."
+            if weight_only["compute"] == "int8"
+            else "float compute: activations stay float."
+        ),
         "",
         "| layer | node | planned bits | stored as |",
         "|---|---|---:|---|",

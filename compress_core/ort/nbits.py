@@ -3,9 +3,15 @@
 ``quantize_nbits`` writes the compressed model with every planned MatMul / Gemm weight stored
 block-wise by ``onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`` (its default
 round-to-nearest algorithm, asymmetric, ``block_size`` values of the input axis per scale): 2-4-bit
-layers in 4 bits, 5-8-bit layers in 8 bits. Activations stay float, so nothing saturates, whatever
-the CPU. Planned embedding tables are stored as in the int8 file (``ort.block_quant``). Layers kept
-float stay float; 16-bit layers stay float too (the notes say so).
+layers in 4 bits, 5-8-bit layers in 8 bits. Planned embedding tables are stored as in the int8 file
+(``ort.block_quant``). Layers kept float stay float; 16-bit layers stay float too (the notes say so).
+
+How the kernel computes (``NBitsOptions.compute``, ORT's ``accuracy_level``): ``int8`` (the default,
+level 4) quantizes each block of a MatMul's input to int8 at run time, with its own scale, and takes
+the integer dot-product kernels; ``float`` (level 1) widens the weights to float and multiplies in
+float. Speed and cosine of both on MiniLM: ``benchmarks/results/latency.md``. The int8 kernels do not
+saturate without VNNI either: a 4-bit and an 8-bit MatMul over large all-positive inputs give the
+same error under AVX2-only emulation (qemu, Haswell) as natively (relative error 0.0895 and 0.0077).
 
 A Gemm is first rewritten as MatMul (+ Add of its bias), which ``MatMulNBits`` replaces; a Gemm with
 ``transA``, ``alpha`` or ``beta`` other than the defaults stays float.
@@ -39,6 +45,7 @@ from compress_core.ort.prep import prepare_for_quantization
 from compress_core.pipeline import CompressedModel
 
 DEFAULT_BLOCK_SIZE = 32
+NBITS_COMPUTE = {"int8": 4, "float": 1}  # NBitsOptions.compute -> ORT's MatMulNBits accuracy_level
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # the block sizes the Export page offers
 NBITS_WIDTHS = (4, 8)  # what MatMulNBits stores a plan's bit width in (storage_bits)
 SQNR_MATCH_DB = 0.01  # a compressed weight this close to the SQNR the plan recorded is the plan's own
@@ -47,12 +54,18 @@ SQNR_MATCH_DB = 0.01  # a compressed weight this close to the SQNR the plan reco
 @dataclass(frozen=True)
 class NBitsOptions:
     """``block_size``: weights per scale along a MatMul's input axis (a power of two >= 16; ORT's
-    MatMulNBits takes 16, 32, 64, 128, ...). Smaller blocks: more accurate, slightly larger file."""
+    MatMulNBits takes 16, 32, 64, 128, ...). Smaller blocks: more accurate, slightly larger file,
+    slower. ``compute``: ``int8`` (the input quantized block by block at run time) or ``float``."""
 
     block_size: int = DEFAULT_BLOCK_SIZE
+    compute: str = "int8"
 
     def __post_init__(self) -> None:
         check_block_size(self.block_size, "MatMulNBits block size")
+        if self.compute not in NBITS_COMPUTE:
+            raise CompressError(
+                f"MatMulNBits compute {self.compute!r} is not allowed; use {' or '.join(NBITS_COMPUTE)}"
+            )
 
 
 @dataclass
@@ -74,7 +87,7 @@ def quantize_nbits(model: CompressedModel, path: str | Path, options: NBitsOptio
     notes.extend(selection.notes)
 
     def write(temporary: Path) -> None:
-        quantized = _matmul_nbits(graph, selection.nodes, options.block_size)
+        quantized = _matmul_nbits(graph, selection.nodes, options)
         onnx.save(quantized, str(temporary))
         if selection.tables:
             notes.extend(quantize_embedding_tables(temporary, selection.tables, selection.report))
@@ -119,13 +132,18 @@ def _select(source: CompressedModel, model: onnx.ModelProto, options: NBitsOptio
             _gemm_as_matmul(model, node)
         width = storage_bits(grid.bits)
         selection.nodes[width].append(target.node)
-        storage = f"{width}-bit MatMulNBits (block {options.block_size})"
+        storage = f"{width}-bit MatMulNBits (block {options.block_size}, {options.compute} compute)"
         selection.report.append(Int8Layer(layer.name, target.node, grid.bits, storage))
     if any(selection.nodes.values()):
         selection.notes.append(
             f"MatMul weights rounded in {options.block_size}-value blocks along the input axis (round to nearest, "
             f"asymmetric): {rounded_from['original']} layer(s) from the original float weights (pruned zeros kept), "
             f"{rounded_from['compressed']} from the compressed weights (fine-tuned or low-rank: rounded twice)"
+        )
+        selection.notes.append(
+            "int8 compute: each block of a MatMul's input is quantized to int8 at run time, with its own scale"
+            if options.compute == "int8"
+            else "float compute: the weights are widened to float and multiplied in float (slower than int8 compute)"
         )
     return selection
 
@@ -195,7 +213,7 @@ def _gemm_as_matmul(model: onnx.ModelProto, node: onnx.NodeProto) -> None:
         model.graph.node.insert(index + offset, new)
 
 
-def _matmul_nbits(model: onnx.ModelProto, nodes: dict[int, list[str]], block_size: int) -> onnx.ModelProto:
+def _matmul_nbits(model: onnx.ModelProto, nodes: dict[int, list[str]], options: NBitsOptions) -> onnx.ModelProto:
     """``MatMulNBitsQuantizer`` of exactly the listed MatMul nodes, one pass per width."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -211,8 +229,9 @@ def _matmul_nbits(model: onnx.ModelProto, nodes: dict[int, list[str]], block_siz
             quantizer = MatMulNBitsQuantizer(
                 current,
                 bits=width,
-                block_size=block_size,
+                block_size=options.block_size,
                 is_symmetric=False,
+                accuracy_level=NBITS_COMPUTE[options.compute],
                 nodes_to_include=names,
                 nodes_to_exclude=[name for name in matmuls if name not in names],
                 op_types_to_quantize=("MatMul",),

@@ -10,7 +10,10 @@ output channel, takes on part of the spread.
 
 ``s_k = amax_k ** alpha / wmax_k ** (1 - alpha)``, with ``amax_k`` the largest ``|x_k|`` seen on the
 calibration data, ``wmax_k`` the largest ``|W_k,:|`` and ``alpha`` the plan's migration strength
-(``LayerConfig.smooth``). Layers reading the same tensor with the same strength share one factor
+(``LayerConfig.smooth``), rounded to the nearest power of two. Multiplying by a power of two is exact
+in float, so the smoothed weights and inputs hold the original values exactly, and the factors do not
+depend on the CPU's math library (a float32 ``**`` differed in the last bit between an AVX-512 and an
+AVX2 machine, and the exported file with it). Layers reading the same tensor with the same strength share one factor
 (taken over all their weights) and one ``Mul``, so that ONNX Runtime still quantizes that input once.
 The ``Mul`` is the cost: one elementwise pass over the layer's input.
 """
@@ -87,11 +90,14 @@ def smooth_inputs(
                 f"layer '{layer_of_node.get(members[0], members[0])}': its input has {amax.size} channels but its "
                 f"weight {wmax.size} rows; smoothing needs the weight's rows to match the input's last axis"
             )
-        scale = np.where(
-            (amax > SCALE_FLOOR) & (wmax > SCALE_FLOOR),
-            np.maximum(amax, SCALE_FLOOR) ** strength / np.maximum(wmax, SCALE_FLOOR) ** (1 - strength),
-            1.0,
-        ).astype(np.float32)
+        scale = _power_of_two(
+            np.where(
+                (amax > SCALE_FLOOR) & (wmax > SCALE_FLOOR),
+                np.maximum(amax, SCALE_FLOOR).astype(np.float64) ** strength
+                / np.maximum(wmax, SCALE_FLOOR).astype(np.float64) ** (1 - strength),
+                1.0,
+            )
+        )
         smoothed_input = f"{source}_smoothed_{len(new_nodes)}"
         inverse = numpy_helper.from_array((1.0 / scale).astype(np.float32), f"{smoothed_input}_inverse_scale")
         model.graph.initializer.append(inverse)
@@ -173,6 +179,11 @@ def input_ranges(
     if len(ranges) != len(sources):
         raise CompressError("smoothing needs calibration data: the model's evaluation data is empty")
     return {name: ranges[source] for name, source in of_node.items()}
+
+
+def _power_of_two(factors: np.ndarray) -> np.ndarray:
+    """``factors`` rounded to the nearest power of two (in log scale), as float32."""
+    return np.exp2(np.round(np.log2(factors))).astype(np.float32)
 
 
 def _spread(channels: np.ndarray) -> float:
