@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ import compress_core as cc
 from compress_core import CompressError
 from compress_core.cli import main
 from compress_core.ort.artifacts import NBITS_ONNX, run_onnx
-from compress_core.ort.nbits import NBitsOptions, quantize_nbits
+from compress_core.ort.nbits import NBITS_COMPUTE, NBitsOptions, _matmul_nbits, quantize_nbits
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
 
@@ -155,3 +156,28 @@ def test_minilm_four_bit_file_is_listed_with_size_and_cosine(tmp_path):
     # three quarters of ORT's plain 8-bit quantize_dynamic file, a sixth of fp32 (90 MB)
     assert size < 0.75 * ORT_PLAIN_DYNAMIC_BYTES
     assert cosine.min() >= 0.9  # int8 compute's per-block inputs do not saturate without VNNI either (ort.nbits)
+
+
+@pytest.mark.parametrize(("bits", "float_error_bound"), [(4, 0.12), (8, 0.01)])
+def test_int8_compute_does_not_saturate_on_this_cpu(bits, float_error_bound):
+    """All-positive inputs of one sign-mixed weight: the case where 16-bit pair sums of u8 x s8 products
+    would overflow. Int8 compute must stay as close to the float product as float compute does."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((256, 64)).astype(np.float32)
+    x = (3 * np.abs(rng.standard_normal((16, 256)))).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [16, 256])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [16, 64])],
+        [onnx.numpy_helper.from_array(weight, "W")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
+    errors = {}
+    for compute in NBITS_COMPUTE:
+        stored = _matmul_nbits(copy.deepcopy(model), {bits: ["mm"]}, NBitsOptions(32, compute))
+        session = ort.InferenceSession(stored.SerializeToString(), providers=["CPUExecutionProvider"])
+        y = session.run(None, {"x": x})[0]
+        errors[compute] = np.linalg.norm(y - x @ weight) / np.linalg.norm(x @ weight)
+    assert errors["float"] < float_error_bound  # the weights' own rounding
+    assert errors["int8"] < errors["float"] + 0.01, errors  # saturation would add tens of percent
