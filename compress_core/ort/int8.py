@@ -391,14 +391,23 @@ def _measure_u8s8(
         )
         return rows, replace(choice, measure_saturation=False)
     over = [row for row in rows if row.relative_error > SATURATION_TOLERANCE]
+    movable = [row.layer for row in over if row.layer is not None]  # a node outside the plan has no override
+    unplanned = [row.node for row in over if row.layer is None]
     kept = next((row for row in rows if row.relative_error <= SATURATION_TOLERANCE), None)
     notes.append(
         f"U8S8 would saturate on this CPU in {len(over)} layer(s): {worst.layer or worst.node}'s output moves by "
         f"{worst.relative_error:.2%} (16-bit pair sums against the exact integer sums, on the evaluation data; "
-        f"{SATURATION_TOLERANCE:.1%} allowed). Their weights are stored in uint8 (U8U8, exact here); the other layers "
-        f"keep U8S8" + (f" (the most moved: {kept.layer or kept.node}, {kept.relative_error:.2%})" if kept else "")
+        f"{SATURATION_TOLERANCE:.1%} allowed). "
+        + (f"The weights of {', '.join(movable)} are stored in uint8 (U8U8, exact here)" if movable else "")
+        + (
+            f"{'; ' if movable else ''}{', '.join(unplanned)} (no layer of the plan) cannot be moved and keep U8S8"
+            if unplanned
+            else ""
+        )
+        + "; the other layers keep U8S8"
+        + (f" (the most moved: {kept.layer or kept.node}, {kept.relative_error:.2%})" if kept else "")
     )
-    return rows, with_exact_layers(choice, [row.layer for row in over if row.layer is not None])
+    return rows, with_exact_layers(choice, movable)
 
 
 def quantize_embedding_tables(path: Path, tables: dict[str, Any], report: list[Int8Layer]) -> list[str]:
