@@ -46,6 +46,10 @@ from compress_core.pipeline import CompressedModel
 
 DEFAULT_BLOCK_SIZE = 32
 NBITS_COMPUTE = {"int8": 4, "float": 1}  # NBitsOptions.compute -> ORT's MatMulNBits accuracy_level
+COMPUTE_MEANS = {  # what each compute does, for the notes and the report
+    "int8": "int8 compute: each block of a MatMul's input is quantized to int8 at run time, with its own scale",
+    "float": "float compute: the weights are widened to float and multiplied in float; activations stay float",
+}
 NBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # the block sizes the Export page offers
 NBITS_WIDTHS = (4, 8)  # what MatMulNBits stores a plan's bit width in (storage_bits)
 SQNR_MATCH_DB = 0.01  # a compressed weight this close to the SQNR the plan recorded is the plan's own
@@ -140,11 +144,7 @@ def _select(source: CompressedModel, model: onnx.ModelProto, options: NBitsOptio
             f"asymmetric): {rounded_from['original']} layer(s) from the original float weights (pruned zeros kept), "
             f"{rounded_from['compressed']} from the compressed weights (fine-tuned or low-rank: rounded twice)"
         )
-        selection.notes.append(
-            "int8 compute: each block of a MatMul's input is quantized to int8 at run time, with its own scale"
-            if options.compute == "int8"
-            else "float compute: the weights are widened to float and multiplied in float (slower than int8 compute)"
-        )
+        selection.notes.append(COMPUTE_MEANS[options.compute])
     return selection
 
 
