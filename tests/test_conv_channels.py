@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress_core import load_model
-from compress_core.ort.conv_channels import pad_input_channels, paddable_convs
+from compress_core.ort.conv_channels import pad_in_floats, pad_in_integers, pad_input_channels, paddable_convs
 from compress_core.ort.int8 import Int8Options, quantize_int8
 from compress_core.pipeline import compress
 from compress_core.plan import Plan
@@ -92,8 +92,13 @@ def test_a_static_export_pads_the_one_channel_conv_and_keeps_its_results(cnn, tm
         Int8Options(calibration_samples=16, weights="int8", pad_conv_channels=False),
     )
     assert [(conv.layer, conv.padded) for conv in padded.padded] == [("conv1", 4)] and not plain.padded
-    stored = {init.name: list(init.dims) for init in onnx.load(str(padded.path)).graph.initializer}
+    written = onnx.load(str(padded.path))
+    stored = {init.name: list(init.dims) for init in written.graph.initializer}
     assert [dims for name, dims in stored.items() if name.endswith("_quantized") and dims[:2] == [16, 4]]
+    producer = {output: node for node in written.graph.node for output in node.output}
+    (pad,) = [node for node in written.graph.node if node.op_type == "Pad"]
+    assert producer[pad.input[0]].op_type == "QuantizeLinear"  # the Pad works on the integers
+    assert pad.input[2] == producer[pad.input[0]].input[2]  # and pads with the input's zero point
     feed = cnn.data.inputs[:128].feed()
     with_pad = ort.InferenceSession(str(padded.path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     without = ort.InferenceSession(str(plain.path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
@@ -101,3 +106,56 @@ def test_a_static_export_pads_the_one_channel_conv_and_keeps_its_results(cnn, tm
     if cpu_has_vnni:  # exact integer sums both ways: the same integers, the same outputs
         np.testing.assert_array_equal(with_pad, without)
     # without VNNI the unpadded conv1 saturates (its pairs are two pixels) and the padded one does not
+
+
+def _qdq_pad(scale: float, zero_point: int, pad_scale: float) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Pad (to 4 channels, zeros) -> Q -> DQ, as a static export leaves a padded input."""
+    quantization = [
+        numpy_helper.from_array(np.array(scale, np.float32), "s"),
+        numpy_helper.from_array(np.array(zero_point, np.uint8), "zp"),
+        numpy_helper.from_array(np.array(pad_scale, np.float32), "s2"),
+        numpy_helper.from_array(np.array(zero_point, np.uint8), "zp2"),
+        numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 3, 0, 0], np.int64), "pads"),
+    ]
+    padded = "x_channels_padded4"
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"], name="dq"),
+        helper.make_node("Pad", ["xd", "pads"], [padded], name=f"{padded}_Pad", mode="constant"),
+        helper.make_node("QuantizeLinear", [padded, "s2", "zp2"], ["pq"], name="q2"),
+        helper.make_node("DequantizeLinear", ["pq", "s2", "zp2"], ["y"], name="dq2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq_pad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])],
+        quantization,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_pad_moves_onto_the_integers_with_the_same_result():
+    x = {"x": RNG.uniform(-1, 3, size=(2, 1, 4, 4)).astype(np.float32)}
+    model = _qdq_pad(0.02, 50, 0.02)
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    assert pad_in_integers(folded) == 1
+    assert [node.op_type for node in folded.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    onnx.checker.check_model(folded)
+    (before,), (after,) = _run(model, x), _run(folded, x)
+    np.testing.assert_array_equal(after, before)
+    assert (after[:, 1:] == 0).all() and after[:, 0].any()  # zeros padded, the image kept
+    other_grid = _qdq_pad(0.02, 50, 0.03)  # a different scale after the Pad: not the same integers, left alone
+    assert pad_in_integers(other_grid) == 0 and len(other_grid.graph.node) == 5
+    assert pad_in_floats(folded) == 1  # back to the pairs the debugger reads, the padded float tensor named
+    assert [node.op_type for node in folded.graph.node] == [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Pad",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    ]
+    assert folded.graph.node[2].output[0] == "x_channels_padded4"
+    onnx.checker.check_model(folded)
+    np.testing.assert_array_equal(_run(folded, x)[0], before)

@@ -30,7 +30,7 @@ from compress_core.debug.overlay import DEFAULT_OVERLAY, OVERLAYS, overlays
 from compress_core.debug.speed import SpeedReport, layer_speeds
 from compress_core.errors import CompressError
 from compress_core.models.handle import EvalData
-from compress_core.ort.conv_channels import pad_input_channels
+from compress_core.ort.conv_channels import pad_in_floats, pad_input_channels
 from compress_core.ort.int8 import STORAGE_BITS, Int8Options
 from compress_core.ort.runtime import runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
@@ -125,6 +125,7 @@ def debug_model(
     fp32_path = atomic_write(folder / FP32_FILE, lambda path: onnx.save(original.onnx_model, str(path)))
     outcome = int8_outcome(model, options, folder / INT8_FILE)
     int8 = onnx.load(str(outcome.path))
+    pad_in_floats(int8)  # a padded input's QDQ pair, as the debugger pairs layers (the same integers)
     handle = original.handle
     inputs = handle.data.inputs[: min(samples, len(handle.data.inputs))]
     labels, origin = handle.data.labels, handle.data.origin

@@ -14,11 +14,13 @@ its stem's output moved by 36%. Padded, each pair is a pixel and a zero channel,
 Padding changes nothing in the result: the added channels are zeros, read by zero weights, and zero
 is exact on every int8 grid (the input's zero point, the weights' 0). ``pad_input_channels`` pads
 each chosen ``Conv``'s input with a ``Pad`` node (one per input tensor, shared by the convolutions
-that read it) and its weight initializer with zero channels, under the same name.
+that read it) and its weight initializer with zero channels, under the same name, before
+quantization; ``pad_in_integers`` then moves the Pad of the quantized file onto the integers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,3 +113,91 @@ def pad_input_channels(model: onnx.ModelProto, nodes: dict[str, str]) -> tuple[o
         report.append(PaddedConv(layer, node.name, channels, width))
     insert_before_first_reader(graph, list(pads.values()))
     return padded_model, report
+
+
+def pad_in_integers(model: onnx.ModelProto) -> int:
+    """In a quantized ``model`` (QDQ, in place): fold each ``DequantizeLinear -> Pad -> QuantizeLinear``
+    around a ``pad_input_channels`` Pad into one ``Pad`` of the integers, with the zero point as its
+    value; the number folded.
+
+    Only where both sides share one scale and zero point (ORT's calibration gives the padded tensor the
+    range of its source: the zeros added are inside it) and the Pad adds zeros. The integers come out
+    the same, bit for bit: ``q -> (q - zp) * s -> round(./s) + zp`` is ``q``, and a zero quantizes to
+    ``zp``. ONNX Runtime then pads a quarter of the bytes (uint8, not float32), and no longer runs the
+    float Pad, the DequantizeLinear before it and the QuantizeLinear after it.
+    """
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    folded = 0
+    for pad in [node for node in graph.node if node.op_type == "Pad" and PADDED_SUFFIX in node.output[0]]:
+        dequantize = producer.get(pad.input[0])
+        after = readers.get(pad.output[0], [])
+        mode = next((helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or len(after) != 1 or mode != b"constant":
+            continue
+        quantize = after[0]
+        if (
+            quantize.op_type != "QuantizeLinear"
+            or len(dequantize.input) < 3
+            or not _same_values(values, dequantize.input[1:3], quantize.input[1:3])
+            or (len(pad.input) > 2 and pad.input[2] and np.any(values.get(pad.input[2], 1) != 0))
+        ):
+            continue
+        del pad.input[2:]
+        pad.input[0] = dequantize.input[0]
+        pad.input.append(dequantize.input[2])  # pad with the zero point: the integer of 0.0
+        pad.output[0] = quantize.output[0]
+        graph.node.remove(quantize)
+        if len(readers[dequantize.output[0]]) == 1:
+            graph.node.remove(dequantize)
+        folded += 1
+    return folded
+
+
+def _same_values(values: dict[str, np.ndarray], left: Iterable[str], right: Iterable[str]) -> bool:
+    """Whether the initializers named in ``left`` and ``right`` hold the same values, pairwise."""
+    return all(
+        a in values and b in values and values[a].dtype == values[b].dtype and np.array_equal(values[a], values[b])
+        for a, b in zip(left, right, strict=True)
+    )
+
+
+def pad_in_floats(model: onnx.ModelProto) -> int:
+    """The inverse of ``pad_in_integers`` (in place): each integer ``Pad`` it made becomes
+    ``DequantizeLinear -> Pad -> QuantizeLinear`` again, the float Pad writing its padded tensor's name
+    (``<input>_channels_padded<N>``, as the fp32 model padded by ``pad_input_channels`` computes it);
+    the number restored. The debugger pairs a layer's float input with the int8 model's through such a
+    QuantizeLinear; the results are the same integers either way.
+    """
+    graph = model.graph
+    producer = {output: node for node in graph.node for output in node.output}
+    restored = 0
+    for pad in [node for node in graph.node if node.op_type == "Pad" and PADDED_SUFFIX in node.name]:
+        quantize = producer.get(pad.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or len(pad.input) < 3:
+            continue
+        if pad.input[2] != quantize.input[2]:
+            continue
+        scale, zero_point = quantize.input[1], quantize.input[2]
+        padded = pad.name.removesuffix("_Pad")
+        integers = pad.output[0]
+        source = f"{padded}_source"
+        dequantize = helper.make_node(
+            "DequantizeLinear", [pad.input[0], scale, zero_point], [source], name=f"{source}_DequantizeLinear"
+        )
+        requantize = helper.make_node(
+            "QuantizeLinear", [padded, scale, zero_point], [integers], name=f"{padded}_QuantizeLinear"
+        )
+        del pad.input[2:]
+        pad.input[0] = source
+        pad.output[0] = padded
+        index = list(graph.node).index(pad)
+        graph.node.insert(index + 1, requantize)
+        graph.node.insert(index, dequantize)
+        restored += 1
+    return restored

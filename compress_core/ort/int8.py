@@ -53,7 +53,7 @@ from compress_core.ort.calibration import (
     save_ranges,
     supports_calibration_cache,
 )
-from compress_core.ort.conv_channels import PaddedConv, pad_input_channels
+from compress_core.ort.conv_channels import PaddedConv, pad_in_integers, pad_input_channels
 from compress_core.ort.cpu import cpu_features
 from compress_core.ort.int8_path import Int8Path, narrow_convs, resolve_path, unsigned_overrides, with_exact_layers
 from compress_core.ort.layer_map import LayerTarget
@@ -322,6 +322,10 @@ def quantize_int8(
                     targets,
                 )
             )
+        if padded:
+            quantized = onnx.load(str(temporary))
+            if pad_in_integers(quantized):
+                onnx.save(quantized, str(temporary))
         if tables:
             file_notes.extend(quantize_embedding_tables(temporary, tables, report))
 
