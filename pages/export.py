@@ -17,7 +17,7 @@ import streamlit as st
 from compress_core import CompressError
 from compress_core.ort.budget import DEFAULT_BUDGET_S, format_seconds
 from compress_core.ort.int8 import ACTIVATION_TYPES, CALIBRATION_METHODS, Int8Options, options_path
-from compress_core.ort.nbits import NBITS_BLOCK_SIZES, NBITS_COMPUTE, NBitsOptions
+from compress_core.ort.nbits import COMPUTE_MEANS, NBITS_BLOCK_SIZES, NBITS_COMPUTE, NBitsOptions
 from explorer_ui import cache, exporting, figures, recover_panel, state, tuning
 
 POLL_S = 0.25  # how often the run that started a job redraws its progress
@@ -182,16 +182,16 @@ weight_only = weight_only_column.checkbox(
     help="model_nbits.onnx: the plan's 2-4-bit MatMul/Gemm layers and embedding tables stored block-wise in 4 bits, "
     "5-8-bit ones in 8, by ONNX Runtime's MatMulNBits.",
 )
-block_column, compute_column = block_column.columns(2)
-block_size = block_column.selectbox(
+size_column, compute_column = block_column.columns(2)
+block_size = size_column.selectbox(
     "Block size", NBITS_BLOCK_SIZES, index=NBITS_BLOCK_SIZES.index(NBitsOptions.block_size), disabled=not weight_only
 )
 compute = compute_column.selectbox(
     "Compute",
     tuple(NBITS_COMPUTE),
+    index=tuple(NBITS_COMPUTE).index(NBitsOptions.compute),
     disabled=not weight_only,
-    help="int8: each block of a MatMul's input is quantized to int8 at run time, with its own scale (faster); "
-    "float: the weights are widened to float (ONNX Runtime's accuracy_level 4 or 1).",
+    help="; ".join(COMPUTE_MEANS.values()) + " (ONNX Runtime's MatMulNBits accuracy_level).",
 )
 nbits = NBitsOptions(block_size, compute) if weight_only else None
 

@@ -108,13 +108,16 @@ def test_a_static_export_pads_the_one_channel_conv_and_keeps_its_results(cnn, tm
     # without VNNI the unpadded conv1 saturates (its pairs are two pixels) and the padded one does not
 
 
-def _qdq_pad(scale: float, zero_point: int, pad_scale: float) -> onnx.ModelProto:
-    """x -> Q -> DQ -> Pad (to 4 channels, zeros) -> Q -> DQ, as a static export leaves a padded input."""
+def _qdq_pad(
+    scale: float, zero_point: int, pad_scale: float, dtype: type = np.uint8, source_out: bool = False
+) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Pad (to 4 channels, zeros) -> Q -> DQ, as a static export leaves a padded input;
+    ``source_out``: the first DQ's output is also a graph output."""
     quantization = [
         numpy_helper.from_array(np.array(scale, np.float32), "s"),
-        numpy_helper.from_array(np.array(zero_point, np.uint8), "zp"),
+        numpy_helper.from_array(np.array(zero_point, dtype), "zp"),
         numpy_helper.from_array(np.array(pad_scale, np.float32), "s2"),
-        numpy_helper.from_array(np.array(zero_point, np.uint8), "zp2"),
+        numpy_helper.from_array(np.array(zero_point, dtype), "zp2"),
         numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 3, 0, 0], np.int64), "pads"),
     ]
     padded = "x_channels_padded4"
@@ -129,15 +132,17 @@ def _qdq_pad(scale: float, zero_point: int, pad_scale: float) -> onnx.ModelProto
         nodes,
         "qdq_pad",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 4, 4])]
+        + ([helper.make_tensor_value_info("xd", TensorProto.FLOAT, [2, 1, 4, 4])] if source_out else []),
         quantization,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_the_pad_moves_onto_the_integers_with_the_same_result():
+@pytest.mark.parametrize(("dtype", "zero_point"), [(np.uint8, 50), (np.int8, -20)])  # U8S8 and S8S8 activations
+def test_the_pad_moves_onto_the_integers_with_the_same_result(dtype, zero_point):
     x = {"x": RNG.uniform(-1, 3, size=(2, 1, 4, 4)).astype(np.float32)}
-    model = _qdq_pad(0.02, 50, 0.02)
+    model = _qdq_pad(0.02, zero_point, 0.02, dtype)
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
     assert pad_in_integers(folded) == 1
@@ -159,3 +164,19 @@ def test_the_pad_moves_onto_the_integers_with_the_same_result():
     assert folded.graph.node[2].output[0] == "x_channels_padded4"
     onnx.checker.check_model(folded)
     np.testing.assert_array_equal(_run(folded, x)[0], before)
+
+
+def test_a_dequantized_source_that_is_a_graph_output_stays():
+    model = _qdq_pad(0.02, 50, 0.02, source_out=True)
+    x = {"x": RNG.uniform(-1, 3, size=(2, 1, 4, 4)).astype(np.float32)}
+    before = _run(model, x)
+    assert pad_in_integers(model) == 1
+    assert [node.op_type for node in model.graph.node] == [
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Pad",
+        "DequantizeLinear",
+    ]
+    onnx.checker.check_model(model)
+    for expected, got in zip(before, _run(model, x), strict=True):
+        np.testing.assert_array_equal(got, expected)

@@ -173,11 +173,12 @@ def test_int8_compute_does_not_saturate_on_this_cpu(bits, float_error_bound):
         [onnx.numpy_helper.from_array(weight, "W")],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 21)])
-    errors = {}
+    errors, outputs = {}, {}
     for compute in NBITS_COMPUTE:
         stored = _matmul_nbits(copy.deepcopy(model), {bits: ["mm"]}, NBitsOptions(32, compute))
         session = ort.InferenceSession(stored.SerializeToString(), providers=["CPUExecutionProvider"])
-        y = session.run(None, {"x": x})[0]
+        outputs[compute] = y = session.run(None, {"x": x})[0]
         errors[compute] = np.linalg.norm(y - x @ weight) / np.linalg.norm(x @ weight)
+    assert not np.array_equal(outputs["int8"], outputs["float"])  # the int8 kernels ran: inputs were rounded
     assert errors["float"] < float_error_bound  # the weights' own rounding
     assert errors["int8"] < errors["float"] + 0.01, errors  # saturation would add tens of percent

@@ -42,7 +42,7 @@ from compress_core.models.inputs import Inputs, in_batches
 from compress_core.models.sessions import make_session
 from compress_core.ort.budget import EXPORT_INT8, EXPORT_PREPARE, EXPORT_RUN, EXPORT_WRITE, Tracker
 from compress_core.ort.int8 import Int8Options, Int8Result, quantize_int8
-from compress_core.ort.nbits import COMPUTE_MEANS, NBitsOptions, quantize_nbits
+from compress_core.ort.nbits import NBitsOptions, quantize_nbits
 from compress_core.ort.runtime import cpu_from_record, int8_notes, runtime_line, runtime_record
 from compress_core.pipeline import CompressedModel
 
@@ -276,8 +276,8 @@ def _weight_only_section(weight_only: dict[str, Any] | None) -> list[str]:
         "",
         "## Weight-only model (MatMulNBits)",
         "",
-        f"`{NBITS_ONNX}`: weights stored block-wise in {weight_only['block_size']}-value blocks; "
-        f"{COMPUTE_MEANS[weight_only['compute']]}.",
+        f"`{NBITS_ONNX}`: weights stored block-wise in {weight_only['block_size']}-value blocks, "
+        f"{weight_only['compute']} compute (the notes below say what that means).",
         "",
         "| layer | node | planned bits | stored as |",
         "|---|---|---:|---|",

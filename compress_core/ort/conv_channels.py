@@ -133,6 +133,7 @@ def pad_in_integers(model: onnx.ModelProto) -> int:
         for name in node.input:
             readers.setdefault(name, []).append(node)
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    outputs = {output.name for output in graph.output}
     folded = 0
     for pad in [node for node in graph.node if node.op_type == "Pad" and PADDED_SUFFIX in node.output[0]]:
         dequantize = producer.get(pad.input[0])
@@ -144,6 +145,8 @@ def pad_in_integers(model: onnx.ModelProto) -> int:
         if (
             quantize.op_type != "QuantizeLinear"
             or len(dequantize.input) < 3
+            or len(quantize.input) < 3
+            or values.get(dequantize.input[2], np.zeros(2)).size != 1  # one zero point: Pad's one value
             or not _same_values(values, dequantize.input[1:3], quantize.input[1:3])
             or (len(pad.input) > 2 and pad.input[2] and np.any(values.get(pad.input[2], 1) != 0))
         ):
@@ -153,7 +156,7 @@ def pad_in_integers(model: onnx.ModelProto) -> int:
         pad.input.append(dequantize.input[2])  # pad with the zero point: the integer of 0.0
         pad.output[0] = quantize.output[0]
         graph.node.remove(quantize)
-        if len(readers[dequantize.output[0]]) == 1:
+        if len(readers[dequantize.output[0]]) == 1 and dequantize.output[0] not in outputs:
             graph.node.remove(dequantize)
         folded += 1
     return folded
@@ -179,7 +182,7 @@ def pad_in_floats(model: onnx.ModelProto) -> int:
     restored = 0
     for pad in [node for node in graph.node if node.op_type == "Pad" and PADDED_SUFFIX in node.name]:
         quantize = producer.get(pad.input[0])
-        if quantize is None or quantize.op_type != "QuantizeLinear" or len(pad.input) < 3:
+        if quantize is None or quantize.op_type != "QuantizeLinear" or len(pad.input) < 3 or len(quantize.input) < 3:
             continue
         if pad.input[2] != quantize.input[2]:
             continue

@@ -15,8 +15,8 @@ the user's overrides (``Int8Options`` fields left None are the rule's). The rule
   ORT's AVX2 U8U8 kernels widen to 16 bits before multiplying, so they are exact, at some speed); the
   other layers keep U8S8. On MiniLM under emulation of such a CPU, every layer in U8S8 gave a minimum
   cosine of 0.9927 and every layer in U8U8 0.9922 (at e538c36): saturation under 1% costs nothing. Since
-  the smoothing factors are powers of two, the file exported there equals the native one, and the chosen
-  path gives 0.9930 on both CPU kinds. ``reduce_range``
+  the smoothing factors are powers of two, both CPU kinds smooth the float model alike, and the chosen
+  path gives 0.9930 on both. ``reduce_range``
   would avoid the saturation too, but it halves the weight grid; measured on MiniLM on such a CPU it
   cost far more (min cosine 0.785 against 0.988), so it is only an override.
 - ``arm-i8mm`` (Arm with i8mm): S8S8 static (ORT's SMMLA kernels take signed activations), U8S8

@@ -10,8 +10,9 @@ How the kernel computes (``NBitsOptions.compute``, ORT's ``accuracy_level``): ``
 level 4) quantizes each block of a MatMul's input to int8 at run time, with its own scale, and takes
 the integer dot-product kernels; ``float`` (level 1) widens the weights to float and multiplies in
 float. Speed and cosine of both on MiniLM: ``benchmarks/results/latency.md``. The int8 kernels do not
-saturate without VNNI either: a 4-bit and an 8-bit MatMul over large all-positive inputs give the
-same error under AVX2-only emulation (qemu, Haswell) as natively (relative error 0.0895 and 0.0077).
+saturate without VNNI either: over large all-positive inputs, a 4-bit and an 8-bit MatMul stay within
+0.01 of float compute's relative error under AVX2-only emulation (qemu, Haswell), as natively
+(``tests/test_nbits.py``; ``benchmarks/results/avx2_emulated.md``).
 
 A Gemm is first rewritten as MatMul (+ Add of its bias), which ``MatMulNBits`` replaces; a Gemm with
 ``transA``, ``alpha`` or ``beta`` other than the defaults stays float.

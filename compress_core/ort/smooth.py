@@ -11,9 +11,10 @@ output channel, takes on part of the spread.
 ``s_k = amax_k ** alpha / wmax_k ** (1 - alpha)``, with ``amax_k`` the largest ``|x_k|`` seen on the
 calibration data, ``wmax_k`` the largest ``|W_k,:|`` and ``alpha`` the plan's migration strength
 (``LayerConfig.smooth``), rounded to the nearest power of two. Multiplying by a power of two is exact
-in float, so the smoothed weights and inputs hold the original values exactly, and the factors do not
-depend on the CPU's math library (a float32 ``**`` differed in the last bit between an AVX-512 and an
-AVX2 machine, and the exported file with it). Layers reading the same tensor with the same strength
+in float, so the smoothed weights and inputs hold the original values exactly, and a last-bit
+difference in the CPU's math library no longer reaches the file (a float32 ``**`` differed in the last
+bit between an AVX-512 and an AVX2 machine, and the exported file with it); only a factor within an ulp
+of a half-way exponent could still round differently. Layers reading the same tensor with the same strength
 share one factor (taken over all their weights) and one ``Mul``, so that ONNX Runtime still quantizes that input once.
 The ``Mul`` is the cost: one elementwise pass over the layer's input.
 """
