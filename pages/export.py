@@ -169,7 +169,7 @@ method = method_column.selectbox("Calibration", CALIBRATION_METHODS, disabled=no
 activations = activation_column.selectbox(
     "Activations",
     [None, *ACTIVATION_TYPES],
-    format_func=lambda value: "as this CPU's path" if value is None else value,
+    format_func=exporting.path_choice_text,
     disabled=not with_int8 or dynamic,
 )
 overrides = _path_overrides(with_int8, dynamic)

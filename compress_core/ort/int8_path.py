@@ -77,7 +77,8 @@ class Int8Path:
     default); ``measure_saturation`` says whether U8S8 must be checked on the evaluation data on this
     CPU; ``pad_conv_channels`` whether a static export pads Conv inputs to a multiple of 4 channels
     (``ort.conv_channels``); ``exact_layers`` the layers stored with uint8 weights (U8U8, exact) in a
-    path of int8 weights, because U8S8 saturates there. ``overridden`` names the fields the user set; ``reasons`` are sentences for the report.
+    path of int8 weights, because U8S8 saturates there. ``overridden`` names the fields the user set;
+    ``reasons`` are sentences for the report.
     """
 
     rule: str
