@@ -113,6 +113,27 @@ def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: MatMulNBits block size 24 is not allowed; use a power of two >= 16 (16, 32, 64, 128, ...)"
     )
+    with pytest.raises(SystemExit) as refused:  # argparse's choices: exit 2, its last line says what is allowed
+        main(
+            [
+                "export",
+                "digits_transformer",
+                "--recipe",
+                str(recipe),
+                "--out",
+                str(out),
+                "--weight-only",
+                "--nbits-compute",
+                "int4",
+            ]
+        )
+    assert refused.value.code == 2 and not out.exists()
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("argument --nbits-compute: invalid choice: 'int4' (choose from 'int8', 'float')")
+    )
     assert main(["export", "digits_transformer", "--recipe", str(recipe), "--out", str(out), "--weight-only"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weight_only"]["block_size"] == 32 and metrics["weight_only"]["format"] == "MatMulNBits"
