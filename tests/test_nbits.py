@@ -96,37 +96,14 @@ def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(MIXED)
     out = tmp_path / "out"
-    code = main(
-        [
-            "export",
-            "digits_transformer",
-            "--recipe",
-            str(recipe),
-            "--out",
-            str(out),
-            "--weight-only",
-            "--block-size",
-            "24",
-        ]
-    )
+    export = ["export", "digits_transformer", "--recipe", str(recipe), "--out", str(out), "--weight-only"]
+    code = main([*export, "--block-size", "24"])
     assert code == 2 and not out.exists()
     assert capsys.readouterr().err.strip() == (
         "error: MatMulNBits block size 24 is not allowed; use a power of two >= 16 (16, 32, 64, 128, ...)"
     )
     with pytest.raises(SystemExit) as refused:  # argparse's choices: exit 2, its last line says what is allowed
-        main(
-            [
-                "export",
-                "digits_transformer",
-                "--recipe",
-                str(recipe),
-                "--out",
-                str(out),
-                "--weight-only",
-                "--nbits-compute",
-                "int4",
-            ]
-        )
+        main([*export, "--nbits-compute", "int4"])
     assert refused.value.code == 2 and not out.exists()
     assert (
         capsys.readouterr()
@@ -134,7 +111,7 @@ def test_cli_writes_the_file_lists_it_and_refuses_a_bad_block(tmp_path, capsys):
         .splitlines()[-1]
         .endswith("argument --nbits-compute: invalid choice: 'int4' (choose from 'int8', 'float')")
     )
-    assert main(["export", "digits_transformer", "--recipe", str(recipe), "--out", str(out), "--weight-only"]) == 0
+    assert main(export) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["weight_only"]["block_size"] == 32 and metrics["weight_only"]["format"] == "MatMulNBits"
     assert metrics["weight_only"]["compute"] == "int8"
